@@ -1,0 +1,189 @@
+//! The typed command set: what a worker can be asked to do.
+//!
+//! On the wire a command is `{"name": "<Name>", "params": {...}}`, the names following Warp's
+//! `WorkerWrapper` where Warp has the operation. An unknown name or an unknown parameter is a
+//! deserialisation error: the controller refuses such a submission with 400, and a worker that
+//! receives one (a newer controller) fails the task naming the command. Nothing is silently
+//! ignored.
+//!
+//! Each command's result is a JSON value; its shape is documented on the variant.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One command. See the module docs for the wire form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", content = "params", deny_unknown_fields)]
+pub enum Command {
+    /// Runs an external program. Result: [`ExecResult`]. A non-zero exit fails the command
+    /// unless `allow_failure` is set; a timeout or a cancel kills the program's process group.
+    Exec(ExecParams),
+    /// Sleeps (cancellable). Result: `{"slept_ms": N}`. Used by tests and benchmarks.
+    Sleep {
+        /// Milliseconds to sleep.
+        ms: u64,
+    },
+    /// Fails at once with `message`. Used by tests.
+    Fail {
+        /// The error the command reports.
+        message: String,
+    },
+    /// Returns `value` unchanged: `{"value": ...}`. The no-op of benchmarks, and a way for tests
+    /// to check that each result belongs to its task.
+    Echo {
+        /// Any JSON value.
+        #[serde(default)]
+        value: serde_json::Value,
+    },
+    /// Waits until the worker's background tasks have finished (Warp's `WaitAsyncTasks`).
+    /// Result: `{"waited_ms": N, "pending": 0}`.
+    WaitAsyncTasks {},
+    /// Releases memory the worker holds for reuse (Warp's `GcCollect`): drops cached held state
+    /// that is not needed by the current init fingerprint and returns freed heap pages to the
+    /// operating system. Result: `{"released": true}`.
+    GcCollect {},
+}
+
+impl Command {
+    /// The command's wire name, as used in errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Exec(_) => "Exec",
+            Command::Sleep { .. } => "Sleep",
+            Command::Fail { .. } => "Fail",
+            Command::Echo { .. } => "Echo",
+            Command::WaitAsyncTasks {} => "WaitAsyncTasks",
+            Command::GcCollect {} => "GcCollect",
+        }
+    }
+
+    /// All command names this build knows, for registration capabilities and error messages.
+    pub const NAMES: &'static [&'static str] =
+        &["Exec", "Sleep", "Fail", "Echo", "WaitAsyncTasks", "GcCollect"];
+
+    /// Shorthand for an [`Command::Exec`] of `argv` with default options.
+    pub fn exec<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Command {
+        Command::Exec(ExecParams {
+            argv: argv.into_iter().map(Into::into).collect(),
+            ..ExecParams::default()
+        })
+    }
+
+    /// Checks what serde cannot: non-empty argv, sane timeouts. Called by the controller at
+    /// submission and by the worker before running.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Command::Exec(p) => {
+                if p.argv.is_empty() || p.argv[0].is_empty() {
+                    return Err("Exec needs a non-empty argv (the program to run)".into());
+                }
+                if let Some(t) = p.timeout_s
+                    && (!t.is_finite() || t <= 0.0)
+                {
+                    return Err(format!("Exec timeout_s must be > 0, got {t}"));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Parameters of [`Command::Exec`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecParams {
+    /// Program and arguments; `argv[0]` is looked up in `PATH` when it has no slash.
+    pub argv: Vec<String>,
+    /// Extra environment variables (added to the worker's environment).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; the worker's own when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Seconds after which the program is killed and the command fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<f64>,
+    /// When true, a non-zero exit is a result, not a failure.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_failure: bool,
+}
+
+/// Result of [`Command::Exec`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecResult {
+    /// Exit status, or `None` when the program was ended by a signal.
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// The last bytes (at most [`EXEC_TAIL_BYTES`]) of standard output, lossily UTF-8.
+    pub stdout_tail: String,
+    /// The last bytes of standard error.
+    pub stderr_tail: String,
+    /// Wall time of the program.
+    pub duration_ms: u64,
+}
+
+/// How many trailing bytes of each output stream an [`ExecResult`] keeps.
+pub const EXEC_TAIL_BYTES: usize = 16 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn wire_form_is_name_and_params() {
+        let c = Command::Sleep { ms: 5 };
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            json!({"name": "Sleep", "params": {"ms": 5}})
+        );
+        let back: Command =
+            serde_json::from_value(json!({"name": "Exec", "params": {"argv": ["true"]}})).unwrap();
+        assert_eq!(back, Command::exec(["true"]));
+        let unit: Command =
+            serde_json::from_value(json!({"name": "GcCollect", "params": {}})).unwrap();
+        assert_eq!(unit, Command::GcCollect {});
+    }
+
+    #[test]
+    fn unknown_commands_and_fields_are_errors() {
+        let err = serde_json::from_value::<Command>(json!({"name": "Frobnicate", "params": {}}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Frobnicate"), "{err}");
+        let err = serde_json::from_value::<Command>(
+            json!({"name": "Exec", "params": {"argv": ["x"], "argz": 1}}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("argz"), "{err}");
+    }
+
+    #[test]
+    fn names_cover_every_variant() {
+        for c in [
+            Command::exec(["x"]),
+            Command::Sleep { ms: 0 },
+            Command::Fail { message: String::new() },
+            Command::Echo { value: json!(1) },
+            Command::WaitAsyncTasks {},
+            Command::GcCollect {},
+        ] {
+            assert!(Command::NAMES.contains(&c.name()));
+            let v = serde_json::to_value(&c).unwrap();
+            assert_eq!(v["name"], c.name());
+        }
+    }
+
+    #[test]
+    fn validate_refuses_empty_argv_and_bad_timeouts() {
+        assert!(Command::exec(Vec::<String>::new()).validate().is_err());
+        let mut p = ExecParams { argv: vec!["true".into()], ..Default::default() };
+        p.timeout_s = Some(-1.0);
+        assert!(Command::Exec(p).validate().is_err());
+        assert!(Command::exec(["true"]).validate().is_ok());
+    }
+}

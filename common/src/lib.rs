@@ -1,0 +1,73 @@
+//! Shared vocabulary of the controller and the workers.
+//!
+//! * [`protocol`]: every request and response body of the HTTP pull protocol, once.
+//! * [`commands`]: the typed command set a worker can be asked to run (Warp's names).
+//! * [`PROTOCOL_VERSION`]: checked at registration; a mismatch is refused loudly.
+//!
+//! This crate does no I/O: no sockets, no files, no clocks, no processes.
+
+pub mod commands;
+pub mod protocol;
+
+/// Version of the wire protocol in [`protocol`]. Bump it on any incompatible change of a body or
+/// of the meaning of a field; the controller refuses registrations that carry another number.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Version of this build (all crates of the workspace share it).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Parses a duration in seconds as given on a command line ("30", "0.5", "1e-3").
+///
+/// Fractions are accepted so tests can shrink every interval to milliseconds. Negative, NaN and
+/// infinite values are refused with a message naming the value.
+pub fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds (examples: 30, 0.5)"))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!(
+            "'{text}' is not a valid number of seconds: it must be finite and >= 0"
+        ));
+    }
+    if value > 1e9 {
+        return Err(format!("'{text}' seconds is absurdly long (limit 1e9)"));
+    }
+    Ok(std::time::Duration::from_secs_f64(value))
+}
+
+/// Compares two secrets in time that depends only on their lengths, not on where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    // black_box keeps the optimiser from turning the fold into an early exit.
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_accept_fractions_and_refuse_nonsense() {
+        assert_eq!(parse_seconds("0.5").unwrap().as_millis(), 500);
+        assert_eq!(parse_seconds("30").unwrap().as_secs(), 30);
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("NaN").is_err());
+        assert!(parse_seconds("inf").is_err());
+        assert!(parse_seconds("ten").unwrap_err().contains("ten"));
+    }
+
+    #[test]
+    fn constant_time_eq_compares_content_and_length() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secrets"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}
