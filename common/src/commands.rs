@@ -58,8 +58,14 @@ impl Command {
     }
 
     /// All command names this build knows, for registration capabilities and error messages.
-    pub const NAMES: &'static [&'static str] =
-        &["Exec", "Sleep", "Fail", "Echo", "WaitAsyncTasks", "GcCollect"];
+    pub const NAMES: &'static [&'static str] = &[
+        "Exec",
+        "Sleep",
+        "Fail",
+        "Echo",
+        "WaitAsyncTasks",
+        "GcCollect",
+    ];
 
     /// Shorthand for an [`Command::Exec`] of `argv` with default options.
     pub fn exec<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Command {
@@ -167,7 +173,9 @@ mod tests {
         for c in [
             Command::exec(["x"]),
             Command::Sleep { ms: 0 },
-            Command::Fail { message: String::new() },
+            Command::Fail {
+                message: String::new(),
+            },
             Command::Echo { value: json!(1) },
             Command::WaitAsyncTasks {},
             Command::GcCollect {},
@@ -181,7 +189,10 @@ mod tests {
     #[test]
     fn validate_refuses_empty_argv_and_bad_timeouts() {
         assert!(Command::exec(Vec::<String>::new()).validate().is_err());
-        let mut p = ExecParams { argv: vec!["true".into()], ..Default::default() };
+        let mut p = ExecParams {
+            argv: vec!["true".into()],
+            ..Default::default()
+        };
         p.timeout_s = Some(-1.0);
         assert!(Command::Exec(p).validate().is_err());
         assert!(Command::exec(["true"]).validate().is_ok());

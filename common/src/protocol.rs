@@ -389,7 +389,10 @@ pub enum TaskState {
 impl TaskState {
     /// Completed, failed or cancelled.
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskState::Completed | TaskState::Failed | TaskState::Cancelled)
+        matches!(
+            self,
+            TaskState::Completed | TaskState::Failed | TaskState::Cancelled
+        )
     }
 
     /// Lower-case name as on the wire.
@@ -621,7 +624,10 @@ mod tests {
     #[test]
     fn targets_serialise_as_documented() {
         assert_eq!(serde_json::to_value(Target::Any).unwrap(), json!("any"));
-        assert_eq!(serde_json::to_value(Target::Device(2)).unwrap(), json!({"device": 2}));
+        assert_eq!(
+            serde_json::to_value(Target::Device(2)).unwrap(),
+            json!({"device": 2})
+        );
         let spec: TaskSpec = serde_json::from_value(json!({
             "commands": [{"name": "Sleep", "params": {"ms": 1}}],
             "target": {"device": 1}
@@ -634,7 +640,11 @@ mod tests {
     #[test]
     fn task_spec_validation() {
         assert!(TaskSpec::new(vec![]).validate().is_err());
-        assert!(TaskSpec::new(vec![Command::Sleep { ms: 1 }]).validate().is_ok());
+        assert!(
+            TaskSpec::new(vec![Command::Sleep { ms: 1 }])
+                .validate()
+                .is_ok()
+        );
         let mut s = TaskSpec::new(vec![Command::Sleep { ms: 1 }]);
         s.max_attempts = Some(0);
         assert!(s.validate().is_err());
@@ -642,9 +652,12 @@ mod tests {
 
     #[test]
     fn status_update_minimal_body_parses() {
-        let s: StatusUpdate = serde_json::from_value(json!({"lease": 3, "state": "running"})).unwrap();
+        let s: StatusUpdate =
+            serde_json::from_value(json!({"lease": 3, "state": "running"})).unwrap();
         assert_eq!(s.state, ReportState::Running);
         assert!(!s.want_next);
-        assert!(serde_json::from_value::<StatusUpdate>(json!({"lease": 3, "state": "done"})).is_err());
+        assert!(
+            serde_json::from_value::<StatusUpdate>(json!({"lease": 3, "state": "done"})).is_err()
+        );
     }
 }

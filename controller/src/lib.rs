@@ -1,1 +1,2 @@
-
+//! The controller of the pull-based worker system.
+pub mod core;

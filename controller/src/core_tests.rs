@@ -1,0 +1,563 @@
+//! Scenarios of the state core, without sockets: every step is followed by `sanity_check`.
+
+use super::*;
+use warp_common::commands::Command;
+use warp_common::protocol::{InitPart, Progress};
+
+fn cfg() -> CoreConfig {
+    CoreConfig {
+        heartbeat_timeout_ms: 1_000,
+        task_timeout_ms: 10_000,
+        max_attempts: 3,
+        heartbeat_interval_ms: 100,
+        poll_hold_ms: 500,
+    }
+}
+
+struct Sim {
+    core: Core,
+    now: Millis,
+    n: u128,
+}
+
+impl Sim {
+    fn new() -> Sim {
+        Sim {
+            core: Core::new(cfg()),
+            now: 0,
+            n: 1,
+        }
+    }
+    fn id(&mut self) -> uuid::Uuid {
+        self.n += 1;
+        uuid::Uuid::from_u128(self.n)
+    }
+    fn apply(&mut self, e: Event) -> Result<Reply, CoreError> {
+        let r = self.core.apply(self.now, e);
+        if let Err(msg) = self.core.sanity_check() {
+            panic!("invariant broken: {msg}\n{:#?}", self.core);
+        }
+        r
+    }
+    fn register(&mut self, device: i32) -> WorkerId {
+        let id = self.id();
+        let req = RegisterRequest {
+            protocol_version: warp_common::PROTOCOL_VERSION,
+            device,
+            hostname: "node1".into(),
+            capabilities: Default::default(),
+            worker_version: "test".into(),
+            spawn_id: None,
+            pid: None,
+        };
+        self.apply(Event::Register {
+            id,
+            token: format!("tok-{id}"),
+            req,
+        })
+        .unwrap();
+        id
+    }
+    fn submit(&mut self, spec: TaskSpec) -> TaskId {
+        let id = self.id();
+        self.apply(Event::Submit {
+            tasks: vec![(id, spec)],
+        })
+        .unwrap();
+        id
+    }
+    fn poll(&mut self, w: WorkerId) -> Option<Assignment> {
+        match self.apply(Event::Poll { worker: w }).unwrap() {
+            Reply::Poll(a) => a,
+            r => panic!("unexpected {r:?}"),
+        }
+    }
+    fn report(
+        &mut self,
+        w: WorkerId,
+        a: &Assignment,
+        state: ReportState,
+    ) -> Result<Reply, CoreError> {
+        let update = StatusUpdate {
+            lease: a.lease,
+            state,
+            result: (state == ReportState::Completed).then(|| serde_json::json!({"ok": a.attempt})),
+            error: (state == ReportState::Failed).then(|| format!("boom {}", a.attempt)),
+            progress: None,
+            elapsed_ms: None,
+            held_fingerprint: None,
+            console: vec![],
+            want_next: false,
+        };
+        self.apply(Event::Status {
+            worker: w,
+            task: a.id,
+            update,
+        })
+    }
+    fn heartbeat(&mut self, w: WorkerId, current: Option<&Assignment>) -> HeartbeatResponse {
+        let req = HeartbeatRequest {
+            current_task: current.map(|a| a.id),
+            lease: current.map(|a| a.lease),
+            ..Default::default()
+        };
+        match self.apply(Event::Heartbeat { worker: w, req }).unwrap() {
+            Reply::Heartbeat(h) => h,
+            r => panic!("unexpected {r:?}"),
+        }
+    }
+    fn state(&self, t: TaskId) -> TaskState {
+        self.core.task_state(t).unwrap()
+    }
+    fn detail(&self, t: TaskId) -> TaskDetail {
+        self.core.task_detail(t, 0).unwrap()
+    }
+}
+
+fn sleep_spec() -> TaskSpec {
+    TaskSpec::new(vec![Command::Sleep { ms: 1 }])
+}
+
+#[test]
+fn queued_task_is_handed_to_the_next_poll_and_completes() {
+    let mut s = Sim::new();
+    let w = s.register(0);
+    let t = s.submit(sleep_spec());
+    let a = s.poll(w).expect("work waiting");
+    assert_eq!((a.id, a.attempt), (t, 1));
+    assert_eq!(s.state(t), TaskState::Assigned);
+    s.report(w, &a, ReportState::Running).unwrap();
+    assert_eq!(s.state(t), TaskState::Running);
+    s.report(w, &a, ReportState::Completed).unwrap();
+    assert_eq!(s.state(t), TaskState::Completed);
+    assert!(
+        s.core
+            .take_decisions()
+            .contains(&Decision::Finished { task: t })
+    );
+    assert_eq!(s.detail(t).history.len(), 1);
+}
+
+#[test]
+fn parked_poll_gets_work_on_submit() {
+    let mut s = Sim::new();
+    let w = s.register(0);
+    assert_eq!(s.poll(w), None, "no work: the poll parks");
+    assert_eq!(s.core.waiting_workers(), vec![w]);
+    s.core.take_decisions();
+    let t = s.submit(sleep_spec());
+    let d = s.core.take_decisions();
+    assert!(
+        matches!(&d[..], [Decision::Deliver { worker, assignment }] if *worker == w && assignment.id == t),
+        "{d:?}"
+    );
+    assert!(s.core.waiting_workers().is_empty());
+}
+
+#[test]
+fn expired_poll_unparks_and_later_work_waits_in_the_queue() {
+    let mut s = Sim::new();
+    let w = s.register(0);
+    assert_eq!(s.poll(w), None);
+    s.apply(Event::PollExpired { worker: w }).unwrap();
+    s.core.take_decisions();
+    let t = s.submit(sleep_spec());
+    assert!(s.core.take_decisions().is_empty());
+    assert_eq!(s.state(t), TaskState::Queued);
+    assert_eq!(s.poll(w).unwrap().id, t);
+}
+
+#[test]
+fn stale_lease_is_refused_and_changes_nothing() {
+    let mut s = Sim::new();
+    let (w1, w2) = (s.register(0), s.register(0));
+    let t = s.submit(sleep_spec());
+    let a1 = s.poll(w1).unwrap();
+    // w1 goes silent; w2 keeps beating.
+    s.now = 1_500;
+    s.heartbeat(w2, None);
+    s.apply(Event::Tick).unwrap();
+    assert_eq!(s.state(t), TaskState::Queued);
+    let a2 = s.poll(w2).unwrap();
+    assert_eq!((a2.id, a2.attempt), (t, 2));
+    s.report(w2, &a2, ReportState::Completed).unwrap();
+    // w1 wakes up and reports its late result.
+    let err = s.report(w1, &a1, ReportState::Completed).unwrap_err();
+    assert!(matches!(err, CoreError::StaleLease { .. }), "{err:?}");
+    let d = s.detail(t);
+    assert_eq!(d.state, TaskState::Completed);
+    assert_eq!(d.result, Some(serde_json::json!({"ok": 2})));
+    assert_eq!(d.history[0].outcome, AttemptOutcome::WorkerLost);
+    assert_eq!(d.history[1].outcome, AttemptOutcome::Completed);
+    assert_eq!(s.core.status(0, 0).stale_reports_refused, 1);
+}
+
+#[test]
+fn revived_worker_is_told_to_cancel_its_revoked_task() {
+    let mut s = Sim::new();
+    let w = s.register(0);
+    s.submit(sleep_spec());
+    let a = s.poll(w).unwrap();
+    s.now = 2_000;
+    s.apply(Event::Tick).unwrap();
+    let hb = s.heartbeat(w, Some(&a));
+    assert_eq!(hb.cancel, vec![a.id]);
+    assert_eq!(
+        s.core.workers(0)[0].state,
+        WorkerState::Idle,
+        "revived by its heartbeat"
+    );
+}
+
+#[test]
+fn failed_attempts_requeue_until_the_limit_then_fail_with_history() {
+    let mut s = Sim::new();
+    let w = s.register(0);
+    let t = s.submit(sleep_spec());
+    for attempt in 1..=3 {
+        let a = s.poll(w).unwrap();
+        assert_eq!(a.attempt, attempt);
+        s.report(w, &a, ReportState::Failed).unwrap();
+    }
+    let d = s.detail(t);
+    assert_eq!(d.state, TaskState::Failed);
+    let errors: Vec<_> = d.history.iter().map(|a| a.error.clone().unwrap()).collect();
+    assert_eq!(errors, ["boom 1", "boom 2", "boom 3"]);
+    assert!(d.error.unwrap().contains("boom 3"));
+    assert_eq!(s.poll(w), None);
+}
+
+#[test]
+fn task_timeout_fails_the_attempt_and_requeues() {
+    let mut s = Sim::new();
+    let w = s.register(0);
+    let mut spec = sleep_spec();
+    spec.timeout_s = Some(0.2);
+    let t = s.submit(spec);
+    let a = s.poll(w).unwrap();
+    s.now = 150;
+    s.heartbeat(w, Some(&a));
+    s.apply(Event::Tick).unwrap();
+    assert_eq!(s.state(t), TaskState::Assigned);
+    s.now = 250;
+    s.apply(Event::Tick).unwrap();
+    assert_eq!(s.state(t), TaskState::Queued);
+    assert_eq!(s.detail(t).history[0].outcome, AttemptOutcome::TimedOut);
+    assert_eq!(s.heartbeat(w, Some(&a)).cancel, vec![t]);
+}
+
+#[test]
+fn cancel_queued_and_running_tasks() {
+    let mut s = Sim::new();
+    let w = s.register(0);
+    let t1 = s.submit(sleep_spec());
+    let t2 = s.submit(sleep_spec());
+    let a = s.poll(w).unwrap();
+    assert_eq!(a.id, t1);
+    assert_eq!(
+        s.apply(Event::Cancel { task: t2 }).unwrap(),
+        Reply::Cancelled(TaskState::Cancelled)
+    );
+    assert_eq!(
+        s.apply(Event::Cancel { task: t1 }).unwrap(),
+        Reply::Cancelled(TaskState::Cancelled)
+    );
+    assert_eq!(s.heartbeat(w, Some(&a)).cancel, vec![t1]);
+    assert!(matches!(
+        s.report(w, &a, ReportState::Completed),
+        Err(CoreError::StaleLease { .. })
+    ));
+    assert!(matches!(
+        s.apply(Event::Cancel { task: t1 }),
+        Err(CoreError::AlreadyFinished(..))
+    ));
+    assert_eq!(s.state(t1), TaskState::Cancelled);
+    assert_eq!(s.poll(w), None);
+}
+
+#[test]
+fn lost_delivery_is_redelivered_with_the_same_lease() {
+    let mut s = Sim::new();
+    let w = s.register(0);
+    s.submit(sleep_spec());
+    let a = s.poll(w).unwrap();
+    let again = s.poll(w).unwrap();
+    assert_eq!(a, again);
+}
+
+#[test]
+fn poll_after_starting_without_a_report_fails_that_attempt() {
+    let mut s = Sim::new();
+    let w = s.register(0);
+    let t = s.submit(sleep_spec());
+    let a = s.poll(w).unwrap();
+    s.report(w, &a, ReportState::Running).unwrap();
+    let b = s.poll(w).unwrap();
+    assert_eq!((b.id, b.attempt), (t, 2));
+    assert_eq!(s.detail(t).history[0].outcome, AttemptOutcome::Failed);
+}
+
+#[test]
+fn priority_then_age_then_targets() {
+    let mut s = Sim::new();
+    let w0 = s.register(0);
+    let w1 = s.register(1);
+    let low = s.submit(sleep_spec());
+    let mut hi = sleep_spec();
+    hi.priority = 5;
+    let high = s.submit(hi);
+    let mut dev1 = sleep_spec();
+    dev1.target = Target::Device(1);
+    let for_dev1 = s.submit(dev1);
+    let mut own = sleep_spec();
+    own.target = Target::Worker(w0);
+    let for_w0 = s.submit(own);
+    assert_eq!(s.poll(w0).unwrap().id, high);
+    // w1 may take the device-1 task or the older shared one; both priority 0: the older wins.
+    let a = s.poll(w1).unwrap();
+    assert_eq!(a.id, low);
+    s.report(w1, &a, ReportState::Completed).unwrap();
+    assert_eq!(s.poll(w1).unwrap().id, for_dev1);
+    let a0 = s
+        .core
+        .workers(0)
+        .into_iter()
+        .find(|w| w.id == w0)
+        .unwrap()
+        .current_task
+        .unwrap();
+    assert_eq!(a0, high);
+    let d = s.detail(high);
+    let lease = d.history[0].lease;
+    let fake = Assignment {
+        id: high,
+        lease,
+        attempt: 1,
+        init: None,
+        commands: vec![],
+    };
+    s.report(w0, &fake, ReportState::Completed).unwrap();
+    assert_eq!(s.poll(w0).unwrap().id, for_w0);
+}
+
+#[test]
+fn affinity_prefers_the_worker_holding_the_init_state() {
+    let mut s = Sim::new();
+    let w = s.register(0);
+    let with_init = |fp: &str| {
+        let mut spec = sleep_spec();
+        spec.init = Some(InitPart {
+            fingerprint: fp.into(),
+            commands: vec![Command::Sleep { ms: 0 }],
+        });
+        spec
+    };
+    let a_task = s.submit(with_init("gain-A"));
+    let t = s.poll(w).unwrap();
+    assert_eq!(t.id, a_task);
+    let update = StatusUpdate {
+        lease: t.lease,
+        state: ReportState::Completed,
+        result: None,
+        error: None,
+        progress: Some(Progress::default()),
+        elapsed_ms: Some(0),
+        held_fingerprint: Some("gain-A".into()),
+        console: vec![],
+        want_next: false,
+    };
+    s.apply(Event::Status {
+        worker: w,
+        task: t.id,
+        update,
+    })
+    .unwrap();
+    let b1 = s.submit(with_init("gain-B"));
+    let a2 = s.submit(with_init("gain-A"));
+    assert_eq!(s.poll(w).unwrap().id, a2, "matching fingerprint beats age");
+    let _ = b1;
+}
+
+#[test]
+fn targeted_tasks_fail_when_their_worker_is_lost() {
+    let mut s = Sim::new();
+    let w = s.register(0);
+    let other = s.register(0);
+    let busy = s.submit(sleep_spec());
+    assert_eq!(s.poll(w).unwrap().id, busy);
+    let mut spec = sleep_spec();
+    spec.target = Target::Worker(w);
+    let t = s.submit(spec);
+    s.now = 1_500;
+    s.heartbeat(other, None);
+    s.apply(Event::Tick).unwrap();
+    assert_eq!(s.state(t), TaskState::Failed);
+    assert!(s.detail(t).error.unwrap().contains("offline"));
+    let mut spec = sleep_spec();
+    spec.target = Target::Worker(w);
+    assert!(matches!(
+        s.apply(Event::Submit {
+            tasks: vec![(s.core.task_ids(None)[0], spec)]
+        }),
+        Err(CoreError::Invalid(_))
+    ));
+}
+
+#[test]
+fn deregister_releases_the_task_without_counting_a_failure() {
+    let mut s = Sim::new();
+    let (w1, w2) = (s.register(0), s.register(0));
+    let t = s.submit(sleep_spec());
+    s.poll(w1).unwrap();
+    assert_eq!(s.poll(w2), None);
+    s.core.take_decisions();
+    s.apply(Event::Deregister {
+        worker: w1,
+        reason: "SIGTERM".into(),
+    })
+    .unwrap();
+    let d = s.core.take_decisions();
+    assert!(
+        d.iter()
+            .any(|d| matches!(d, Decision::Deliver { worker, .. } if *worker == w2)),
+        "{d:?}"
+    );
+    let det = s.detail(t);
+    assert_eq!(det.history[0].outcome, AttemptOutcome::Released);
+    assert!(!s.core.has_worker(w1));
+    assert!(matches!(
+        s.apply(Event::Poll { worker: w1 }),
+        Err(CoreError::UnknownWorker(_))
+    ));
+}
+
+#[test]
+fn want_next_hands_out_the_next_task_in_the_status_reply() {
+    let mut s = Sim::new();
+    let w = s.register(0);
+    let t1 = s.submit(sleep_spec());
+    let t2 = s.submit(sleep_spec());
+    let a = s.poll(w).unwrap();
+    assert_eq!(a.id, t1);
+    let update = StatusUpdate {
+        lease: a.lease,
+        state: ReportState::Completed,
+        result: None,
+        error: None,
+        progress: None,
+        elapsed_ms: None,
+        held_fingerprint: None,
+        console: vec![],
+        want_next: true,
+    };
+    match s
+        .apply(Event::Status {
+            worker: w,
+            task: t1,
+            update,
+        })
+        .unwrap()
+    {
+        Reply::Status(StatusResponse {
+            task: Some(next), ..
+        }) => assert_eq!(next.id, t2),
+        r => panic!("{r:?}"),
+    }
+}
+
+/// A seeded random walk over all events: the invariants hold after every step and every task
+/// ends in exactly one terminal state once workers stop failing.
+#[test]
+fn random_event_sequences_keep_the_invariants() {
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut s = Sim::new();
+    let mut workers: Vec<WorkerId> = (0..4).map(|d| s.register(d % 2)).collect();
+    let mut held: HashMap<WorkerId, Assignment> = HashMap::new();
+    let mut tasks = Vec::new();
+    for _ in 0..5_000 {
+        s.now += next(50);
+        let w = workers[next(workers.len() as u64) as usize];
+        match next(10) {
+            0 | 1 => {
+                let mut spec = sleep_spec();
+                spec.priority = next(3) as i32;
+                if next(4) == 0 {
+                    spec.target = Target::Device(next(2) as i32);
+                }
+                tasks.push(s.submit(spec));
+            }
+            2 | 3 => {
+                if let Some(a) = s.poll(w) {
+                    held.insert(w, a);
+                }
+            }
+            4 | 5 => {
+                if let Some(a) = held.remove(&w) {
+                    let st = [
+                        ReportState::Completed,
+                        ReportState::Failed,
+                        ReportState::Running,
+                    ][next(3) as usize];
+                    let _ = s.report(w, &a, st);
+                    if !st.is_terminal() {
+                        held.insert(w, a);
+                    }
+                }
+            }
+            6 => {
+                let cur = held.get(&w).cloned();
+                s.heartbeat(w, cur.as_ref());
+            }
+            7 => {
+                s.apply(Event::Tick).unwrap();
+            }
+            8 if !tasks.is_empty() => {
+                let t = tasks[next(tasks.len() as u64) as usize];
+                let _ = s.apply(Event::Cancel { task: t });
+            }
+            9 if next(20) == 0 => {
+                s.apply(Event::Deregister {
+                    worker: w,
+                    reason: "test".into(),
+                })
+                .unwrap();
+                held.remove(&w);
+                workers.retain(|x| *x != w);
+                workers.push(s.register(next(2) as i32));
+            }
+            _ => {
+                let _ = s.apply(Event::PollExpired { worker: w });
+            }
+        }
+        s.core.take_decisions();
+    }
+    // Drain: reliable workers finish everything.
+    held.clear();
+    for _ in 0..100_000 {
+        s.now += 1;
+        let mut progressed = false;
+        for &w in &workers {
+            s.heartbeat(w, None);
+            if let Some(a) = s.poll(w) {
+                s.report(w, &a, ReportState::Completed).unwrap();
+                progressed = true;
+            }
+        }
+        if !progressed && s.core.queue_length() == 0 {
+            break;
+        }
+    }
+    for t in &tasks {
+        assert!(
+            s.state(*t).is_terminal(),
+            "task {t} ended {:?}",
+            s.state(*t)
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! The worker's console: a small `log::Log` implementation and the ring buffer behind it.
+//!
+//! Every log line goes into a bounded ring of [`ConsoleLine`]s numbered from 0 over the process
+//! lifetime, and to stderr unless the worker is silent (`-s`). The ring serves the direct mode's
+//! console routes and feeds the lines shipped to the controller with heartbeats and terminal
+//! status reports ([`Console::take_unshipped`]).
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+use warp_common::protocol::{ConsoleLine, ConsoleLines};
+
+/// Lines the ring keeps by default.
+pub const DEFAULT_CAPACITY: usize = 10_000;
+
+/// A bounded, numbered ring of log lines. Thread-safe.
+#[derive(Debug)]
+pub struct Console {
+    ring: Mutex<Ring>,
+}
+
+#[derive(Debug)]
+struct Ring {
+    lines: VecDeque<String>,
+    /// Absolute number of `lines[0]`.
+    first: u64,
+    capacity: usize,
+    /// Absolute number of the first line not yet shipped to the controller.
+    shipped: u64,
+}
+
+impl Ring {
+    fn total(&self) -> u64 {
+        self.first + self.lines.len() as u64
+    }
+
+    /// Lines with absolute numbers in `start..end`, clamped to the kept ones.
+    fn slice(&self, start: u64, end: u64) -> ConsoleLines {
+        let start = start.max(self.first);
+        let end = end.min(self.total());
+        let lines = (start..end.max(start))
+            .map(|n| ConsoleLine { n, text: self.lines[(n - self.first) as usize].clone() })
+            .collect();
+        ConsoleLines { total: self.total(), first_kept: self.first, lines }
+    }
+}
+
+impl Console {
+    /// An empty console keeping at most `capacity` lines (at least 1).
+    pub fn new(capacity: usize) -> Console {
+        let capacity = capacity.max(1);
+        let ring = Ring { lines: VecDeque::new(), first: 0, capacity, shipped: 0 };
+        Console { ring: Mutex::new(ring) }
+    }
+
+    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends one line, dropping the oldest when full.
+    pub fn push(&self, text: String) {
+        let mut r = self.ring();
+        if r.lines.len() == r.capacity {
+            r.lines.pop_front();
+            r.first += 1;
+        }
+        r.lines.push_back(text);
+    }
+
+    /// Lines written in all, including those dropped from the ring.
+    pub fn total(&self) -> u64 {
+        self.ring().total()
+    }
+
+    /// Every kept line.
+    pub fn all(&self) -> ConsoleLines {
+        self.range(0, u64::MAX)
+    }
+
+    /// The first `n` lines ever written that are still kept.
+    pub fn first(&self, n: u64) -> ConsoleLines {
+        self.range(0, n)
+    }
+
+    /// The last `n` lines.
+    pub fn last(&self, n: u64) -> ConsoleLines {
+        let r = self.ring();
+        r.slice(r.total().saturating_sub(n), u64::MAX)
+    }
+
+    /// Lines numbered `start` (inclusive) to `end` (exclusive), clamped to the kept lines.
+    pub fn range(&self, start: u64, end: u64) -> ConsoleLines {
+        self.ring().slice(start, end)
+    }
+
+    /// Up to `max` lines not yet shipped to the controller, oldest first, and marks them shipped.
+    /// Lines that left the ring before they were shipped are skipped.
+    pub fn take_unshipped(&self, max: usize) -> Vec<ConsoleLine> {
+        let mut r = self.ring();
+        let start = r.shipped.max(r.first);
+        let end = r.total().min(start + max as u64);
+        r.shipped = end;
+        r.slice(start, end).lines
+    }
+}
+
+/// The process-wide console the logger writes to.
+pub fn global() -> &'static Arc<Console> {
+    static CONSOLE: OnceLock<Arc<Console>> = OnceLock::new();
+    CONSOLE.get_or_init(|| Arc::new(Console::new(DEFAULT_CAPACITY)))
+}
+
+static SILENT: AtomicBool = AtomicBool::new(false);
+
+/// Installs the logger (once per process) writing into [`global`] and, unless `silent`, to
+/// stderr. Later calls only change `silent` and the level. `WARP_LOG=debug` (or `trace`, `warn`,
+/// ...) overrides `level`.
+pub fn init(silent: bool, level: LevelFilter) {
+    SILENT.store(silent, Ordering::Relaxed);
+    let level = std::env::var("WARP_LOG")
+        .ok()
+        .and_then(|v| v.parse::<LevelFilter>().ok())
+        .unwrap_or(level);
+    let _ = log::set_boxed_logger(Box::new(Logger { console: global().clone() }));
+    log::set_max_level(level);
+}
+
+struct Logger {
+    console: Arc<Console>,
+}
+
+impl Log for Logger {
+    fn enabled(&self, meta: &Metadata) -> bool {
+        // Other crates (ureq) are chatty below info; keep their debug lines out.
+        meta.level() <= Level::Info || meta.target().starts_with("warp")
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = format!(
+            "{} {:<5} worker: {}",
+            utc_timestamp(SystemTime::now()),
+            record.level(),
+            record.args()
+        );
+        if !SILENT.load(Ordering::Relaxed) {
+            let _ = writeln!(std::io::stderr().lock(), "{line}");
+        }
+        self.console.push(line);
+    }
+
+    fn flush(&self) {}
+}
+
+/// `2026-11-27T17:00:00.123Z` for `t` (UTC, computed without a calendar crate).
+pub fn utc_timestamp(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn numbers(c: &ConsoleLines) -> Vec<u64> {
+        c.lines.iter().map(|l| l.n).collect()
+    }
+
+    #[test]
+    fn ring_numbers_lines_absolutely_and_drops_the_oldest() {
+        let c = Console::new(3);
+        for i in 0..5 {
+            c.push(format!("line {i}"));
+        }
+        assert_eq!(c.total(), 5);
+        let all = c.all();
+        assert_eq!((all.total, all.first_kept), (5, 2));
+        assert_eq!(numbers(&all), [2, 3, 4]);
+        assert_eq!(all.lines[0].text, "line 2");
+        assert_eq!(numbers(&c.first(3)), [2]);
+        assert_eq!(numbers(&c.last(2)), [3, 4]);
+        assert_eq!(numbers(&c.last(100)), [2, 3, 4]);
+        assert_eq!(numbers(&c.range(3, 4)), [3]);
+        assert_eq!(numbers(&c.range(0, 100)), [2, 3, 4]);
+        assert!(c.range(4, 2).lines.is_empty());
+        assert!(c.range(10, 20).lines.is_empty());
+    }
+
+    #[test]
+    fn unshipped_cursor_skips_lines_dropped_before_shipping() {
+        let c = Console::new(4);
+        c.push("a".into());
+        c.push("b".into());
+        assert_eq!(c.take_unshipped(1).iter().map(|l| l.n).collect::<Vec<_>>(), [0]);
+        assert_eq!(c.take_unshipped(10).iter().map(|l| l.n).collect::<Vec<_>>(), [1]);
+        assert!(c.take_unshipped(10).is_empty());
+        for i in 0..6 {
+            c.push(format!("x{i}"));
+        }
+        // Lines 2 and 3 left the ring unshipped; 4..8 are kept.
+        let got = c.take_unshipped(10);
+        assert_eq!(got.iter().map(|l| l.n).collect::<Vec<_>>(), [4, 5, 6, 7]);
+        assert_eq!(got[0].text, "x2");
+    }
+
+    #[test]
+    fn timestamps_are_utc_iso8601() {
+        assert_eq!(utc_timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_798_800_123); // 2026-11-27 17:00
+        assert_eq!(utc_timestamp(t), "2026-11-27T17:00:00.123Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(utc_timestamp(leap), "2000-02-29T00:00:00.000Z");
+    }
+}
