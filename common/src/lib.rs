@@ -1,12 +1,14 @@
 //! Shared vocabulary of the controller and the workers.
 //!
 //! * [`protocol`]: every request and response body of the HTTP pull protocol, once.
+//! * [`console`]: the bounded, numbered log-line buffer of workers and controller.
 //! * [`commands`]: the typed command set a worker can be asked to run (Warp's names).
 //! * [`PROTOCOL_VERSION`]: checked at registration; a mismatch is refused loudly.
 //!
 //! This crate does no I/O: no sockets, no files, no clocks, no processes.
 
 pub mod commands;
+pub mod console;
 pub mod protocol;
 
 /// Version of the wire protocol in [`protocol`]. Bump it on any incompatible change of a body or
@@ -69,5 +71,40 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secrets"));
         assert!(constant_time_eq(b"", b""));
+    }
+}
+
+/// Normalises a controller address given as `host:port`, `http://host:port` or with a trailing
+/// slash to `http://host:port`. `https://` is refused until TLS exists, with a message saying so.
+pub fn normalize_controller_url(text: &str) -> Result<String, String> {
+    let t = text.trim().trim_end_matches('/');
+    if t.is_empty() {
+        return Err("empty controller address (expected HOST:PORT or http://HOST:PORT)".into());
+    }
+    if t.starts_with("https://") {
+        return Err(format!(
+            "'{text}': https is not supported yet; use http://HOST:PORT"
+        ));
+    }
+    let rest = t.strip_prefix("http://").unwrap_or(t);
+    if rest.contains('/') || !rest.contains(':') || rest.ends_with(':') {
+        return Err(format!(
+            "'{text}' is not a controller address (expected HOST:PORT or http://HOST:PORT)"
+        ));
+    }
+    Ok(format!("http://{rest}"))
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::normalize_controller_url as n;
+
+    #[test]
+    fn controller_urls_are_normalised() {
+        assert_eq!(n("127.0.0.1:80").unwrap(), "http://127.0.0.1:80");
+        assert_eq!(n("http://node:8080/").unwrap(), "http://node:8080");
+        assert!(n("node").is_err());
+        assert!(n("https://node:1").unwrap_err().contains("https"));
+        assert!(n("http://node:1/api").is_err());
     }
 }

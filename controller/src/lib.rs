@@ -1,2 +1,20 @@
 //! The controller of the pull-based worker system.
+//!
+//! * [`core`]: the task/worker state core: pure, events in, decisions out.
+//! * [`server`]: the running controller (threads, parked long-polls) and its in-process API.
+//! * [`http`]: the route table and handlers; the only module that knows HTTP requests.
+//! * [`auth`]: enrollment and worker tokens.
+//! * [`client`]: a blocking client of the admin API (the CLI's `submit`, `status`, ...).
+//! * [`wrapper`]: the drop-in wrapper (spawns local workers, blocking command calls) and the
+//!   direct-mode wrapper.
+//! * [`logging`]: the stderr logger.
+
+pub mod auth;
+pub mod client;
 pub mod core;
+pub mod http;
+pub mod logging;
+pub mod server;
+pub mod wrapper;
+
+pub use server::{Controller, ControllerConfig, WorkerEvent};

@@ -1,1 +1,552 @@
-fn main() {}
+//! `warp-controller`: parses flags and calls the library. Exit codes: 0 ok, 1 failure, 2 usage.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use getopts::{Matches, Options};
+use warp_common::commands::Command;
+use warp_common::protocol::{Target, TaskDetail, TaskSpec, TaskState};
+use warp_controller::client::AdminClient;
+use warp_controller::{Controller, ControllerConfig, auth, logging};
+
+const USAGE: &str = "\
+warp-controller: the controller of a pull-based cryo-EM worker system.
+
+Workers (warp-worker, one per GPU) connect to the controller; the controller never connects to
+them, so workers run on compute nodes that accept no inbound connections.
+
+Usage:
+  warp-controller serve [options]        run a controller
+  warp-controller submit [options] (--exec -- ARGV... | --json FILE)
+  warp-controller status|workers|tasks [--json] [options]
+  warp-controller cancel TASK_ID [options]
+  warp-controller help | --help | --version
+
+Each subcommand has --help. Tokens come from --token-file FILE or the WARP_TOKEN environment
+variable, never from the command line. Client subcommands find the controller with
+--controller URL or WARP_CONTROLLER.
+
+Exit codes: 0 success, 1 failure (e.g. task failed, controller unreachable), 2 usage error.";
+
+/// Set by SIGINT/SIGTERM.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+enum Failure {
+    Usage(String),
+    Failed(String),
+}
+
+type Outcome = Result<(), Failure>;
+
+fn usage<T>(m: impl Into<String>) -> Result<T, Failure> {
+    Err(Failure::Usage(m.into()))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        None | Some("help" | "-h" | "--help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some("--version" | "-V") => {
+            println!(
+                "warp-controller {} (protocol {})",
+                warp_common::VERSION,
+                warp_common::PROTOCOL_VERSION
+            );
+            Ok(())
+        }
+        Some("serve") => serve(&args[1..]),
+        Some("submit") => submit(&args[1..]),
+        Some(cmd @ ("status" | "workers" | "tasks")) => monitor(cmd, &args[1..]),
+        Some("cancel") => cancel(&args[1..]),
+        Some(other) => Err(Failure::Usage(format!(
+            "unknown subcommand '{other}'; see warp-controller --help"
+        ))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(m)) => {
+            eprintln!("warp-controller: {m}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(m)) => {
+            eprintln!("warp-controller: error: {m}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Parses `args` with `opts`; prints help and returns None for --help.
+fn parse(opts: &Options, args: &[String], brief: &str) -> Result<Option<Matches>, Failure> {
+    let m = opts
+        .parse(args)
+        .map_err(|e| Failure::Usage(format!("{e}; see --help")))?;
+    if m.opt_present("help") {
+        println!("{}", opts.usage(brief));
+        return Ok(None);
+    }
+    Ok(Some(m))
+}
+
+fn seconds(m: &Matches, name: &str, default: Duration) -> Result<Duration, Failure> {
+    match m.opt_str(name) {
+        None => Ok(default),
+        Some(v) => {
+            warp_common::parse_seconds(&v).map_err(|e| Failure::Usage(format!("--{name}: {e}")))
+        }
+    }
+}
+
+fn number<T: std::str::FromStr>(m: &Matches, name: &str, default: T) -> Result<T, Failure> {
+    match m.opt_str(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| Failure::Usage(format!("--{name}: '{v}' is not a valid number"))),
+    }
+}
+
+fn serve(args: &[String]) -> Outcome {
+    let d = ControllerConfig::new(String::new());
+    let mut o = Options::new();
+    o.optflag("h", "help", "print this help");
+    o.optopt(
+        "",
+        "bind",
+        &format!("address to listen on (default {}: all interfaces)", d.bind),
+        "ADDR",
+    );
+    o.optopt(
+        "",
+        "port",
+        "port to listen on (default 0: any free port; see --port-file)",
+        "N",
+    );
+    o.optopt(
+        "",
+        "port-file",
+        "write the bound port to FILE (for scripts and batch jobs)",
+        "FILE",
+    );
+    o.optopt("", "token-file", "enrollment token file, created (mode 600, random 256-bit token) if missing; else WARP_TOKEN", "FILE");
+    o.optopt(
+        "",
+        "poll-hold",
+        "seconds a worker's poll is held before 'no work' (default 30)",
+        "S",
+    );
+    o.optopt(
+        "",
+        "heartbeat-interval",
+        "seconds between worker heartbeats (default 30, at most a quarter of the timeout)",
+        "S",
+    );
+    o.optopt(
+        "",
+        "heartbeat-timeout",
+        "seconds of silence after which a worker is offline and its task re-queued (default 120)",
+        "S",
+    );
+    o.optopt(
+        "",
+        "task-timeout",
+        "seconds an attempt may run before it fails and is re-queued (default 1800)",
+        "S",
+    );
+    o.optopt(
+        "",
+        "max-attempts",
+        "failed attempts after which a task fails for good (default 3)",
+        "N",
+    );
+    o.optopt(
+        "",
+        "max-body",
+        "largest request body in bytes (default 16 MiB)",
+        "BYTES",
+    );
+    o.optopt("", "threads", "request handler threads (default 4)", "N");
+    o.optflag("v", "verbose", "log debug lines (or WARP_LOG=debug)");
+    o.optflag("q", "quiet", "log warnings and errors only");
+    let Some(m) = parse(
+        &o,
+        args,
+        "Usage: warp-controller serve [options]\n\nSeconds accept fractions (0.5).",
+    )?
+    else {
+        return Ok(());
+    };
+    logging::init(if m.opt_present("verbose") {
+        log::LevelFilter::Debug
+    } else if m.opt_present("quiet") {
+        log::LevelFilter::Warn
+    } else {
+        log::LevelFilter::Info
+    });
+    let token_file = m.opt_str("token-file").map(PathBuf::from);
+    let token = auth::resolve_token(token_file.as_deref(), true).map_err(Failure::Usage)?;
+    let mut cfg = ControllerConfig::new(token);
+    cfg.bind = m.opt_str("bind").unwrap_or(cfg.bind);
+    cfg.port = number(&m, "port", 0u16)?;
+    cfg.poll_hold = seconds(&m, "poll-hold", cfg.poll_hold)?;
+    cfg.heartbeat_interval = seconds(&m, "heartbeat-interval", cfg.heartbeat_interval)?;
+    cfg.heartbeat_timeout = seconds(&m, "heartbeat-timeout", cfg.heartbeat_timeout)?;
+    cfg.task_timeout = seconds(&m, "task-timeout", cfg.task_timeout)?;
+    cfg.max_attempts = number(&m, "max-attempts", cfg.max_attempts)?;
+    cfg.max_body_bytes = number(&m, "max-body", cfg.max_body_bytes)?;
+    cfg.handler_threads = number(&m, "threads", cfg.handler_threads)?;
+    if cfg.max_attempts == 0 || cfg.handler_threads == 0 {
+        return usage("--max-attempts and --threads must be at least 1");
+    }
+    if cfg.heartbeat_timeout.is_zero() || cfg.poll_hold.is_zero() || cfg.task_timeout.is_zero() {
+        return usage("--poll-hold, --heartbeat-timeout and --task-timeout must be > 0");
+    }
+    install_signal_handlers();
+    log::info!(
+        "warp-controller {} (protocol {}) starting",
+        warp_common::VERSION,
+        warp_common::PROTOCOL_VERSION
+    );
+    log::info!("configuration: {}", cfg.describe());
+    log::info!(
+        "token: {}",
+        match &token_file {
+            Some(p) => format!("from file {}", p.display()),
+            None => format!("from {}", auth::TOKEN_ENV),
+        }
+    );
+    let bind = cfg.bind.clone();
+    let controller = Controller::start(cfg).map_err(Failure::Failed)?;
+    if let Some(path) = m.opt_str("port-file") {
+        std::fs::write(&path, format!("{}\n", controller.port()))
+            .map_err(|e| Failure::Failed(format!("cannot write --port-file {path}: {e}")))?;
+    }
+    println!("listening on http://{bind}:{}", controller.port());
+    let _ = std::io::stdout().flush();
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    log::info!("signal received: shutting down");
+    controller.shutdown();
+    Ok(())
+}
+
+/// Options every client subcommand takes.
+fn client_options() -> Options {
+    let mut o = Options::new();
+    o.optflag("h", "help", "print this help");
+    o.optopt(
+        "",
+        "controller",
+        "controller URL (http://HOST:PORT or HOST:PORT); default $WARP_CONTROLLER",
+        "URL",
+    );
+    o.optopt(
+        "",
+        "token-file",
+        "file holding the enrollment (admin) token; default $WARP_TOKEN",
+        "FILE",
+    );
+    o
+}
+
+fn client(m: &Matches) -> Result<AdminClient, Failure> {
+    let url = m
+        .opt_str("controller")
+        .or_else(|| std::env::var("WARP_CONTROLLER").ok())
+        .ok_or_else(|| {
+            Failure::Usage("no controller: pass --controller URL or set WARP_CONTROLLER".into())
+        })?;
+    let token_file = m.opt_str("token-file").map(PathBuf::from);
+    let token = auth::resolve_token(token_file.as_deref(), false).map_err(Failure::Usage)?;
+    AdminClient::new(&url, &token).map_err(|e| Failure::Usage(format!("--controller: {e}")))
+}
+
+fn submit(args: &[String]) -> Outcome {
+    let mut o = client_options();
+    o.optflag("", "exec", "run the program given after -- (Exec command)");
+    o.optopt(
+        "",
+        "json",
+        "submit the work package (TaskSpec JSON) in FILE ('-' = stdin)",
+        "FILE",
+    );
+    o.optopt("", "worker", "only this worker may run it", "ID");
+    o.optopt(
+        "",
+        "device",
+        "only workers serving this device may run it",
+        "N",
+    );
+    o.optopt("", "priority", "higher runs first (default 0)", "N");
+    o.optopt("", "label", "label shown in monitoring", "TEXT");
+    o.optopt(
+        "",
+        "timeout",
+        "task timeout in seconds (default: the controller's)",
+        "S",
+    );
+    o.optopt(
+        "",
+        "cwd",
+        "working directory of the program (--exec)",
+        "DIR",
+    );
+    o.optflag(
+        "",
+        "wait",
+        "wait for the task and print its result; exit 1 if it failed",
+    );
+    o.optopt(
+        "",
+        "wait-timeout",
+        "give up waiting after S seconds (default: never)",
+        "S",
+    );
+    let brief = "Usage: warp-controller submit [options] (--exec -- PROGRAM ARGS... | --json FILE)\n\nPrints the task id; with --wait, the task's result as JSON.";
+    let Some(m) = parse(&o, args, brief)? else {
+        return Ok(());
+    };
+    let mut spec = match (m.opt_present("exec"), m.opt_str("json")) {
+        (true, None) => {
+            if m.free.is_empty() {
+                return usage("--exec needs a program after --, e.g. submit --exec -- hostname");
+            }
+            let mut cmd = Command::exec(m.free.iter().cloned());
+            if let (Command::Exec(p), Some(cwd)) = (&mut cmd, m.opt_str("cwd")) {
+                p.cwd = Some(cwd);
+            }
+            TaskSpec::new(vec![cmd])
+        }
+        (false, Some(path)) => {
+            let text = if path == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map(|_| s)
+            } else {
+                std::fs::read_to_string(&path)
+            }
+            .map_err(|e| Failure::Failed(format!("cannot read --json {path}: {e}")))?;
+            serde_json::from_str(&text)
+                .map_err(|e| Failure::Failed(format!("--json {path} is not a work package: {e}")))?
+        }
+        _ => return usage("give exactly one of --exec -- ARGV... or --json FILE"),
+    };
+    match (m.opt_str("worker"), m.opt_str("device")) {
+        (Some(_), Some(_)) => return usage("give at most one of --worker and --device"),
+        (Some(w), None) => {
+            spec.target = Target::Worker(
+                uuid::Uuid::parse_str(&w)
+                    .map_err(|_| Failure::Usage(format!("--worker: '{w}' is not a worker id")))?,
+            )
+        }
+        (None, Some(_)) => spec.target = Target::Device(number(&m, "device", 0)?),
+        (None, None) => {}
+    }
+    if m.opt_present("priority") {
+        spec.priority = number(&m, "priority", 0)?;
+    }
+    if let Some(l) = m.opt_str("label") {
+        spec.label = Some(l);
+    }
+    if m.opt_present("timeout") {
+        spec.timeout_s = Some(seconds(&m, "timeout", Duration::ZERO)?.as_secs_f64());
+    }
+    spec.validate().map_err(Failure::Usage)?;
+    let c = client(&m)?;
+    let id = c
+        .submit(&spec)
+        .map_err(|e| Failure::Failed(e.to_string()))?;
+    println!("{id}");
+    if !m.opt_present("wait") {
+        return Ok(());
+    }
+    let timeout = m
+        .opt_str("wait-timeout")
+        .map(|_| seconds(&m, "wait-timeout", Duration::ZERO))
+        .transpose()?;
+    let detail = c
+        .wait(id, timeout)
+        .map_err(|e| Failure::Failed(e.to_string()))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&detail).expect("detail serialises")
+    );
+    match detail.state {
+        TaskState::Completed => Ok(()),
+        s if s.is_terminal() => Err(Failure::Failed(format!(
+            "task {id} {}: {}",
+            s.as_str(),
+            detail.error.unwrap_or_default()
+        ))),
+        s => Err(Failure::Failed(format!(
+            "task {id} still {} after --wait-timeout",
+            s.as_str()
+        ))),
+    }
+}
+
+fn cancel(args: &[String]) -> Outcome {
+    let o = client_options();
+    let Some(m) = parse(&o, args, "Usage: warp-controller cancel TASK_ID [options]")? else {
+        return Ok(());
+    };
+    let [id] = &m.free[..] else {
+        return usage("cancel takes exactly one TASK_ID");
+    };
+    let id = uuid::Uuid::parse_str(id)
+        .map_err(|_| Failure::Usage(format!("'{id}' is not a task id")))?;
+    let state = client(&m)?
+        .cancel(id)
+        .map_err(|e| Failure::Failed(e.to_string()))?;
+    println!("{id} {}", state.as_str());
+    Ok(())
+}
+
+fn monitor(cmd: &str, args: &[String]) -> Outcome {
+    let mut o = client_options();
+    o.optflag("", "json", "print JSON instead of a table");
+    if cmd == "workers" {
+        o.optflag("", "all", "include offline workers");
+    }
+    if cmd == "tasks" {
+        o.optopt(
+            "",
+            "state",
+            "only tasks in this state (queued, running, completed, failed, ...)",
+            "STATE",
+        );
+        o.optopt("", "limit", "at most N tasks (default 1000)", "N");
+    }
+    let Some(m) = parse(
+        &o,
+        args,
+        &format!("Usage: warp-controller {cmd} [--json] [options]"),
+    )?
+    else {
+        return Ok(());
+    };
+    let c = client(&m)?;
+    let fail = |e: warp_controller::client::ClientError| Failure::Failed(e.to_string());
+    let json = m.opt_present("json");
+    let print_json = |v: &dyn erased::Json| println!("{}", v.pretty());
+    match cmd {
+        "status" => {
+            let s = c.status().map_err(fail)?;
+            if json {
+                print_json(&s);
+            } else {
+                println!(
+                    "controller {} (protocol {}), up {:.1} s",
+                    s.version,
+                    s.protocol_version,
+                    s.uptime_ms as f64 / 1000.0
+                );
+                println!(
+                    "workers: {} idle, {} busy, {} offline; {} polls parked",
+                    s.workers.idle, s.workers.busy, s.workers.offline, s.parked_polls
+                );
+                let t = &s.tasks;
+                println!(
+                    "tasks:   {} queued, {} assigned, {} running, {} completed, {} failed, {} cancelled",
+                    t.queued, t.assigned, t.running, t.completed, t.failed, t.cancelled
+                );
+                println!("stale reports refused: {}", s.stale_reports_refused);
+            }
+        }
+        "workers" => {
+            let list = c.workers(m.opt_present("all")).map_err(fail)?;
+            if json {
+                print_json(&list);
+            } else {
+                println!(
+                    "{:<36}  {:>6}  {:<20}  {:<7}  {:<36}  {:>9}  {:>6}",
+                    "ID", "DEVICE", "HOST", "STATE", "TASK", "LAST SEEN", "DONE"
+                );
+                for w in list {
+                    println!(
+                        "{:<36}  {:>6}  {:<20}  {:<7}  {:<36}  {:>7.1} s  {:>6}",
+                        w.id,
+                        w.device,
+                        w.hostname,
+                        format!("{:?}", w.state).to_lowercase(),
+                        w.current_task
+                            .map(|t| t.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        w.last_heartbeat_ms_ago as f64 / 1000.0,
+                        w.tasks_completed
+                    );
+                }
+            }
+        }
+        _ => {
+            let state = m
+                .opt_str("state")
+                .map(|s| {
+                    serde_json::from_value::<TaskState>(serde_json::Value::String(s.clone()))
+                        .map_err(|_| Failure::Usage(format!("--state: unknown state '{s}'")))
+                })
+                .transpose()?;
+            let list = c
+                .tasks(state, number(&m, "limit", 1000usize)?)
+                .map_err(fail)?;
+            if json {
+                print_json(&list);
+            } else {
+                println!(
+                    "{:<36}  {:<9}  {:>7}  {:<36}  {:<20}  ERROR",
+                    "ID", "STATE", "ATTEMPT", "WORKER", "LABEL"
+                );
+                for t in list {
+                    print_task_row(&t);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_task_row(t: &TaskDetail) {
+    let mut err = t.error.clone().unwrap_or_default().replace('\n', " ");
+    err.truncate(60);
+    println!(
+        "{:<36}  {:<9}  {:>7}  {:<36}  {:<20}  {}",
+        t.id,
+        t.state.as_str(),
+        t.attempt,
+        t.worker_id
+            .map(|w| w.to_string())
+            .unwrap_or_else(|| "-".into()),
+        t.label.as_deref().unwrap_or("-"),
+        err
+    );
+}
+
+/// Pretty JSON of any serialisable value behind one `dyn` type.
+mod erased {
+    pub trait Json {
+        fn pretty(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn pretty(&self) -> String {
+            serde_json::to_string_pretty(self).expect("serialisable")
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! A blocking client of the controller's admin API (submit, wait, cancel, monitoring, console).
+//! Used by the CLI subcommands and by tests; environment proxies are never used.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use warp_common::protocol::{
+    ApiErrorBody, BatchSubmit, BatchSubmitResponse, ConsoleLines, ControllerStatus, SubmitResponse,
+    TaskDetail, TaskId, TaskSpec, TaskState, WorkerInfo,
+};
+
+/// What can go wrong talking to the controller.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No connection (refused, timed out, DNS).
+    Transport(String),
+    /// The controller answered with an error.
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Error code.
+        code: String,
+        /// Message.
+        message: String,
+    },
+    /// The answer was not what the protocol says.
+    Decode(String),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Transport(m) => write!(f, "cannot reach the controller: {m}"),
+            ClientError::Api {
+                status,
+                code,
+                message,
+            } => write!(f, "{message} ({code}, HTTP {status})"),
+            ClientError::Decode(m) => write!(f, "unexpected answer from the controller: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// Admin client bound to one controller.
+pub struct AdminClient {
+    base: String,
+    auth: String,
+    agent: ureq::Agent,
+}
+
+impl AdminClient {
+    /// A client of the controller at `url` (`HOST:PORT` or `http://HOST:PORT`).
+    pub fn new(url: &str, token: &str) -> Result<AdminClient, String> {
+        let base = warp_common::normalize_controller_url(url)?;
+        let agent = ureq::AgentBuilder::new()
+            .try_proxy_from_env(false)
+            .timeout_connect(Duration::from_secs(10))
+            .build();
+        Ok(AdminClient {
+            base,
+            auth: format!("Bearer {token}"),
+            agent,
+        })
+    }
+
+    /// The controller's base URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+        read_timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let req = self
+            .agent
+            .request(method, &format!("{}{path}", self.base))
+            .set("Authorization", &self.auth)
+            .timeout(read_timeout);
+        let result = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        match result {
+            Ok(resp) => resp
+                .into_json()
+                .map_err(|e| ClientError::Decode(e.to_string())),
+            Err(ureq::Error::Status(status, resp)) => {
+                let text = resp.into_string().unwrap_or_default();
+                Err(match serde_json::from_str::<ApiErrorBody>(&text) {
+                    Ok(b) => ClientError::Api {
+                        status,
+                        code: b.code,
+                        message: b.error,
+                    },
+                    Err(_) => ClientError::Api {
+                        status,
+                        code: String::new(),
+                        message: text,
+                    },
+                })
+            }
+            Err(e) => Err(ClientError::Transport(e.to_string())),
+        }
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call("GET", path, None::<&()>, Duration::from_secs(30))
+    }
+
+    /// Submits one work package.
+    pub fn submit(&self, spec: &TaskSpec) -> Result<TaskId, ClientError> {
+        let r: SubmitResponse =
+            self.call("POST", "/api/tasks", Some(spec), Duration::from_secs(30))?;
+        Ok(r.id)
+    }
+
+    /// Submits many packages at once.
+    pub fn submit_batch(&self, tasks: Vec<TaskSpec>) -> Result<Vec<TaskId>, ClientError> {
+        let r: BatchSubmitResponse = self.call(
+            "POST",
+            "/api/tasks/batch",
+            Some(&BatchSubmit { tasks }),
+            Duration::from_secs(60),
+        )?;
+        Ok(r.ids)
+    }
+
+    /// Waits until the task is terminal or `timeout` passes; returns its detail either way.
+    pub fn wait(&self, task: TaskId, timeout: Option<Duration>) -> Result<TaskDetail, ClientError> {
+        let start = Instant::now();
+        loop {
+            let left = timeout.map(|t| t.saturating_sub(start.elapsed()));
+            let hold = left
+                .unwrap_or(Duration::from_secs(30))
+                .min(Duration::from_secs(30));
+            let detail: TaskDetail = self.call(
+                "GET",
+                &format!("/api/tasks/{task}/wait?timeout_s={:.3}", hold.as_secs_f64()),
+                None::<&()>,
+                hold + Duration::from_secs(30),
+            )?;
+            if detail.state.is_terminal() || left.is_some_and(|l| l.is_zero()) {
+                return Ok(detail);
+            }
+        }
+    }
+
+    /// Cancels a task.
+    pub fn cancel(&self, task: TaskId) -> Result<TaskState, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Cancelled {
+            state: TaskState,
+        }
+        let r: Cancelled = self.call(
+            "POST",
+            &format!("/api/tasks/{task}/cancel"),
+            None::<&()>,
+            Duration::from_secs(30),
+        )?;
+        Ok(r.state)
+    }
+
+    /// `GET /api/workers/status`.
+    pub fn status(&self) -> Result<ControllerStatus, ClientError> {
+        self.get("/api/workers/status")
+    }
+
+    /// `GET /api/workers/active` (with offline workers when `all`).
+    pub fn workers(&self, all: bool) -> Result<Vec<WorkerInfo>, ClientError> {
+        self.get(if all {
+            "/api/workers/active?all=1"
+        } else {
+            "/api/workers/active"
+        })
+    }
+
+    /// `GET /api/workers/tasks`, optionally filtered by state.
+    pub fn tasks(
+        &self,
+        state: Option<TaskState>,
+        limit: usize,
+    ) -> Result<Vec<TaskDetail>, ClientError> {
+        let filter = state
+            .map(|s| format!("&state={}", s.as_str()))
+            .unwrap_or_default();
+        self.get(&format!("/api/workers/tasks?limit={limit}{filter}"))
+    }
+
+    /// `GET /api/workers/tasks/{id}`.
+    pub fn task(&self, task: TaskId) -> Result<TaskDetail, ClientError> {
+        self.get(&format!("/api/workers/tasks/{task}"))
+    }
+
+    /// The last `n` console lines of a worker.
+    pub fn console_last(&self, worker: uuid::Uuid, n: usize) -> Result<ConsoleLines, ClientError> {
+        self.get(&format!("/api/workers/{worker}/console?last={n}"))
+    }
+}

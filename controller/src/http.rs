@@ -1,0 +1,868 @@
+//! The HTTP layer: one route table, handlers `fn(&Shared, &mut Call) -> Result<Reply, ApiError>`,
+//! JSON errors. Only this module (with [`crate::server`]) knows HTTP; the core knows none.
+//!
+//! Every route is in [`ROUTES`]; the OpenAPI document (`controller/openapi.json`, served at
+//! `GET /api/openapi.json`) describes the same set, and a test checks that they agree.
+
+use std::io::Read;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use warp_common::PROTOCOL_VERSION;
+use warp_common::protocol::{
+    ApiErrorBody, BatchSubmit, BatchSubmitResponse, DeregisterRequest, HeartbeatRequest,
+    RegisterRequest, RegisterResponse, StatusUpdate, SubmitResponse, TaskId, TaskSpec, TaskState,
+    WorkerId,
+};
+
+use crate::auth;
+use crate::core::{CoreError, Event, Reply as CoreReply};
+use crate::server::{Inner, ParkedPoll, Shared, Waiter, json_response};
+
+/// The OpenAPI 3 document of every route below.
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+/// An error answered as `{"error": ..., "code": ...}` with an HTTP status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// Stable code.
+    pub code: &'static str,
+    /// Message for a person.
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    /// 400 `invalid`.
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, "invalid", message)
+    }
+    fn unauthorized(what: &str) -> ApiError {
+        ApiError::new(
+            401,
+            "unauthorized",
+            format!("missing or wrong bearer token: this endpoint needs {what}"),
+        )
+    }
+    pub(crate) fn shutting_down() -> ApiError {
+        ApiError::new(
+            503,
+            "shutting_down",
+            "the controller is shutting down; retry later",
+        )
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}, HTTP {})", self.message, self.code, self.status)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<CoreError> for ApiError {
+    fn from(e: CoreError) -> ApiError {
+        let (status, code) = match &e {
+            CoreError::UnknownWorker(_) => (404, "unknown_worker"),
+            CoreError::UnknownTask(_) => (404, "unknown_task"),
+            CoreError::StaleLease { .. } => (409, "stale_lease"),
+            CoreError::AlreadyFinished(..) => (409, "already_finished"),
+            CoreError::Invalid(_) => (400, "invalid"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+/// What a handler answers.
+pub(crate) enum Reply {
+    Json(u16, Vec<u8>),
+    /// The request was parked; whoever un-parks it answers it.
+    Parked,
+}
+
+fn json<T: Serialize>(status: u16, value: &T) -> Result<Reply, ApiError> {
+    Ok(Reply::Json(
+        status,
+        serde_json::to_vec(value).expect("wire types serialise"),
+    ))
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// Anyone.
+    Public,
+    /// The enrollment (admin) token.
+    Admin,
+    /// The per-worker token of the `{id}` in the path (checked by the handler under the lock).
+    Worker,
+}
+
+/// One route.
+pub struct Route {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path with `{name}` placeholders.
+    pub pattern: &'static str,
+    /// Who may call it.
+    pub auth: Auth,
+    handler: fn(&Shared, &mut Call) -> Result<Reply, ApiError>,
+}
+
+/// Every route the controller serves.
+pub static ROUTES: &[Route] = &[
+    Route {
+        method: "POST",
+        pattern: "/api/workers/register",
+        auth: Auth::Admin,
+        handler: register,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/workers/status",
+        auth: Auth::Admin,
+        handler: controller_status,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/workers/active",
+        auth: Auth::Admin,
+        handler: active_workers,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/workers/tasks",
+        auth: Auth::Admin,
+        handler: list_tasks,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/workers/tasks/{id}",
+        auth: Auth::Admin,
+        handler: task_detail,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/workers/{id}/poll",
+        auth: Auth::Worker,
+        handler: poll,
+    },
+    Route {
+        method: "POST",
+        pattern: "/api/workers/{id}/heartbeat",
+        auth: Auth::Worker,
+        handler: heartbeat,
+    },
+    Route {
+        method: "POST",
+        pattern: "/api/workers/{id}/tasks/{taskId}/status",
+        auth: Auth::Worker,
+        handler: status,
+    },
+    Route {
+        method: "POST",
+        pattern: "/api/workers/{id}/deregister",
+        auth: Auth::Worker,
+        handler: deregister,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/workers/{id}/console",
+        auth: Auth::Admin,
+        handler: console_lines,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/workers/{id}/console/count",
+        auth: Auth::Admin,
+        handler: console_count,
+    },
+    Route {
+        method: "POST",
+        pattern: "/api/tasks",
+        auth: Auth::Admin,
+        handler: submit,
+    },
+    Route {
+        method: "POST",
+        pattern: "/api/tasks/batch",
+        auth: Auth::Admin,
+        handler: submit_batch,
+    },
+    Route {
+        method: "POST",
+        pattern: "/api/tasks/{id}/cancel",
+        auth: Auth::Admin,
+        handler: cancel,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/tasks/{id}/wait",
+        auth: Auth::Admin,
+        handler: wait_task,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/health",
+        auth: Auth::Public,
+        handler: health,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/openapi.json",
+        auth: Auth::Public,
+        handler: openapi,
+    },
+];
+
+/// One request being handled.
+pub(crate) struct Call {
+    /// Taken by a handler that parks the request.
+    request: Option<tiny_http::Request>,
+    params: Vec<String>,
+    query: String,
+    body: Vec<u8>,
+    token: Option<String>,
+}
+
+impl Call {
+    fn param(&self, i: usize) -> &str {
+        &self.params[i]
+    }
+
+    fn uuid_param(&self, i: usize, what: &str) -> Result<uuid::Uuid, ApiError> {
+        let code = if what == "worker" {
+            "unknown_worker"
+        } else {
+            "unknown_task"
+        };
+        uuid::Uuid::parse_str(self.param(i)).map_err(|_| {
+            ApiError::new(
+                404,
+                code,
+                format!("unknown {what} '{}': not a UUID", self.param(i)),
+            )
+        })
+    }
+
+    fn body<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        if self.body.is_empty() {
+            return Err(ApiError::new(
+                400,
+                "malformed",
+                "empty body: expected a JSON object",
+            ));
+        }
+        serde_json::from_slice(&self.body)
+            .map_err(|e| ApiError::new(400, "malformed", format!("malformed JSON body: {e}")))
+    }
+
+    /// The value of query parameter `name`.
+    fn query(&self, name: &str) -> Option<&str> {
+        self.query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
+
+    fn query_num<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {
+        self.query(name)
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    ApiError::invalid(format!(
+                        "query parameter {name}='{v}' is not a valid number"
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    /// Locks the state after checking the worker's own token.
+    fn lock_worker<'a>(
+        &self,
+        s: &'a Shared,
+    ) -> Result<(std::sync::MutexGuard<'a, Inner>, WorkerId), ApiError> {
+        let worker = self.uuid_param(0, "worker")?;
+        let inner = s.lock();
+        match inner
+            .core
+            .worker_token_matches(worker, self.token.as_deref().unwrap_or(""))
+        {
+            None => Err(CoreError::UnknownWorker(worker).into()),
+            Some(false) => Err(ApiError::unauthorized(
+                "the worker's own token (from its registration)",
+            )),
+            Some(true) => Ok((inner, worker)),
+        }
+    }
+}
+
+/// Matches `path` against `pattern`; returns the placeholder values.
+fn match_pattern(pattern: &str, path: &str) -> Option<Vec<String>> {
+    let mut params = Vec::new();
+    let mut pat = pattern.split('/');
+    let mut got = path.split('/');
+    loop {
+        match (pat.next(), got.next()) {
+            (None, None) => return Some(params),
+            (Some(p), Some(g)) if p.starts_with('{') && !g.is_empty() => params.push(g.to_string()),
+            (Some(p), Some(g)) if p == g => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Finds the route for a method and path: `Ok(route, params)`, or the error to answer (404 for
+/// an unknown path, 405 for a known path with another method).
+pub fn find_route(
+    method: &str,
+    path: &str,
+) -> Result<(&'static Route, Vec<String>), (u16, String)> {
+    let mut path_known = false;
+    // Literal segments win over placeholders: routes are listed literal-first where they overlap.
+    for r in ROUTES {
+        if let Some(params) = match_pattern(r.pattern, path) {
+            if r.method == method {
+                return Ok((r, params));
+            }
+            path_known = true;
+        }
+    }
+    if path_known {
+        Err((405, format!("method {method} is not allowed on {path}")))
+    } else {
+        Err((
+            404,
+            format!("no route {method} {path}; see GET /api/openapi.json"),
+        ))
+    }
+}
+
+pub(crate) fn content_type_json() -> tiny_http::Header {
+    tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
+        .expect("valid header")
+}
+
+/// Answers a request; errors writing (client gone) are ignored: the lease machinery copes.
+pub(crate) fn respond(request: tiny_http::Request, status: u16, body: Option<Vec<u8>>) {
+    let _ = match body {
+        Some(b) => request.respond(json_response(status, b)),
+        None => request.respond(tiny_http::Response::empty(status)),
+    };
+}
+
+pub(crate) fn respond_error(request: tiny_http::Request, e: &ApiError) {
+    let body = ApiErrorBody {
+        error: e.message.clone(),
+        code: e.code.to_string(),
+    };
+    respond(
+        request,
+        e.status,
+        Some(serde_json::to_vec(&body).expect("error serialises")),
+    );
+}
+
+/// Handles one request from start to finish (or until it is parked).
+pub(crate) fn handle(s: &Shared, mut request: tiny_http::Request) {
+    let url = request.url().to_string();
+    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    let method = request.method().as_str().to_ascii_uppercase();
+    let (route, params) = match find_route(&method, path) {
+        Ok(r) => r,
+        Err((status, msg)) => {
+            let code = if status == 404 {
+                "not_found"
+            } else {
+                "method_not_allowed"
+            };
+            return respond_error(request, &ApiError::new(status, code, msg));
+        }
+    };
+    let token = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .and_then(|h| auth::bearer(h.value.as_str()).map(str::to_string));
+    if route.auth == Auth::Admin
+        && !warp_common::constant_time_eq(
+            token.as_deref().unwrap_or("").as_bytes(),
+            s.cfg.token.as_bytes(),
+        )
+    {
+        return respond_error(
+            request,
+            &ApiError::unauthorized("the enrollment (admin) token"),
+        );
+    }
+    let limit = s.cfg.max_body_bytes;
+    if request.body_length().is_some_and(|n| n > limit) {
+        return respond_error(request, &too_large(limit));
+    }
+    let mut body = Vec::new();
+    match request
+        .as_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body)
+    {
+        Ok(n) if n > limit => return respond_error(request, &too_large(limit)),
+        Ok(_) => {}
+        Err(e) => {
+            return respond_error(
+                request,
+                &ApiError::new(400, "malformed", format!("cannot read the body: {e}")),
+            );
+        }
+    }
+    let mut call = Call {
+        request: Some(request),
+        params,
+        query: query.to_string(),
+        body,
+        token,
+    };
+    let outcome = catch_unwind(AssertUnwindSafe(|| (route.handler)(s, &mut call)));
+    let Some(request) = call.request.take() else {
+        return;
+    };
+    match outcome {
+        Ok(Ok(Reply::Json(status, body))) => respond(request, status, Some(body)),
+        Ok(Ok(Reply::Parked)) => unreachable!("a parking handler takes the request"),
+        Ok(Err(e)) => respond_error(request, &e),
+        Err(_) => respond_error(
+            request,
+            &ApiError::new(
+                500,
+                "internal",
+                format!("internal error handling {method} {path}; the controller keeps running"),
+            ),
+        ),
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        413,
+        "too_large",
+        format!("request body exceeds the limit of {limit} bytes"),
+    )
+}
+
+/// Applies an event under the lock, then writes the responses it un-parked.
+fn apply_and_flush(
+    s: &Shared,
+    mut inner: std::sync::MutexGuard<'_, Inner>,
+    event: Event,
+) -> Result<CoreReply, ApiError> {
+    let result = s.apply(&mut inner, event);
+    let out = std::mem::take(&mut inner.outbox);
+    drop(inner);
+    Shared::flush(out);
+    result.map_err(ApiError::from)
+}
+
+// ----- worker routes -------------------------------------------------------------------------
+
+fn register(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+    let req: RegisterRequest = call.body()?;
+    if req.protocol_version != PROTOCOL_VERSION {
+        return Err(ApiError::new(
+            400,
+            "protocol_version_mismatch",
+            format!(
+                "protocol version mismatch: the worker speaks protocol {} but this controller (version {}) speaks protocol {PROTOCOL_VERSION}; run matching builds of warp-worker and warp-controller",
+                req.protocol_version,
+                warp_common::VERSION
+            ),
+        ));
+    }
+    let id = uuid::Uuid::new_v4();
+    let token = auth::random_token()
+        .map_err(|e| ApiError::new(500, "internal", format!("cannot make a token: {e}")))?;
+    log::info!(
+        "worker {id} registered: host {} device {} pid {:?}",
+        req.hostname,
+        req.device,
+        req.pid
+    );
+    let inner = s.lock();
+    apply_and_flush(
+        s,
+        inner,
+        Event::Register {
+            id,
+            token: token.clone(),
+            req,
+        },
+    )?;
+    json(
+        200,
+        &RegisterResponse {
+            worker_id: id,
+            token,
+            heartbeat_interval_ms: s.cfg.effective_heartbeat_interval().as_millis() as u64,
+            poll_hold_ms: s.cfg.poll_hold.as_millis() as u64,
+            protocol_version: PROTOCOL_VERSION,
+            controller_version: warp_common::VERSION.to_string(),
+        },
+    )
+}
+
+fn poll(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+    let (mut inner, worker) = call.lock_worker(s)?;
+    match s.apply(&mut inner, Event::Poll { worker }) {
+        Ok(CoreReply::Poll(Some(task))) => {
+            let out = std::mem::take(&mut inner.outbox);
+            drop(inner);
+            Shared::flush(out);
+            json(200, &warp_common::protocol::PollResponse { task })
+        }
+        Ok(CoreReply::Poll(None)) => {
+            let deadline = s.now() + s.cfg.poll_hold.as_millis() as u64;
+            let request = call.request.take().expect("request present until parked");
+            // A worker has one poll at a time; an older parked one belongs to a connection the
+            // worker gave up on. Answer it so its thread does not linger.
+            if let Some(old) = inner
+                .parked_polls
+                .insert(worker, ParkedPoll { request, deadline })
+            {
+                inner.outbox.push(crate::server::Outgoing {
+                    request: old.request,
+                    status: 204,
+                    body: None,
+                });
+            }
+            let out = std::mem::take(&mut inner.outbox);
+            drop(inner);
+            Shared::flush(out);
+            Ok(Reply::Parked)
+        }
+        Ok(r) => unreachable!("poll replied {r:?}"),
+        Err(e) => {
+            let out = std::mem::take(&mut inner.outbox);
+            drop(inner);
+            Shared::flush(out);
+            Err(e.into())
+        }
+    }
+}
+
+fn heartbeat(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+    let mut req: HeartbeatRequest = call.body()?;
+    let (mut inner, worker) = call.lock_worker(s)?;
+    ship_console(
+        &mut inner,
+        worker,
+        std::mem::take(&mut req.console),
+        s.cfg.console_lines,
+    );
+    match apply_and_flush(s, inner, Event::Heartbeat { worker, req })? {
+        CoreReply::Heartbeat(h) => json(200, &h),
+        r => unreachable!("heartbeat replied {r:?}"),
+    }
+}
+
+fn status(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+    let mut update: StatusUpdate = call.body()?;
+    let task = call.uuid_param(1, "task")?;
+    let (mut inner, worker) = call.lock_worker(s)?;
+    ship_console(
+        &mut inner,
+        worker,
+        std::mem::take(&mut update.console),
+        s.cfg.console_lines,
+    );
+    match apply_and_flush(
+        s,
+        inner,
+        Event::Status {
+            worker,
+            task,
+            update,
+        },
+    )? {
+        CoreReply::Status(r) => json(200, &r),
+        r => unreachable!("status replied {r:?}"),
+    }
+}
+
+fn deregister(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+    let req: DeregisterRequest = if call.body.is_empty() {
+        DeregisterRequest::default()
+    } else {
+        call.body()?
+    };
+    let (inner, worker) = call.lock_worker(s)?;
+    log::info!("worker {worker} deregisters: {}", req.reason);
+    apply_and_flush(
+        s,
+        inner,
+        Event::Deregister {
+            worker,
+            reason: req.reason,
+        },
+    )?;
+    json(200, &serde_json::json!({"ok": true}))
+}
+
+fn ship_console(
+    inner: &mut Inner,
+    worker: WorkerId,
+    lines: Vec<warp_common::protocol::ConsoleLine>,
+    cap: usize,
+) {
+    if !lines.is_empty() {
+        inner
+            .consoles
+            .entry(worker)
+            .or_insert_with(|| warp_common::console::ConsoleRing::new(cap))
+            .extend_numbered(lines);
+    }
+}
+
+// ----- client routes -------------------------------------------------------------------------
+
+fn submit(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+    let spec: TaskSpec = call.body()?;
+    spec.validate().map_err(ApiError::invalid)?;
+    let id = uuid::Uuid::new_v4();
+    apply_and_flush(
+        s,
+        s.lock(),
+        Event::Submit {
+            tasks: vec![(id, spec)],
+        },
+    )?;
+    json(201, &SubmitResponse { id })
+}
+
+fn submit_batch(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+    let batch: BatchSubmit = call.body()?;
+    for (i, spec) in batch.tasks.iter().enumerate() {
+        spec.validate()
+            .map_err(|e| ApiError::invalid(format!("task {i}: {e}")))?;
+    }
+    let tasks: Vec<(TaskId, TaskSpec)> = batch
+        .tasks
+        .into_iter()
+        .map(|t| (uuid::Uuid::new_v4(), t))
+        .collect();
+    let ids = tasks.iter().map(|(id, _)| *id).collect();
+    apply_and_flush(s, s.lock(), Event::Submit { tasks })?;
+    json(201, &BatchSubmitResponse { ids })
+}
+
+fn cancel(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+    let task = call.uuid_param(0, "task")?;
+    match apply_and_flush(s, s.lock(), Event::Cancel { task })? {
+        CoreReply::Cancelled(state) => json(200, &serde_json::json!({"id": task, "state": state})),
+        r => unreachable!("cancel replied {r:?}"),
+    }
+}
+
+/// Longest hold of `GET /api/tasks/{id}/wait`.
+const MAX_WAIT_S: f64 = 300.0;
+
+fn wait_task(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+    let task = call.uuid_param(0, "task")?;
+    let timeout_s: f64 = call.query_num("timeout_s")?.unwrap_or(30.0);
+    if !(0.0..=MAX_WAIT_S).contains(&timeout_s) {
+        return Err(ApiError::invalid(format!(
+            "timeout_s must be within 0..={MAX_WAIT_S}"
+        )));
+    }
+    let mut inner = s.lock();
+    let detail = inner
+        .core
+        .task_detail(task, s.epoch_ms)
+        .ok_or(CoreError::UnknownTask(task))?;
+    if detail.state.is_terminal() || timeout_s == 0.0 {
+        return json(200, &detail);
+    }
+    let deadline = s.now() + (timeout_s * 1000.0) as u64;
+    let request = call.request.take().expect("request present until parked");
+    inner
+        .waiters
+        .entry(task)
+        .or_default()
+        .push(Waiter::Http { request, deadline });
+    Ok(Reply::Parked)
+}
+
+fn controller_status(s: &Shared, _call: &mut Call) -> Result<Reply, ApiError> {
+    let inner = s.lock();
+    let st = inner.core.status(s.now(), inner.parked_polls.len() as u64);
+    drop(inner);
+    json(200, &st)
+}
+
+fn active_workers(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+    let all = call.query("all").is_some_and(|v| v == "1" || v == "true");
+    let mut list = s.lock().core.workers(s.epoch_ms);
+    if !all {
+        list.retain(|w| w.state != warp_common::protocol::WorkerState::Offline);
+    }
+    json(200, &list)
+}
+
+fn list_tasks(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+    let state = match call.query("state") {
+        None => None,
+        Some(v) => Some(
+            serde_json::from_value::<TaskState>(serde_json::Value::String(v.to_string()))
+                .map_err(|_| ApiError::invalid(format!("unknown state '{v}' (queued, assigned, running, completed, failed, cancelled)")))?,
+        ),
+    };
+    let offset: usize = call.query_num("offset")?.unwrap_or(0);
+    let limit: usize = call.query_num("limit")?.unwrap_or(1000);
+    let inner = s.lock();
+    let list: Vec<_> = inner
+        .core
+        .task_ids(state)
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .filter_map(|id| inner.core.task_detail(id, s.epoch_ms))
+        .collect();
+    drop(inner);
+    json(200, &list)
+}
+
+fn task_detail(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+    let task = call.uuid_param(0, "task")?;
+    let detail = s
+        .lock()
+        .core
+        .task_detail(task, s.epoch_ms)
+        .ok_or(CoreError::UnknownTask(task))?;
+    json(200, &detail)
+}
+
+/// Console of a worker: `?first=N`, `?last=N`, `?start=A&end=B` (absolute line numbers), or all.
+fn console_lines(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+    let worker = call.uuid_param(0, "worker")?;
+    let first: Option<usize> = call.query_num("first")?;
+    let last: Option<usize> = call.query_num("last")?;
+    let start: Option<u64> = call.query_num("start")?;
+    let end: Option<u64> = call.query_num("end")?;
+    let inner = s.lock();
+    let ring = console_of(&inner, worker)?;
+    let lines = match (first, last, start, end) {
+        (Some(n), None, None, None) => ring.first(n),
+        (None, Some(n), None, None) => ring.last(n),
+        (None, None, Some(a), Some(b)) => ring.range(a, b),
+        (None, None, None, None) => ring.all(),
+        _ => {
+            return Err(ApiError::invalid(
+                "give one of: first=N, last=N, start=A&end=B, or nothing for all lines",
+            ));
+        }
+    };
+    drop(inner);
+    json(200, &lines)
+}
+
+fn console_count(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+    let worker = call.uuid_param(0, "worker")?;
+    let inner = s.lock();
+    let count = console_of(&inner, worker)?.total();
+    json(200, &serde_json::json!({"count": count}))
+}
+
+fn console_of(
+    inner: &Inner,
+    worker: WorkerId,
+) -> Result<std::borrow::Cow<'_, warp_common::console::ConsoleRing>, ApiError> {
+    match inner.consoles.get(&worker) {
+        Some(r) => Ok(std::borrow::Cow::Borrowed(r)),
+        // A known worker that has shipped nothing yet has an empty console.
+        None if inner.core.has_worker(worker) => Ok(std::borrow::Cow::Owned(
+            warp_common::console::ConsoleRing::new(1),
+        )),
+        None => Err(CoreError::UnknownWorker(worker).into()),
+    }
+}
+
+fn health(_s: &Shared, _call: &mut Call) -> Result<Reply, ApiError> {
+    json(
+        200,
+        &serde_json::json!({"ok": true, "version": warp_common::VERSION, "protocol_version": PROTOCOL_VERSION}),
+    )
+}
+
+fn openapi(_s: &Shared, _call: &mut Call) -> Result<Reply, ApiError> {
+    Ok(Reply::Json(200, OPENAPI_JSON.as_bytes().to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_routes_win_and_methods_are_checked() {
+        let (r, p) = find_route("GET", "/api/workers/tasks/abc").unwrap();
+        assert_eq!(
+            (r.pattern, p),
+            ("/api/workers/tasks/{id}", vec!["abc".to_string()])
+        );
+        let (r, p) = find_route("GET", "/api/workers/w1/poll").unwrap();
+        assert_eq!(
+            (r.pattern, p),
+            ("/api/workers/{id}/poll", vec!["w1".to_string()])
+        );
+        let (r, p) = find_route("POST", "/api/workers/w1/tasks/t1/status").unwrap();
+        assert_eq!(r.pattern, "/api/workers/{id}/tasks/{taskId}/status");
+        assert_eq!(p, ["w1", "t1"]);
+        assert_eq!(find_route("DELETE", "/api/tasks").unwrap_err().0, 405);
+        assert_eq!(find_route("GET", "/api/nope").unwrap_err().0, 404);
+        assert_eq!(find_route("GET", "/api/workers//poll").unwrap_err().0, 404);
+    }
+
+    /// The OpenAPI document and the route table describe the same set of (method, path).
+    #[test]
+    fn openapi_document_matches_the_route_table() {
+        let doc: serde_json::Value =
+            serde_json::from_str(OPENAPI_JSON).expect("openapi.json is JSON");
+        assert_eq!(doc["openapi"].as_str().map(|v| &v[..2]), Some("3."));
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("path item").keys() {
+                if ["get", "post", "put", "delete", "patch"].contains(&method.as_str()) {
+                    documented.push((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        let mut served: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|r| (r.method.to_string(), r.pattern.to_string()))
+            .collect();
+        documented.sort();
+        served.sort();
+        assert_eq!(documented, served);
+        for r in ROUTES {
+            let op = &doc["paths"][r.pattern][r.method.to_lowercase()];
+            let secured = op
+                .get("security")
+                .map(|s| s.as_array().is_some_and(|a| !a.is_empty()));
+            let expect_secured = r.auth != Auth::Public;
+            assert_eq!(
+                secured.unwrap_or(true),
+                expect_secured,
+                "security of {} {} in openapi.json",
+                r.method,
+                r.pattern
+            );
+        }
+    }
+}

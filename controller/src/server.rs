@@ -1,0 +1,612 @@
+//! The running controller: the core behind one mutex, parked requests, handler threads and the
+//! timer thread, plus the in-process API that the drop-in wrapper and later the main job use.
+//!
+//! Threads: `handler_threads` threads take requests from tiny_http and run [`crate::http`]
+//! handlers; one timer thread answers expired parked polls and applies `Tick` (heartbeat and
+//! task timeouts). A long-poll is a parked `tiny_http::Request` in [`Inner::parked_polls`], not
+//! a waiting thread: whoever applies the event that produces work for that worker (a submit, a
+//! re-queue, a tick) answers it.
+//!
+//! Locking: one mutex over [`Inner`] (core, parked requests, waiters, consoles), so parking a
+//! poll and handing it work can never race. Responses are written after the lock is released.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+use warp_common::console::ConsoleRing;
+use warp_common::protocol::{
+    ControllerStatus, PollResponse, TaskDetail, TaskId, TaskSpec, TaskState, WorkerId, WorkerInfo,
+};
+
+use crate::core::{Core, CoreConfig, CoreError, Decision, Event, Millis, Reply};
+use crate::http::{self, ApiError};
+
+/// Settings of a controller. [`ControllerConfig::new`] gives the seed's defaults.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Address to bind (`0.0.0.0` = all interfaces).
+    pub bind: String,
+    /// Port (0 = any free port).
+    pub port: u16,
+    /// How long a poll is held before 204.
+    pub poll_hold: Duration,
+    /// How often workers heartbeat.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a worker is offline.
+    pub heartbeat_timeout: Duration,
+    /// Running time after which an attempt fails.
+    pub task_timeout: Duration,
+    /// Failed attempts after which a task fails for good.
+    pub max_attempts: u32,
+    /// Largest request body accepted (413 above).
+    pub max_body_bytes: usize,
+    /// Threads answering requests.
+    pub handler_threads: usize,
+    /// Console lines kept per worker.
+    pub console_lines: usize,
+    /// The enrollment (admin) token.
+    pub token: String,
+}
+
+impl ControllerConfig {
+    /// The seed's defaults: poll hold 30 s, heartbeat every 30 s, offline after 120 s, task
+    /// timeout 1800 s, 3 attempts.
+    pub fn new(token: String) -> ControllerConfig {
+        ControllerConfig {
+            bind: "0.0.0.0".into(),
+            port: 0,
+            poll_hold: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(120),
+            task_timeout: Duration::from_secs(1800),
+            max_attempts: 3,
+            max_body_bytes: 16 << 20,
+            handler_threads: 4,
+            console_lines: 10_000,
+            token,
+        }
+    }
+
+    /// Heartbeat interval actually told to workers: at most a quarter of the heartbeat timeout,
+    /// so shrinking the timeout in tests shrinks the interval with it.
+    pub fn effective_heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+            .min(self.heartbeat_timeout / 4)
+            .max(Duration::from_millis(1))
+    }
+
+    /// The resolved configuration as one log line (never the token).
+    pub fn describe(&self) -> String {
+        format!(
+            "bind={}:{} poll_hold={:.3}s heartbeat_interval={:.3}s heartbeat_timeout={:.3}s task_timeout={:.3}s max_attempts={} max_body={}B handler_threads={} console_lines={}",
+            self.bind,
+            self.port,
+            self.poll_hold.as_secs_f64(),
+            self.effective_heartbeat_interval().as_secs_f64(),
+            self.heartbeat_timeout.as_secs_f64(),
+            self.task_timeout.as_secs_f64(),
+            self.max_attempts,
+            self.max_body_bytes,
+            self.handler_threads,
+            self.console_lines
+        )
+    }
+}
+
+/// What in-process subscribers hear about workers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerEvent {
+    /// A worker registered.
+    Registered {
+        /// Its id.
+        worker: WorkerId,
+        /// The tag its spawner gave it.
+        spawn_id: Option<String>,
+    },
+    /// A worker went offline or left.
+    Lost {
+        /// Its id.
+        worker: WorkerId,
+        /// Why.
+        reason: String,
+    },
+}
+
+pub(crate) struct ParkedPoll {
+    pub request: tiny_http::Request,
+    pub deadline: Millis,
+}
+
+pub(crate) enum Waiter {
+    Http {
+        request: tiny_http::Request,
+        deadline: Millis,
+    },
+    Channel(Sender<TaskDetail>),
+}
+
+/// A response to write once the lock is released.
+pub(crate) struct Outgoing {
+    pub request: tiny_http::Request,
+    pub status: u16,
+    pub body: Option<Vec<u8>>,
+}
+
+pub(crate) struct Inner {
+    pub core: Core,
+    pub parked_polls: HashMap<WorkerId, ParkedPoll>,
+    pub waiters: HashMap<TaskId, Vec<Waiter>>,
+    pub consoles: HashMap<WorkerId, ConsoleRing>,
+    pub subscribers: Vec<Sender<WorkerEvent>>,
+    pub outbox: Vec<Outgoing>,
+}
+
+pub(crate) struct Shared {
+    pub cfg: ControllerConfig,
+    pub started: Instant,
+    pub epoch_ms: u64,
+    inner: Mutex<Inner>,
+    pub server: tiny_http::Server,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    /// Milliseconds on the controller's monotonic clock.
+    pub fn now(&self) -> Millis {
+        self.started.elapsed().as_millis() as Millis
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A handler that panicked while holding the lock was already answered with 500; the
+        // state it left is still the best we have, so keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies an event and carries out the decisions it produced. Responses to parked
+    /// requests go to `inner.outbox`; the caller writes them with [`Shared::flush`].
+    pub fn apply(&self, inner: &mut Inner, event: Event) -> Result<Reply, CoreError> {
+        let reply = inner.core.apply(self.now(), event);
+        let decisions = inner.core.take_decisions();
+        for d in decisions {
+            self.carry_out(inner, d);
+        }
+        reply
+    }
+
+    fn carry_out(&self, inner: &mut Inner, decision: Decision) {
+        match decision {
+            Decision::Deliver { worker, assignment } => {
+                // No parked request: the worker gets the same lease again on its next poll.
+                if let Some(p) = inner.parked_polls.remove(&worker) {
+                    let body = serde_json::to_vec(&PollResponse { task: assignment })
+                        .expect("assignment serialises");
+                    inner.outbox.push(Outgoing {
+                        request: p.request,
+                        status: 200,
+                        body: Some(body),
+                    });
+                }
+            }
+            Decision::Release { worker } => {
+                if let Some(p) = inner.parked_polls.remove(&worker) {
+                    inner.outbox.push(Outgoing {
+                        request: p.request,
+                        status: 204,
+                        body: None,
+                    });
+                }
+            }
+            Decision::Finished { task } => {
+                let Some(waiters) = inner.waiters.remove(&task) else {
+                    return;
+                };
+                let detail = inner
+                    .core
+                    .task_detail(task, self.epoch_ms)
+                    .expect("finished task exists");
+                if detail.state == TaskState::Failed {
+                    log::info!(
+                        "task {task} failed for good: {}",
+                        detail.error.as_deref().unwrap_or("")
+                    );
+                }
+                for w in waiters {
+                    match w {
+                        Waiter::Http { request, .. } => {
+                            let body = serde_json::to_vec(&detail).expect("detail serialises");
+                            inner.outbox.push(Outgoing {
+                                request,
+                                status: 200,
+                                body: Some(body),
+                            });
+                        }
+                        Waiter::Channel(tx) => {
+                            let _ = tx.send(detail.clone());
+                        }
+                    }
+                }
+            }
+            Decision::WorkerRegistered { worker, spawn_id } => {
+                let e = WorkerEvent::Registered { worker, spawn_id };
+                inner.subscribers.retain(|s| s.send(e.clone()).is_ok());
+            }
+            Decision::WorkerLost { worker, reason } => {
+                log::warn!("worker {worker} lost: {reason}");
+                let e = WorkerEvent::Lost { worker, reason };
+                inner.subscribers.retain(|s| s.send(e.clone()).is_ok());
+            }
+        }
+    }
+
+    /// Writes queued responses; call without holding the lock.
+    pub fn flush(outbox: Vec<Outgoing>) {
+        for o in outbox {
+            http::respond(o.request, o.status, o.body);
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// One timer step: expire parked polls and waiters, apply `Tick`.
+    fn tick(&self) {
+        let now = self.now();
+        let mut inner = self.lock();
+        let expired: Vec<WorkerId> = inner
+            .parked_polls
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(w, _)| *w)
+            .collect();
+        for worker in expired {
+            let p = inner.parked_polls.remove(&worker).expect("listed");
+            inner.outbox.push(Outgoing {
+                request: p.request,
+                status: 204,
+                body: None,
+            });
+            let _ = self.apply(&mut inner, Event::PollExpired { worker });
+        }
+        let mut timed_out = Vec::new();
+        for (task, ws) in inner.waiters.iter_mut() {
+            let mut i = 0;
+            while i < ws.len() {
+                if matches!(&ws[i], Waiter::Http { deadline, .. } if *deadline <= now) {
+                    timed_out.push((*task, ws.swap_remove(i)));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        inner.waiters.retain(|_, ws| !ws.is_empty());
+        for (task, w) in timed_out {
+            if let Waiter::Http { request, .. } = w {
+                let detail = inner.core.task_detail(task, self.epoch_ms);
+                let body = serde_json::to_vec(&detail).expect("detail serialises");
+                inner.outbox.push(Outgoing {
+                    request,
+                    status: 200,
+                    body: Some(body),
+                });
+            }
+        }
+        let _ = self.apply(&mut inner, Event::Tick);
+        let out = std::mem::take(&mut inner.outbox);
+        drop(inner);
+        Shared::flush(out);
+    }
+}
+
+/// A running controller. Dropping it shuts it down.
+pub struct Controller {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    port: u16,
+    timer_stop: Option<Sender<()>>,
+}
+
+impl Controller {
+    /// Binds and starts serving. Fails if the address cannot be bound.
+    pub fn start(cfg: ControllerConfig) -> Result<Controller, String> {
+        let addr = format!("{}:{}", cfg.bind, cfg.port);
+        let server = tiny_http::Server::http(&addr).map_err(|e| {
+            format!("cannot listen on {addr}: {e} (is the port in use? try --port 0)")
+        })?;
+        let port = server
+            .server_addr()
+            .to_ip()
+            .map(|a| a.port())
+            .unwrap_or(cfg.port);
+        let core = Core::new(CoreConfig {
+            heartbeat_timeout_ms: cfg.heartbeat_timeout.as_millis() as u64,
+            task_timeout_ms: cfg.task_timeout.as_millis() as u64,
+            max_attempts: cfg.max_attempts,
+            heartbeat_interval_ms: cfg.effective_heartbeat_interval().as_millis() as u64,
+            poll_hold_ms: cfg.poll_hold.as_millis() as u64,
+        });
+        let epoch_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let threads_n = cfg.handler_threads.max(1);
+        // Timer resolution: a tenth of the shortest interval it enforces, within 2..100 ms.
+        let shortest = cfg
+            .poll_hold
+            .min(cfg.heartbeat_timeout)
+            .min(cfg.task_timeout);
+        let tick = (shortest / 10).clamp(Duration::from_millis(2), Duration::from_millis(100));
+        let shared = Arc::new(Shared {
+            cfg,
+            started: Instant::now(),
+            epoch_ms,
+            inner: Mutex::new(Inner {
+                core,
+                parked_polls: HashMap::new(),
+                waiters: HashMap::new(),
+                consoles: HashMap::new(),
+                subscribers: Vec::new(),
+                outbox: Vec::new(),
+            }),
+            server,
+            stopping: AtomicBool::new(false),
+        });
+        let mut threads = Vec::new();
+        for i in 0..threads_n {
+            let s = Arc::clone(&shared);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("http-{i}"))
+                    .spawn(move || {
+                        loop {
+                            match s.server.recv() {
+                                Ok(req) if s.stopping() => {
+                                    http::respond_error(req, &ApiError::shutting_down())
+                                }
+                                Ok(req) => http::handle(&s, req),
+                                Err(_) if s.stopping() => break,
+                                // An accept error (e.g. out of file descriptors) must not
+                                // take a handler thread down.
+                                Err(e) => {
+                                    log::warn!("accepting a connection failed: {e}");
+                                    std::thread::sleep(Duration::from_millis(10));
+                                }
+                            }
+                        }
+                    })
+                    .map_err(|e| format!("cannot start a handler thread: {e}"))?,
+            );
+        }
+        let (timer_stop, stop_rx) = crossbeam_channel::bounded::<()>(1);
+        let s = Arc::clone(&shared);
+        threads.push(
+            std::thread::Builder::new()
+                .name("timer".into())
+                .spawn(move || {
+                    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                        stop_rx.recv_timeout(tick)
+                    {
+                        s.tick();
+                    }
+                })
+                .map_err(|e| format!("cannot start the timer thread: {e}"))?,
+        );
+        Ok(Controller {
+            shared,
+            threads,
+            port,
+            timer_stop: Some(timer_stop),
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT` when bound to all interfaces, else `http://BIND:PORT`.
+    pub fn url(&self) -> String {
+        let host = match self.shared.cfg.bind.as_str() {
+            "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
+            b => b,
+        };
+        format!("http://{host}:{}", self.port)
+    }
+
+    /// The enrollment token workers need.
+    pub fn token(&self) -> &str {
+        &self.shared.cfg.token
+    }
+
+    /// Submits one task. Errors are the 4xx the HTTP API would answer.
+    pub fn submit(&self, spec: TaskSpec) -> Result<TaskId, ApiError> {
+        self.submit_inner(spec, false).map(|(id, _)| id)
+    }
+
+    /// Submits one task and returns a channel that receives its detail once it is terminal.
+    pub fn submit_watch(&self, spec: TaskSpec) -> Result<(TaskId, Receiver<TaskDetail>), ApiError> {
+        let (id, rx) = self.submit_inner(spec, true)?;
+        Ok((id, rx.expect("watch requested")))
+    }
+
+    fn submit_inner(
+        &self,
+        spec: TaskSpec,
+        watch: bool,
+    ) -> Result<(TaskId, Option<Receiver<TaskDetail>>), ApiError> {
+        spec.validate().map_err(ApiError::invalid)?;
+        let id = uuid::Uuid::new_v4();
+        let mut inner = self.shared.lock();
+        let rx = watch.then(|| {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            inner
+                .waiters
+                .entry(id)
+                .or_default()
+                .push(Waiter::Channel(tx));
+            rx
+        });
+        let result = self.shared.apply(
+            &mut inner,
+            Event::Submit {
+                tasks: vec![(id, spec)],
+            },
+        );
+        if result.is_err() {
+            inner.waiters.remove(&id);
+        }
+        let out = std::mem::take(&mut inner.outbox);
+        drop(inner);
+        Shared::flush(out);
+        result.map_err(ApiError::from)?;
+        Ok((id, rx))
+    }
+
+    /// Submits many tasks at once (all or none).
+    pub fn submit_batch(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, ApiError> {
+        for (i, s) in specs.iter().enumerate() {
+            s.validate()
+                .map_err(|e| ApiError::invalid(format!("task {i}: {e}")))?;
+        }
+        let tasks: Vec<(TaskId, TaskSpec)> = specs
+            .into_iter()
+            .map(|s| (uuid::Uuid::new_v4(), s))
+            .collect();
+        let ids = tasks.iter().map(|(id, _)| *id).collect();
+        let mut inner = self.shared.lock();
+        let result = self.shared.apply(&mut inner, Event::Submit { tasks });
+        let out = std::mem::take(&mut inner.outbox);
+        drop(inner);
+        Shared::flush(out);
+        result.map_err(ApiError::from)?;
+        Ok(ids)
+    }
+
+    /// Cancels a task; returns its state afterwards.
+    pub fn cancel(&self, task: TaskId) -> Result<TaskState, ApiError> {
+        let mut inner = self.shared.lock();
+        let result = self.shared.apply(&mut inner, Event::Cancel { task });
+        let out = std::mem::take(&mut inner.outbox);
+        drop(inner);
+        Shared::flush(out);
+        match result.map_err(ApiError::from)? {
+            Reply::Cancelled(s) => Ok(s),
+            r => unreachable!("cancel replied {r:?}"),
+        }
+    }
+
+    /// `GET /api/workers/status`.
+    pub fn status(&self) -> ControllerStatus {
+        let inner = self.shared.lock();
+        inner
+            .core
+            .status(self.shared.now(), inner.parked_polls.len() as u64)
+    }
+
+    /// `GET /api/workers/active`.
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        self.shared.lock().core.workers(self.shared.epoch_ms)
+    }
+
+    /// Tasks waiting in any queue.
+    pub fn queue_length(&self) -> usize {
+        self.shared.lock().core.queue_length()
+    }
+
+    /// `GET /api/workers/tasks/{id}`.
+    pub fn task(&self, task: TaskId) -> Option<TaskDetail> {
+        self.shared
+            .lock()
+            .core
+            .task_detail(task, self.shared.epoch_ms)
+    }
+
+    /// Every task, in submission order.
+    pub fn tasks(&self) -> Vec<TaskDetail> {
+        let inner = self.shared.lock();
+        inner
+            .core
+            .task_ids(None)
+            .into_iter()
+            .filter_map(|id| inner.core.task_detail(id, self.shared.epoch_ms))
+            .collect()
+    }
+
+    /// A channel of worker registrations and losses from now on.
+    pub fn subscribe(&self) -> Receiver<WorkerEvent> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.shared.lock().subscribers.push(tx);
+        rx
+    }
+
+    /// Checks the core's invariants (for tests and the stress program).
+    pub fn sanity_check(&self) -> Result<(), String> {
+        self.shared.lock().core.sanity_check()
+    }
+
+    /// Stops serving: parked requests get 503, threads are joined.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if self.shared.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        drop(self.timer_stop.take());
+        let mut inner = self.shared.lock();
+        let mut out: Vec<Outgoing> = inner
+            .parked_polls
+            .drain()
+            .map(|(_, p)| Outgoing {
+                request: p.request,
+                status: 503,
+                body: None,
+            })
+            .collect();
+        for (_, ws) in inner.waiters.drain() {
+            for w in ws {
+                if let Waiter::Http { request, .. } = w {
+                    out.push(Outgoing {
+                        request,
+                        status: 503,
+                        body: None,
+                    });
+                }
+            }
+        }
+        drop(inner);
+        for o in out {
+            http::respond_error(o.request, &ApiError::shutting_down());
+        }
+        for _ in 0..self.shared.cfg.handler_threads.max(1) {
+            self.shared.server.unblock();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A tiny_http response with a JSON body.
+pub(crate) fn json_response(status: u16, body: Vec<u8>) -> tiny_http::Response<Cursor<Vec<u8>>> {
+    let len = body.len();
+    tiny_http::Response::new(
+        tiny_http::StatusCode(status),
+        vec![http::content_type_json()],
+        Cursor::new(body),
+        Some(len),
+        None,
+    )
+}

@@ -1,0 +1,748 @@
+//! The drop-in wrapper: a program uses workers through it as it would use local ones.
+//!
+//! [`ControllerBasedWorkerWrapper`] mirrors the seed's wrapper of the same name: it starts an
+//! in-process [`Controller`], spawns local `warp-worker` processes that register with it, and
+//! offers blocking command calls addressed to one worker (stateful sequences stay on it) or to
+//! any worker. [`DirectWorkerWrapper`] drives one worker in the traditional direct mode (the
+//! worker serves its own port, found through a named pipe) with the same command calls, for
+//! compatibility and comparison. Both implement [`WorkerCommands`].
+//!
+//! Dropping a wrapper stops its workers (SIGTERM, then SIGKILL after a grace period), reaps them
+//! and stops the controller: no orphan processes.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::Value;
+use warp_common::commands::{Command, ExecResult};
+use warp_common::protocol::{
+    ControllerStatus, InitPart, Target, TaskDetail, TaskResult, TaskSpec, TaskState, WorkerId,
+    WorkerInfo,
+};
+
+use crate::http::ApiError;
+use crate::server::{Controller, ControllerConfig, WorkerEvent};
+
+/// What can go wrong in a wrapper call.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum WrapperError {
+    /// `start_controller` was not called.
+    NoController,
+    /// The controller refused the request.
+    Controller(ApiError),
+    /// A worker could not be started or did not register.
+    Spawn(String),
+    /// The task failed; `error` is the worker's (or the controller's) message.
+    TaskFailed {
+        /// The task.
+        task: uuid::Uuid,
+        /// Why.
+        error: String,
+    },
+    /// The task was cancelled.
+    Cancelled(uuid::Uuid),
+    /// No result within the wrapper's command timeout.
+    Timeout(uuid::Uuid),
+    /// The direct-mode worker could not be reached or answered nonsense.
+    Direct(String),
+}
+
+impl std::fmt::Display for WrapperError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WrapperError::NoController => f.write_str("no controller: call start_controller first"),
+            WrapperError::Controller(e) => write!(f, "controller refused the request: {e}"),
+            WrapperError::Spawn(m) => write!(f, "cannot start a worker: {m}"),
+            WrapperError::TaskFailed { task, error } => write!(f, "task {task} failed: {error}"),
+            WrapperError::Cancelled(t) => write!(f, "task {t} was cancelled"),
+            WrapperError::Timeout(t) => {
+                write!(f, "task {t} did not finish within the command timeout")
+            }
+            WrapperError::Direct(m) => write!(f, "direct-mode worker: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for WrapperError {}
+
+impl From<ApiError> for WrapperError {
+    fn from(e: ApiError) -> Self {
+        WrapperError::Controller(e)
+    }
+}
+
+/// The command calls both wrappers offer, named after Warp's `WorkerWrapper` methods where
+/// Warp has them. Each call blocks until the worker answers.
+pub trait WorkerCommands {
+    /// Runs `commands` in order on one worker; returns one result per command.
+    fn execute(&self, commands: Vec<Command>) -> Result<Vec<Value>, WrapperError>;
+
+    /// Runs an external program.
+    fn exec(&self, argv: &[&str]) -> Result<ExecResult, WrapperError> {
+        let v = self
+            .execute(vec![Command::exec(argv.iter().copied())])?
+            .remove(0);
+        serde_json::from_value(v).map_err(|e| WrapperError::Direct(format!("bad Exec result: {e}")))
+    }
+
+    /// Sleeps on the worker.
+    fn sleep(&self, ms: u64) -> Result<(), WrapperError> {
+        self.execute(vec![Command::Sleep { ms }]).map(|_| ())
+    }
+
+    /// Returns `value` from the worker (a round trip; the no-op of benchmarks).
+    fn echo(&self, value: Value) -> Result<Value, WrapperError> {
+        let mut r = self.execute(vec![Command::Echo { value }])?.remove(0);
+        Ok(r["value"].take())
+    }
+
+    /// Warp's `WaitAsyncTasks`.
+    fn wait_async_tasks(&self) -> Result<(), WrapperError> {
+        self.execute(vec![Command::WaitAsyncTasks {}]).map(|_| ())
+    }
+
+    /// Warp's `GcCollect`.
+    fn gc_collect(&self) -> Result<(), WrapperError> {
+        self.execute(vec![Command::GcCollect {}]).map(|_| ())
+    }
+}
+
+/// Finds the `warp-worker` binary: `$WARP_WORKER_BIN`, then beside the running executable (and
+/// one directory up, for test and example binaries under `target/*/deps|examples`), then `PATH`.
+pub fn find_worker_binary() -> Result<PathBuf, String> {
+    if let Ok(p) = std::env::var("WARP_WORKER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        candidates.push(dir.join("warp-worker"));
+        if let Some(up) = dir.parent() {
+            candidates.push(up.join("warp-worker"));
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("warp-worker")));
+    }
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        "warp-worker not found beside this program or in PATH; build it (cargo build) or set WARP_WORKER_BIN".to_string()
+    })
+}
+
+/// Settings of the wrappers.
+#[derive(Debug, Clone)]
+pub struct WrapperOptions {
+    /// Address the embedded controller binds (127.0.0.1 for local workers only).
+    pub bind: String,
+    /// Controller settings (`token` and `port` are filled in by the wrapper).
+    pub poll_hold: Duration,
+    /// See [`ControllerConfig::heartbeat_timeout`].
+    pub heartbeat_timeout: Duration,
+    /// See [`ControllerConfig::task_timeout`].
+    pub task_timeout: Duration,
+    /// See [`ControllerConfig::max_attempts`].
+    pub max_attempts: u32,
+    /// How long `add_worker` waits for the registration.
+    pub startup_timeout: Duration,
+    /// How long a blocking command call waits (None = until the task ends).
+    pub command_timeout: Option<Duration>,
+    /// Start workers with `-s` (no log lines on stderr; the controller still has their console).
+    pub silent_workers: bool,
+    /// Extra arguments for every spawned worker.
+    pub worker_args: Vec<String>,
+    /// How long dropped workers get to exit after SIGTERM before SIGKILL.
+    pub stop_grace: Duration,
+}
+
+impl Default for WrapperOptions {
+    fn default() -> Self {
+        WrapperOptions {
+            bind: "127.0.0.1".into(),
+            poll_hold: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(120),
+            task_timeout: Duration::from_secs(1800),
+            max_attempts: 3,
+            startup_timeout: Duration::from_secs(30),
+            command_timeout: None,
+            silent_workers: false,
+            worker_args: Vec::new(),
+            stop_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the wrapper tells its user about workers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WrapperEvent {
+    /// The controller lost the worker (heartbeat timeout or deregistration).
+    WorkerLost {
+        /// Which.
+        worker: WorkerId,
+        /// Why.
+        reason: String,
+    },
+    /// A worker process this wrapper spawned exited.
+    WorkerDied {
+        /// Which.
+        worker: WorkerId,
+        /// Its exit status as text.
+        status: String,
+    },
+}
+
+struct Spawned {
+    children: Mutex<HashMap<WorkerId, Child>>,
+    events: Mutex<Vec<Sender<WrapperEvent>>>,
+}
+
+impl Spawned {
+    fn notify(&self, e: WrapperEvent) {
+        self.events
+            .lock()
+            .expect("events lock")
+            .retain(|s| s.send(e.clone()).is_ok());
+    }
+}
+
+/// See the module docs.
+pub struct ControllerBasedWorkerWrapper {
+    opts: WrapperOptions,
+    controller: Option<Controller>,
+    spawned: Arc<Spawned>,
+    monitor: Option<(Sender<()>, JoinHandle<()>)>,
+}
+
+impl Default for ControllerBasedWorkerWrapper {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ControllerBasedWorkerWrapper {
+    /// A wrapper with default options; call [`Self::start_controller`] next.
+    pub fn new() -> Self {
+        Self::with_options(WrapperOptions::default())
+    }
+
+    /// A wrapper with the given options.
+    pub fn with_options(opts: WrapperOptions) -> Self {
+        ControllerBasedWorkerWrapper {
+            opts,
+            controller: None,
+            spawned: Arc::new(Spawned {
+                children: Mutex::new(HashMap::new()),
+                events: Mutex::new(Vec::new()),
+            }),
+            monitor: None,
+        }
+    }
+
+    /// Starts the embedded controller on `port` (0 = any free port) and returns the port.
+    pub fn start_controller(&mut self, port: u16) -> Result<u16, WrapperError> {
+        if let Some(c) = &self.controller {
+            return Ok(c.port());
+        }
+        let token = crate::auth::random_token()
+            .map_err(|e| WrapperError::Spawn(format!("no token: {e}")))?;
+        let mut cfg = ControllerConfig::new(token);
+        cfg.bind = self.opts.bind.clone();
+        cfg.port = port;
+        cfg.poll_hold = self.opts.poll_hold;
+        cfg.heartbeat_timeout = self.opts.heartbeat_timeout;
+        cfg.task_timeout = self.opts.task_timeout;
+        cfg.max_attempts = self.opts.max_attempts;
+        let controller = Controller::start(cfg).map_err(WrapperError::Spawn)?;
+        let port = controller.port();
+        // Forward the controller's worker losses and watch our children for exits.
+        let lost = controller.subscribe();
+        let spawned = Arc::clone(&self.spawned);
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+        let handle = std::thread::Builder::new()
+            .name("wrapper-monitor".into())
+            .spawn(move || monitor(spawned, lost, stop_rx))
+            .map_err(|e| WrapperError::Spawn(format!("cannot start the monitor thread: {e}")))?;
+        self.monitor = Some((stop_tx, handle));
+        self.controller = Some(controller);
+        Ok(port)
+    }
+
+    /// The embedded controller.
+    pub fn controller(&self) -> Result<&Controller, WrapperError> {
+        self.controller.as_ref().ok_or(WrapperError::NoController)
+    }
+
+    /// Spawns a local `warp-worker -d device` and returns its id once it has registered.
+    pub fn add_worker(&self, device: i32) -> Result<WorkerId, WrapperError> {
+        let controller = self.controller()?;
+        let bin = find_worker_binary().map_err(WrapperError::Spawn)?;
+        let spawn_id = uuid::Uuid::new_v4().to_string();
+        let registrations = controller.subscribe();
+        let mut cmd = Process::new(&bin);
+        cmd.arg("-d")
+            .arg(device.to_string())
+            .arg("--controller")
+            .arg(controller.url());
+        if self.opts.silent_workers {
+            cmd.arg("-s");
+        }
+        cmd.args(&self.opts.worker_args)
+            .env("WARP_TOKEN", controller.token())
+            .env("WARP_SPAWN_ID", &spawn_id)
+            .stdin(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| WrapperError::Spawn(format!("{}: {e}", bin.display())))?;
+        let deadline = Instant::now() + self.opts.startup_timeout;
+        loop {
+            match registrations.recv_timeout(Duration::from_millis(50)) {
+                Ok(WorkerEvent::Registered {
+                    worker,
+                    spawn_id: Some(s),
+                }) if s == spawn_id => {
+                    self.spawned
+                        .children
+                        .lock()
+                        .expect("children lock")
+                        .insert(worker, child);
+                    return Ok(worker);
+                }
+                Ok(_) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return Err(WrapperError::Spawn("the controller stopped".into()));
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(WrapperError::Spawn(format!(
+                    "worker exited before registering ({status})"
+                )));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(WrapperError::Spawn(format!(
+                    "worker did not register within {:.1} s",
+                    self.opts.startup_timeout.as_secs_f64()
+                )));
+            }
+        }
+    }
+
+    /// Stops one spawned worker (SIGTERM, then SIGKILL after the grace period).
+    pub fn remove_worker(&self, worker: WorkerId) -> bool {
+        let child = self
+            .spawned
+            .children
+            .lock()
+            .expect("children lock")
+            .remove(&worker);
+        match child {
+            Some(c) => {
+                stop_children(vec![c], self.opts.stop_grace);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Process ids of the spawned workers that are still running.
+    pub fn worker_pids(&self) -> HashMap<WorkerId, u32> {
+        self.spawned
+            .children
+            .lock()
+            .expect("children lock")
+            .iter()
+            .map(|(w, c)| (*w, c.id()))
+            .collect()
+    }
+
+    /// Commands addressed to one worker: a stateful sequence stays on it.
+    pub fn on(&self, worker: WorkerId) -> Addressed<'_> {
+        Addressed {
+            wrapper: self,
+            target: Target::Worker(worker),
+        }
+    }
+
+    /// Commands for any worker.
+    pub fn any(&self) -> Addressed<'_> {
+        Addressed {
+            wrapper: self,
+            target: Target::Any,
+        }
+    }
+
+    /// Commands for any worker serving `device`.
+    pub fn device(&self, device: i32) -> Addressed<'_> {
+        Addressed {
+            wrapper: self,
+            target: Target::Device(device),
+        }
+    }
+
+    /// Runs a whole work package and waits for its result.
+    pub fn execute_package(&self, spec: TaskSpec) -> Result<TaskResult, WrapperError> {
+        let (task, rx) = self.controller()?.submit_watch(spec)?;
+        let detail = match self.opts.command_timeout {
+            Some(t) => rx
+                .recv_timeout(t)
+                .map_err(|_| WrapperError::Timeout(task))?,
+            None => rx
+                .recv()
+                .map_err(|_| WrapperError::Spawn("the controller stopped".into()))?,
+        };
+        task_outcome(detail)
+    }
+
+    /// `GET /api/workers/status`, in process.
+    pub fn get_controller_status(&self) -> Result<ControllerStatus, WrapperError> {
+        Ok(self.controller()?.status())
+    }
+
+    /// `GET /api/workers/active`, in process.
+    pub fn get_active_workers(&self) -> Result<Vec<WorkerInfo>, WrapperError> {
+        Ok(self.controller()?.workers())
+    }
+
+    /// Tasks waiting in any queue.
+    pub fn get_queue_length(&self) -> Result<usize, WrapperError> {
+        Ok(self.controller()?.queue_length())
+    }
+
+    /// A channel of worker losses and deaths from now on.
+    pub fn worker_events(&self) -> Receiver<WrapperEvent> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.spawned.events.lock().expect("events lock").push(tx);
+        rx
+    }
+}
+
+impl Drop for ControllerBasedWorkerWrapper {
+    fn drop(&mut self) {
+        let children: Vec<Child> = self
+            .spawned
+            .children
+            .lock()
+            .expect("children lock")
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        stop_children(children, self.opts.stop_grace);
+        if let Some((stop, handle)) = self.monitor.take() {
+            drop(stop);
+            let _ = handle.join();
+        }
+        if let Some(c) = self.controller.take() {
+            c.shutdown();
+        }
+    }
+}
+
+/// A target bound to a wrapper; implements [`WorkerCommands`].
+pub struct Addressed<'a> {
+    wrapper: &'a ControllerBasedWorkerWrapper,
+    target: Target,
+}
+
+impl Addressed<'_> {
+    /// Runs `commands`, skipping `init` on a worker that holds its fingerprint.
+    pub fn execute_with_init(
+        &self,
+        init: Option<InitPart>,
+        commands: Vec<Command>,
+    ) -> Result<TaskResult, WrapperError> {
+        let mut spec = TaskSpec::new(commands);
+        spec.init = init;
+        spec.target = self.target;
+        self.wrapper.execute_package(spec)
+    }
+}
+
+impl WorkerCommands for Addressed<'_> {
+    fn execute(&self, commands: Vec<Command>) -> Result<Vec<Value>, WrapperError> {
+        self.execute_with_init(None, commands).map(|r| r.results)
+    }
+}
+
+fn task_outcome(detail: TaskDetail) -> Result<TaskResult, WrapperError> {
+    match detail.state {
+        TaskState::Completed => {
+            let v = detail.result.unwrap_or(Value::Null);
+            serde_json::from_value(v).map_err(|e| WrapperError::TaskFailed {
+                task: detail.id,
+                error: format!("the worker's result is not a task result: {e}"),
+            })
+        }
+        TaskState::Cancelled => Err(WrapperError::Cancelled(detail.id)),
+        _ => Err(WrapperError::TaskFailed {
+            task: detail.id,
+            error: detail.error.unwrap_or_default(),
+        }),
+    }
+}
+
+fn monitor(spawned: Arc<Spawned>, lost: Receiver<WorkerEvent>, stop: Receiver<()>) {
+    loop {
+        crossbeam_channel::select! {
+            recv(lost) -> e => match e {
+                Ok(WorkerEvent::Lost { worker, reason }) => spawned.notify(WrapperEvent::WorkerLost { worker, reason }),
+                Ok(_) => {}
+                Err(_) => return,
+            },
+            recv(stop) -> _ => return,
+            default(Duration::from_millis(100)) => {}
+        }
+        let mut died = Vec::new();
+        {
+            let mut children = spawned.children.lock().expect("children lock");
+            children.retain(|w, c| match c.try_wait() {
+                Ok(Some(status)) => {
+                    died.push((*w, status.to_string()));
+                    false
+                }
+                _ => true,
+            });
+        }
+        for (worker, status) in died {
+            log::warn!("worker {worker} exited: {status}");
+            spawned.notify(WrapperEvent::WorkerDied { worker, status });
+        }
+    }
+}
+
+/// SIGTERM each child, wait up to `grace` for all, SIGKILL the rest, reap everything.
+fn stop_children(mut children: Vec<Child>, grace: Duration) {
+    for c in &children {
+        // SAFETY: kill(2) with a pid we spawned and have not reaped (Child still owns it).
+        unsafe {
+            libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + grace;
+    while !children.is_empty() && Instant::now() < deadline {
+        children.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+// ----- direct (traditional) mode -------------------------------------------------------------
+
+/// One worker in direct mode: spawned with `-p 0 --pipe NAME`, its port read from the named
+/// pipe, pulsed every second (it exits after 10 s without a pulse), commands sent to its own
+/// REST API.
+pub struct DirectWorkerWrapper {
+    child: Arc<Mutex<Option<Child>>>,
+    port: u16,
+    base: String,
+    agent: ureq::Agent,
+    pulse: Option<(Sender<()>, JoinHandle<()>)>,
+    died: Receiver<String>,
+    fifo: PathBuf,
+}
+
+impl DirectWorkerWrapper {
+    /// Spawns `warp-worker -d device -p 0 --pipe <fifo>` and waits for its port.
+    pub fn spawn(device: i32, silent: bool) -> Result<DirectWorkerWrapper, WrapperError> {
+        let bin = find_worker_binary().map_err(WrapperError::Spawn)?;
+        let fifo = std::env::temp_dir().join(format!("warp-pipe-{}", uuid::Uuid::new_v4()));
+        make_fifo(&fifo)
+            .map_err(|e| WrapperError::Spawn(format!("mkfifo {}: {e}", fifo.display())))?;
+        let mut cmd = Process::new(&bin);
+        cmd.arg("-d")
+            .arg(device.to_string())
+            .arg("-p")
+            .arg("0")
+            .arg("--pipe")
+            .arg(&fifo);
+        if silent {
+            cmd.arg("-s");
+        }
+        let spawned = cmd.stdin(Stdio::null()).spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_file(&fifo);
+                return Err(WrapperError::Spawn(format!("{}: {e}", bin.display())));
+            }
+        };
+        let port = match read_port(&fifo, &mut child, Duration::from_secs(10)) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = std::fs::remove_file(&fifo);
+                return Err(WrapperError::Spawn(e));
+            }
+        };
+        let base = format!("http://127.0.0.1:{port}");
+        let agent = ureq::AgentBuilder::new().try_proxy_from_env(false).build();
+        let child = Arc::new(Mutex::new(Some(child)));
+        let (died_tx, died) = crossbeam_channel::bounded(1);
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+        let (c2, a2, url) = (
+            Arc::clone(&child),
+            agent.clone(),
+            format!("{base}/v1/Service/SendPulse"),
+        );
+        let handle = std::thread::Builder::new()
+            .name("direct-pulse".into())
+            .spawn(move || {
+                loop {
+                    if let Some(status) = c2
+                        .lock()
+                        .expect("child lock")
+                        .as_mut()
+                        .and_then(|c| c.try_wait().ok().flatten())
+                    {
+                        let _ = died_tx.send(status.to_string());
+                        return;
+                    }
+                    let _ = a2.post(&url).timeout(Duration::from_secs(2)).call();
+                    // Stop on a message or when the wrapper is gone.
+                    if !matches!(
+                        stop_rx.recv_timeout(Duration::from_secs(1)),
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout)
+                    ) {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| WrapperError::Spawn(format!("cannot start the pulse thread: {e}")))?;
+        Ok(DirectWorkerWrapper {
+            child,
+            port,
+            base,
+            agent,
+            pulse: Some((stop_tx, handle)),
+            died,
+            fifo,
+        })
+    }
+
+    /// The worker's own port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Receives the worker's exit status once it dies.
+    pub fn death(&self) -> &Receiver<String> {
+        &self.died
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child
+            .lock()
+            .expect("child lock")
+            .as_ref()
+            .map(Child::id)
+    }
+
+    fn evaluate(&self, command: &Command) -> Result<Value, WrapperError> {
+        let url = format!("{}/v1/Service/EvaluateCommand", self.base);
+        match self.agent.post(&url).send_json(command) {
+            Ok(resp) => {
+                let mut v: Value = resp
+                    .into_json()
+                    .map_err(|e| WrapperError::Direct(e.to_string()))?;
+                Ok(v["result"].take())
+            }
+            Err(ureq::Error::Status(code, resp)) => {
+                let v: Value = resp.into_json().unwrap_or(Value::Null);
+                let msg = v["error"].as_str().unwrap_or("no message").to_string();
+                Err(WrapperError::Direct(format!(
+                    "{} failed (HTTP {code}): {msg}",
+                    command.name()
+                )))
+            }
+            Err(e) => Err(WrapperError::Direct(format!(
+                "cannot reach the worker on port {}: {e}",
+                self.port
+            ))),
+        }
+    }
+}
+
+impl WorkerCommands for DirectWorkerWrapper {
+    fn execute(&self, commands: Vec<Command>) -> Result<Vec<Value>, WrapperError> {
+        commands.iter().map(|c| self.evaluate(c)).collect()
+    }
+}
+
+impl Drop for DirectWorkerWrapper {
+    fn drop(&mut self) {
+        let _ = self
+            .agent
+            .post(&format!("{}/v1/Service/Exit", self.base))
+            .timeout(Duration::from_secs(1))
+            .call();
+        if let Some((stop, handle)) = self.pulse.take() {
+            let _ = stop.send(());
+            let _ = handle.join();
+        }
+        if let Some(c) = self.child.lock().expect("child lock").take() {
+            stop_children(vec![c], Duration::from_secs(2));
+        }
+        let _ = std::fs::remove_file(&self.fifo);
+    }
+}
+
+fn make_fifo(path: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Reads "PORT\n" from the FIFO without blocking forever if the child dies first.
+fn read_port(fifo: &Path, child: &mut Child, timeout: Duration) -> Result<u16, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(fifo)
+        .map_err(|e| format!("open {}: {e}", fifo.display()))?;
+    let deadline = Instant::now() + timeout;
+    let mut text = String::new();
+    let mut buf = [0u8; 64];
+    loop {
+        match f.read(&mut buf) {
+            Ok(n) if n > 0 => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            _ => {}
+        }
+        if let Some(line) = text.lines().next().filter(|_| text.contains('\n')) {
+            return line
+                .trim()
+                .parse()
+                .map_err(|_| format!("the worker wrote '{line}' to the pipe, not a port"));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "the worker exited before writing its port ({status})"
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the worker wrote no port to {} within {:.0} s",
+                fifo.display(),
+                timeout.as_secs_f64()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
