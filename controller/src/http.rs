@@ -109,6 +109,7 @@ pub enum Auth {
 }
 
 /// One route.
+#[derive(Debug)]
 pub struct Route {
     /// HTTP method.
     pub method: &'static str,

@@ -1,1 +1,525 @@
-fn main() {}
+//! `test-controller-architecture`: the seed's test program for the controller architecture.
+//!
+//! ```text
+//! test-controller-architecture            basic: one worker, each command once
+//! test-controller-architecture --multi    four workers, a batch of tasks
+//! test-controller-architecture --stress   many workers, tens of thousands of tasks, random kills
+//! test-controller-architecture --bench    controller vs direct mode: throughput and latency (JSON)
+//! test-controller-architecture --bench-parked N   controller memory with N parked long-polls
+//! ```
+//!
+//! Exit code 0 when every check passed, 1 when one failed (the message says which), 2 on usage.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use warp_common::commands::Command;
+use warp_common::protocol::{AttemptOutcome, TaskSpec, TaskState};
+use warp_controller::wrapper::{
+    ControllerBasedWorkerWrapper, DirectWorkerWrapper, WorkerCommands, WrapperOptions,
+};
+use warp_tests::{ControllerProc, TempDir, percentile, rss_kib};
+
+type Check = Result<(), String>;
+
+fn ensure(ok: bool, msg: impl FnOnce() -> String) -> Check {
+    if ok { Ok(()) } else { Err(msg()) }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut o = getopts::Options::new();
+    o.optflag("h", "help", "print this help");
+    o.optflag("", "multi", "four workers, a batch of tasks");
+    o.optflag(
+        "",
+        "stress",
+        "many workers, many tasks, random worker kills",
+    );
+    o.optflag(
+        "",
+        "bench",
+        "controller vs direct mode throughput and latency, as JSON",
+    );
+    o.optopt(
+        "",
+        "bench-parked",
+        "controller memory with N parked long-polls, as JSON",
+        "N",
+    );
+    o.optopt(
+        "",
+        "workers",
+        "workers for --stress/--bench (default 8)",
+        "N",
+    );
+    o.optopt(
+        "",
+        "tasks",
+        "tasks for --stress (default 20000) / --bench (default 20000)",
+        "N",
+    );
+    o.optopt(
+        "",
+        "kill-every",
+        "--stress: seconds between random worker kills (default 0.5)",
+        "S",
+    );
+    o.optopt(
+        "",
+        "samples",
+        "--bench: latency samples per mode (default 1000)",
+        "N",
+    );
+    let m = match o.parse(&args) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("test-controller-architecture: {e}; see --help");
+            return ExitCode::from(2);
+        }
+    };
+    if m.opt_present("help") {
+        println!("{}", o.usage("Usage: test-controller-architecture [--multi|--stress|--bench|--bench-parked N] [options]"));
+        return ExitCode::SUCCESS;
+    }
+    let num = |name: &str, default: usize| -> usize {
+        m.opt_str(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let result = if m.opt_present("multi") {
+        multi()
+    } else if m.opt_present("stress") {
+        let every = m
+            .opt_str("kill-every")
+            .and_then(|v| warp_common::parse_seconds(&v).ok())
+            .unwrap_or(Duration::from_millis(500));
+        stress(num("workers", 8), num("tasks", 20_000), every)
+    } else if m.opt_present("bench") {
+        bench(
+            num("workers", 8),
+            num("tasks", 20_000),
+            num("samples", 1000),
+        )
+    } else if m.opt_present("bench-parked") {
+        bench_parked(num("bench-parked", 1000))
+    } else {
+        basic()
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("test-controller-architecture: FAILED: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn wrapper(heartbeat_timeout: Duration) -> ControllerBasedWorkerWrapper {
+    ControllerBasedWorkerWrapper::with_options(WrapperOptions {
+        heartbeat_timeout,
+        silent_workers: true,
+        command_timeout: Some(Duration::from_secs(60)),
+        ..WrapperOptions::default()
+    })
+}
+
+fn basic() -> Check {
+    let mut w = wrapper(Duration::from_secs(10));
+    let port = w.start_controller(0).map_err(|e| e.to_string())?;
+    let worker = w.add_worker(0).map_err(|e| e.to_string())?;
+    println!("controller on port {port}, worker {worker} registered");
+    let on = w.on(worker);
+    ensure(
+        on.echo(json!("ping")).map_err(|e| e.to_string())? == json!("ping"),
+        || "echo".into(),
+    )?;
+    let r = on
+        .exec(&["echo", "exec works"])
+        .map_err(|e| e.to_string())?;
+    ensure(r.stdout_tail == "exec works\n", || {
+        format!("exec stdout {:?}", r.stdout_tail)
+    })?;
+    on.sleep(10).map_err(|e| e.to_string())?;
+    on.wait_async_tasks().map_err(|e| e.to_string())?;
+    on.gc_collect().map_err(|e| e.to_string())?;
+    ensure(
+        on.execute(vec![Command::Fail {
+            message: "expected".into(),
+        }])
+        .is_err(),
+        || "Fail succeeded".into(),
+    )?;
+    println!("basic: OK (echo, exec, sleep, wait_async_tasks, gc_collect, fail)");
+    Ok(())
+}
+
+fn multi() -> Check {
+    let mut w = wrapper(Duration::from_secs(10));
+    w.start_controller(0).map_err(|e| e.to_string())?;
+    for d in 0..4 {
+        w.add_worker(d).map_err(|e| e.to_string())?;
+    }
+    let c = w.controller().map_err(|e| e.to_string())?;
+    let n = 400;
+    let specs = (0..n)
+        .map(|i| {
+            TaskSpec::new(vec![
+                Command::Sleep { ms: 2 },
+                Command::Echo { value: json!(i) },
+            ])
+        })
+        .collect();
+    let t = Instant::now();
+    let ids = c.submit_batch(specs).map_err(|e| e.to_string())?;
+    let done = wait_all_terminal(c, ids.len(), Duration::from_secs(120))?;
+    let mut per_worker: HashMap<uuid::Uuid, usize> = HashMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let d = &done[id];
+        ensure(d.state == TaskState::Completed, || {
+            format!("task {i} {:?}", d.state)
+        })?;
+        ensure(
+            d.result.as_ref().map(|r| &r["results"][1]["value"]) == Some(&json!(i)),
+            || format!("task {i} result"),
+        )?;
+        *per_worker
+            .entry(d.worker_id.unwrap_or_default())
+            .or_default() += 1;
+    }
+    println!(
+        "multi: OK, {n} tasks over 4 workers in {:.2} s, per worker {:?}",
+        t.elapsed().as_secs_f64(),
+        per_worker.values().collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+/// Waits until `n` tasks are terminal; returns all details by id.
+fn wait_all_terminal(
+    c: &warp_controller::Controller,
+    n: usize,
+    timeout: Duration,
+) -> Result<HashMap<uuid::Uuid, warp_common::protocol::TaskDetail>, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = c.status();
+        let terminal = (s.tasks.completed + s.tasks.failed + s.tasks.cancelled) as usize;
+        if terminal >= n {
+            return Ok(c.tasks().into_iter().map(|d| (d.id, d)).collect());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "only {terminal} of {n} tasks terminal after {:.0} s: {s:?}",
+                timeout.as_secs_f64()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stress(workers: usize, tasks: usize, kill_every: Duration) -> Check {
+    let mut w = wrapper(Duration::from_millis(500));
+    w.start_controller(0).map_err(|e| e.to_string())?;
+    for d in 0..workers {
+        w.add_worker(d as i32).map_err(|e| e.to_string())?;
+    }
+    let c = w.controller().map_err(|e| e.to_string())?;
+    // Mostly no-op echoes, some short sleeps so kills land mid-task.
+    let specs = (0..tasks)
+        .map(|i| {
+            let mut cmds = vec![Command::Echo { value: json!(i) }];
+            if i % 50 == 0 {
+                cmds.insert(0, Command::Sleep { ms: 20 });
+            }
+            let mut s = TaskSpec::new(cmds);
+            s.max_attempts = Some(10);
+            s
+        })
+        .collect();
+    let t0 = Instant::now();
+    let ids = c.submit_batch(specs).map_err(|e| e.to_string())?;
+    let mut kills = 0;
+    let mut rng = std::process::id() as u64 | 1;
+    let mut last_kill = Instant::now();
+    loop {
+        let s = c.status();
+        if (s.tasks.completed + s.tasks.failed + s.tasks.cancelled) as usize >= tasks {
+            break;
+        }
+        ensure(t0.elapsed() < Duration::from_secs(600), || {
+            format!("stress did not finish: {s:?}")
+        })?;
+        if last_kill.elapsed() >= kill_every {
+            last_kill = Instant::now();
+            let pids = w.worker_pids();
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            if let Some((victim, pid)) = pids.iter().nth(rng as usize % pids.len().max(1)) {
+                // SAFETY: kill(2) on a worker process the wrapper spawned.
+                unsafe {
+                    libc::kill(*pid as libc::pid_t, libc::SIGKILL);
+                }
+                kills += 1;
+                let _ = victim;
+                w.add_worker((kills % workers) as i32)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let elapsed = t0.elapsed();
+    c.sanity_check()?;
+    let done: HashMap<_, _> = c.tasks().into_iter().map(|d| (d.id, d)).collect();
+    let mut service_ms = Vec::new();
+    let (mut completed, mut reassigned) = (0, 0);
+    for (i, id) in ids.iter().enumerate() {
+        let d = done.get(id).ok_or_else(|| format!("task {i} lost"))?;
+        ensure(d.state.is_terminal(), || {
+            format!("task {i} ended {:?}", d.state)
+        })?;
+        let completions = d
+            .history
+            .iter()
+            .filter(|a| a.outcome == AttemptOutcome::Completed)
+            .count();
+        if d.state == TaskState::Completed {
+            completed += 1;
+            ensure(completions == 1, || {
+                format!("task {i} recorded {completions} completions")
+            })?;
+            let v = d.result.as_ref().map(|r| {
+                r["results"]
+                    .as_array()
+                    .and_then(|a| a.last())
+                    .map(|x| x["value"].clone())
+            });
+            ensure(v == Some(Some(json!(i))), || {
+                format!("task {i} has another task's result: {v:?}")
+            })?;
+            let last = d.history.last().expect("history");
+            service_ms.push(
+                last.finished_unix_ms
+                    .unwrap_or(0)
+                    .saturating_sub(last.assigned_unix_ms) as f64,
+            );
+        } else {
+            ensure(completions == 0, || {
+                format!("task {i} is {:?} but has a completed attempt", d.state)
+            })?;
+        }
+        if d.history.len() > 1 {
+            reassigned += 1;
+        }
+    }
+    ensure(done.len() == tasks, || {
+        format!("{} tasks known, {tasks} submitted", done.len())
+    })?;
+    service_ms.sort_by(f64::total_cmp);
+    let report = json!({
+        "tasks": tasks, "workers": workers, "kills": kills, "completed": completed,
+        "failed": tasks - completed, "reassigned": reassigned,
+        "stale_reports_refused": c.status().stale_reports_refused,
+        "elapsed_s": elapsed.as_secs_f64(), "tasks_per_s": tasks as f64 / elapsed.as_secs_f64(),
+        "service_latency_p50_ms": percentile(&service_ms, 50.0), "service_latency_p99_ms": percentile(&service_ms, 99.0),
+    });
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    println!(
+        "stress: OK, every task reached exactly one terminal state, no result lost or recorded twice"
+    );
+    Ok(())
+}
+
+fn bench(workers: usize, tasks: usize, samples: usize) -> Check {
+    let gap = Duration::from_millis(2);
+    // Controller mode.
+    let (controller_tps, (c50, c99)) = {
+        let mut w = wrapper(Duration::from_secs(30));
+        w.start_controller(0).map_err(|e| e.to_string())?;
+        let ids: Vec<_> = (0..workers)
+            .map(|d| w.add_worker(d as i32))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        let c = w.controller().map_err(|e| e.to_string())?;
+        let echo = || TaskSpec::new(vec![Command::Echo { value: Value::Null }]);
+        // Warm up connections, then the throughput batch.
+        c.submit_batch((0..workers * 20).map(|_| echo()).collect())
+            .map_err(|e| e.to_string())?;
+        wait_all_terminal(c, workers * 20, Duration::from_secs(60))?;
+        let t = Instant::now();
+        c.submit_batch((0..tasks).map(|_| echo()).collect())
+            .map_err(|e| e.to_string())?;
+        wait_all_terminal(c, workers * 20 + tasks, Duration::from_secs(600))?;
+        let tps = tasks as f64 / t.elapsed().as_secs_f64();
+        // Idle dispatch latency: one task at a time to one parked worker, submit to result.
+        let mut lat = Vec::with_capacity(samples);
+        for i in 0..samples + 100 {
+            std::thread::sleep(gap);
+            let mut spec = echo();
+            spec.target = warp_common::protocol::Target::Worker(ids[0]);
+            let t = Instant::now();
+            let (_, rx) = c.submit_watch(spec).map_err(|e| e.to_string())?;
+            rx.recv_timeout(Duration::from_secs(10))
+                .map_err(|_| "latency task timed out".to_string())?;
+            if i >= 100 {
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        lat.sort_by(f64::total_cmp);
+        (tps, (percentile(&lat, 50.0), percentile(&lat, 99.0)))
+    };
+    // Direct mode: one client thread per worker, each sending its share of echo commands.
+    let (direct_tps, (d50, d99)) = {
+        let direct: Vec<DirectWorkerWrapper> = (0..workers)
+            .map(|d| DirectWorkerWrapper::spawn(d as i32, true))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        for d in &direct {
+            for _ in 0..20 {
+                d.echo(Value::Null).map_err(|e| e.to_string())?;
+            }
+        }
+        let per = tasks / workers;
+        let barrier = Arc::new(Barrier::new(workers + 1));
+        let failed = Arc::new(AtomicBool::new(false));
+        let t = std::thread::scope(|s| {
+            for d in &direct {
+                let (b, f) = (Arc::clone(&barrier), Arc::clone(&failed));
+                s.spawn(move || {
+                    b.wait();
+                    for _ in 0..per {
+                        if d.echo(Value::Null).is_err() {
+                            f.store(true, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+            barrier.wait();
+            Instant::now()
+        });
+        let tps = (per * workers) as f64 / t.elapsed().as_secs_f64();
+        ensure(!failed.load(Ordering::Relaxed), || {
+            "a direct-mode call failed".into()
+        })?;
+        let mut lat = Vec::with_capacity(samples);
+        for i in 0..samples + 100 {
+            std::thread::sleep(gap);
+            let t = Instant::now();
+            direct[0].echo(Value::Null).map_err(|e| e.to_string())?;
+            if i >= 100 {
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        lat.sort_by(f64::total_cmp);
+        (tps, (percentile(&lat, 50.0), percentile(&lat, 99.0)))
+    };
+    let report = json!({
+        "workers": workers, "tasks": tasks, "latency_samples": samples,
+        "controller_tasks_per_s": controller_tps.round(), "direct_tasks_per_s": direct_tps.round(),
+        "controller_latency_p50_ms": c50, "controller_latency_p99_ms": c99,
+        "direct_latency_p50_ms": d50, "direct_latency_p99_ms": d99,
+        "latency_ratio_p50": c50 / d50,
+    });
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    Ok(())
+}
+
+fn bench_parked(n: usize) -> Check {
+    let dir = TempDir::new("parked");
+    let c = ControllerProc::start(
+        dir.path(),
+        0,
+        &["--poll-hold", "120", "--heartbeat-timeout", "600", "-q"],
+    );
+    let client = c.client();
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_idle = rss_kib(c.proc.pid()).ok_or("cannot read controller RSS")?;
+    let agent = ureq::AgentBuilder::new()
+        .try_proxy_from_env(false)
+        .max_idle_connections(n + 10)
+        .build();
+    let reg = json!({"protocol_version": warp_common::PROTOCOL_VERSION, "device": 0, "hostname": "bench"});
+    let mut workers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let r: Value = agent
+            .post(&format!("{}/api/workers/register", c.url))
+            .set("Authorization", &format!("Bearer {}", c.token))
+            .send_json(&reg)
+            .map_err(|e| e.to_string())?
+            .into_json()
+            .map_err(|e| e.to_string())?;
+        workers.push((
+            r["worker_id"].as_str().unwrap_or_default().to_string(),
+            r["token"].as_str().unwrap_or_default().to_string(),
+        ));
+    }
+    let rss_registered = rss_kib(c.proc.pid()).ok_or("cannot read controller RSS")?;
+    let pollers: Vec<_> = workers
+        .into_iter()
+        .map(|(id, token)| {
+            let url = format!("{}/api/workers/{id}/poll", c.url);
+            let agent = agent.clone();
+            std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    agent
+                        .get(&url)
+                        .set("Authorization", &format!("Bearer {token}"))
+                        .timeout(Duration::from_secs(150))
+                        .call()
+                        .map(|r| r.status())
+                        .map_err(|e| e.to_string())
+                })
+                .expect("poller thread")
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let parked = client.status().map_err(|e| e.to_string())?.parked_polls as usize;
+        if parked >= n {
+            break;
+        }
+        ensure(Instant::now() < deadline, || {
+            format!("only {parked} of {n} polls parked")
+        })?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_parked = rss_kib(c.proc.pid()).ok_or("cannot read controller RSS")?;
+    let threads = std::fs::read_to_string(format!("/proc/{}/status", c.proc.pid()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Threads:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        });
+    // Wake every poll by submitting one task per parked worker, so the threads end promptly.
+    client
+        .submit_batch(
+            (0..n)
+                .map(|_| TaskSpec::new(vec![Command::Sleep { ms: 0 }]))
+                .collect(),
+        )
+        .map_err(|e| e.to_string())?;
+    let answered = pollers
+        .into_iter()
+        .map(|h| h.join())
+        .filter(|r| matches!(r, Ok(Ok(200))))
+        .count();
+    let report = json!({
+        "parked_polls": n, "answered_on_submit": answered,
+        "controller_rss_idle_kib": rss_idle, "controller_rss_registered_kib": rss_registered,
+        "controller_rss_parked_kib": rss_parked,
+        "per_parked_poll_kib": (rss_parked as f64 - rss_registered as f64) / n as f64,
+        "controller_threads_while_parked": threads,
+    });
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    ensure(answered == n, || {
+        format!("only {answered} of {n} parked polls got their task")
+    })
+}

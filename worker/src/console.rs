@@ -6,104 +6,77 @@
 //! status reports ([`Console::take_unshipped`]).
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
-use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
+use warp_common::console::ConsoleRing;
 use warp_common::protocol::{ConsoleLine, ConsoleLines};
 
 /// Lines the ring keeps by default.
 pub const DEFAULT_CAPACITY: usize = 10_000;
 
-/// A bounded, numbered ring of log lines. Thread-safe.
+/// A bounded, numbered ring of log lines ([`ConsoleRing`]) with a cursor of the lines shipped to
+/// the controller. Thread-safe.
 #[derive(Debug)]
 pub struct Console {
-    ring: Mutex<Ring>,
-}
-
-#[derive(Debug)]
-struct Ring {
-    lines: VecDeque<String>,
-    /// Absolute number of `lines[0]`.
-    first: u64,
-    capacity: usize,
-    /// Absolute number of the first line not yet shipped to the controller.
-    shipped: u64,
-}
-
-impl Ring {
-    fn total(&self) -> u64 {
-        self.first + self.lines.len() as u64
-    }
-
-    /// Lines with absolute numbers in `start..end`, clamped to the kept ones.
-    fn slice(&self, start: u64, end: u64) -> ConsoleLines {
-        let start = start.max(self.first);
-        let end = end.min(self.total());
-        let lines = (start..end.max(start))
-            .map(|n| ConsoleLine { n, text: self.lines[(n - self.first) as usize].clone() })
-            .collect();
-        ConsoleLines { total: self.total(), first_kept: self.first, lines }
-    }
+    inner: Mutex<(ConsoleRing, u64)>,
 }
 
 impl Console {
     /// An empty console keeping at most `capacity` lines (at least 1).
     pub fn new(capacity: usize) -> Console {
-        let capacity = capacity.max(1);
-        let ring = Ring { lines: VecDeque::new(), first: 0, capacity, shipped: 0 };
-        Console { ring: Mutex::new(ring) }
+        Console {
+            inner: Mutex::new((ConsoleRing::new(capacity), 0)),
+        }
     }
 
-    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
-        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, (ConsoleRing, u64)> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Appends one line, dropping the oldest when full.
     pub fn push(&self, text: String) {
-        let mut r = self.ring();
-        if r.lines.len() == r.capacity {
-            r.lines.pop_front();
-            r.first += 1;
-        }
-        r.lines.push_back(text);
+        self.lock().0.push(text);
     }
 
     /// Lines written in all, including those dropped from the ring.
     pub fn total(&self) -> u64 {
-        self.ring().total()
+        self.lock().0.total()
     }
 
     /// Every kept line.
     pub fn all(&self) -> ConsoleLines {
-        self.range(0, u64::MAX)
+        self.lock().0.all()
     }
 
-    /// The first `n` lines ever written that are still kept.
+    /// The oldest `n` kept lines.
     pub fn first(&self, n: u64) -> ConsoleLines {
-        self.range(0, n)
+        self.lock()
+            .0
+            .first(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
-    /// The last `n` lines.
+    /// The last `n` kept lines.
     pub fn last(&self, n: u64) -> ConsoleLines {
-        let r = self.ring();
-        r.slice(r.total().saturating_sub(n), u64::MAX)
+        self.lock().0.last(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     /// Lines numbered `start` (inclusive) to `end` (exclusive), clamped to the kept lines.
     pub fn range(&self, start: u64, end: u64) -> ConsoleLines {
-        self.ring().slice(start, end)
+        self.lock().0.range(start, end)
     }
 
     /// Up to `max` lines not yet shipped to the controller, oldest first, and marks them shipped.
     /// Lines that left the ring before they were shipped are skipped.
     pub fn take_unshipped(&self, max: usize) -> Vec<ConsoleLine> {
-        let mut r = self.ring();
-        let start = r.shipped.max(r.first);
-        let end = r.total().min(start + max as u64);
-        r.shipped = end;
-        r.slice(start, end).lines
+        let mut guard = self.lock();
+        let (ring, shipped) = &mut *guard;
+        let lines = ring.since(*shipped, max);
+        if let Some(last) = lines.last() {
+            *shipped = last.n + 1;
+        }
+        lines
     }
 }
 
@@ -124,7 +97,9 @@ pub fn init(silent: bool, level: LevelFilter) {
         .ok()
         .and_then(|v| v.parse::<LevelFilter>().ok())
         .unwrap_or(level);
-    let _ = log::set_boxed_logger(Box::new(Logger { console: global().clone() }));
+    let _ = log::set_boxed_logger(Box::new(Logger {
+        console: global().clone(),
+    }));
     log::set_max_level(level);
 }
 
@@ -201,7 +176,7 @@ mod tests {
         assert_eq!((all.total, all.first_kept), (5, 2));
         assert_eq!(numbers(&all), [2, 3, 4]);
         assert_eq!(all.lines[0].text, "line 2");
-        assert_eq!(numbers(&c.first(3)), [2]);
+        assert_eq!(numbers(&c.first(2)), [2, 3]);
         assert_eq!(numbers(&c.last(2)), [3, 4]);
         assert_eq!(numbers(&c.last(100)), [2, 3, 4]);
         assert_eq!(numbers(&c.range(3, 4)), [3]);
@@ -215,8 +190,14 @@ mod tests {
         let c = Console::new(4);
         c.push("a".into());
         c.push("b".into());
-        assert_eq!(c.take_unshipped(1).iter().map(|l| l.n).collect::<Vec<_>>(), [0]);
-        assert_eq!(c.take_unshipped(10).iter().map(|l| l.n).collect::<Vec<_>>(), [1]);
+        assert_eq!(
+            c.take_unshipped(1).iter().map(|l| l.n).collect::<Vec<_>>(),
+            [0]
+        );
+        assert_eq!(
+            c.take_unshipped(10).iter().map(|l| l.n).collect::<Vec<_>>(),
+            [1]
+        );
         assert!(c.take_unshipped(10).is_empty());
         for i in 0..6 {
             c.push(format!("x{i}"));

@@ -34,14 +34,24 @@ impl StopSignal {
     /// A stop request not yet triggered.
     pub fn new() -> StopSignal {
         let (tx, rx) = crossbeam_channel::bounded(0);
-        let inner = StopInner { flag: AtomicBool::new(false), tx: Mutex::new(Some(tx)), rx };
-        StopSignal { inner: Arc::new(inner) }
+        let inner = StopInner {
+            flag: AtomicBool::new(false),
+            tx: Mutex::new(Some(tx)),
+            rx,
+        };
+        StopSignal {
+            inner: Arc::new(inner),
+        }
     }
 
     /// Requests the stop; idempotent.
     pub fn trigger(&self) {
         self.inner.flag.store(true, Ordering::SeqCst);
-        self.inner.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.inner
+            .tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     /// Whether the stop was requested.
@@ -57,7 +67,10 @@ impl StopSignal {
 
     /// Waits up to `timeout`; true when the stop was triggered.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        !matches!(self.inner.rx.recv_timeout(timeout), Err(RecvTimeoutError::Timeout))
+        !matches!(
+            self.inner.rx.recv_timeout(timeout),
+            Err(RecvTimeoutError::Timeout)
+        )
     }
 }
 
@@ -85,7 +98,9 @@ extern "C" fn on_signal(_sig: libc::c_int) {
 /// Installs the SIGTERM and SIGINT handlers (once per process; later calls do nothing).
 pub fn install() -> std::io::Result<()> {
     static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
-    INSTALLED.get_or_init(install_once).map_err(std::io::Error::from_raw_os_error)
+    INSTALLED
+        .get_or_init(install_once)
+        .map_err(std::io::Error::from_raw_os_error)
 }
 
 fn install_once() -> Result<(), i32> {
@@ -139,7 +154,9 @@ fn relay(read_fd: libc::c_int) {
 }
 
 fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 #[cfg(test)]

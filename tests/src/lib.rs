@@ -1,0 +1,279 @@
+//! Harness for the end-to-end tests and `test-controller-architecture`: starts the real
+//! `warp-controller` and `warp-worker` binaries on port 0 and stops every process it started by
+//! its PID when the guard drops, also when a test fails.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use warp_controller::client::AdminClient;
+
+/// Directory holding the workspace's binaries (`target/<profile>`), derived from this program.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") || dir.ends_with("examples") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a workspace binary. Under `cargo test` (where `$CARGO` is set) the binaries are
+/// built first, once per test process, so the tests never run stale ones.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let dir = bin_dir();
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let built = BUILT.get_or_init(|| {
+            let mut cmd = Command::new(cargo);
+            cmd.args([
+                "build",
+                "--quiet",
+                "-p",
+                "warp-controller",
+                "-p",
+                "warp-worker",
+                "--bins",
+            ]);
+            if dir.ends_with("release") {
+                cmd.arg("--release");
+            }
+            let out = cmd
+                .output()
+                .map_err(|e| format!("cannot run cargo build: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "cargo build failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        });
+        if let Err(e) = built {
+            panic!("{e}");
+        }
+    }
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: run `cargo build` first",
+        path.display()
+    );
+    path
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A new empty directory under the system temp dir.
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "warp-{tag}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped on drop unless it already exited.
+pub struct Proc {
+    /// The process.
+    pub child: Child,
+    /// What was run, for failure messages.
+    pub what: String,
+    stderr_log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stderr captured to `log` (printed by [`Proc::stderr`]).
+    pub fn spawn(mut cmd: Command, what: &str, log: PathBuf) -> Proc {
+        let err = std::fs::File::create(&log).expect("stderr log");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Proc {
+            child,
+            what: what.to_string(),
+            stderr_log: log,
+        }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a child we own and have not reaped.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, sig);
+        }
+    }
+
+    /// Waits up to `timeout` for the exit; returns the exit code (None = signal or still running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A `warp-controller serve` process on 127.0.0.1 and a free port.
+pub struct ControllerProc {
+    /// The process.
+    pub proc: Proc,
+    /// Its port.
+    pub port: u16,
+    /// The enrollment token.
+    pub token: String,
+    /// The token file.
+    pub token_file: PathBuf,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl ControllerProc {
+    /// Starts `warp-controller serve --bind 127.0.0.1 --port PORT` with extra flags, in `dir`.
+    pub fn start(dir: &Path, port: u16, extra: &[&str]) -> ControllerProc {
+        let token_file = dir.join("token");
+        let port_file = dir.join(format!("port-{}", uuid::Uuid::new_v4()));
+        let mut cmd = Command::new(bin("warp-controller"));
+        cmd.args(["serve", "--bind", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--port-file")
+            .arg(&port_file)
+            .args(extra)
+            .stdout(Stdio::null());
+        let log = dir.join(format!("controller-{}.log", uuid::Uuid::new_v4()));
+        let mut proc = Proc::spawn(cmd, "warp-controller serve", log);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let port = loop {
+            if let Ok(text) = std::fs::read_to_string(&port_file)
+                && let Ok(p) = text.trim().parse::<u16>()
+            {
+                break p;
+            }
+            if let Ok(Some(s)) = proc.child.try_wait() {
+                panic!(
+                    "controller exited ({s}) before listening:\n{}",
+                    proc.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "controller did not start:\n{}",
+                proc.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let token = std::fs::read_to_string(&token_file)
+            .expect("token file")
+            .trim()
+            .to_string();
+        ControllerProc {
+            proc,
+            port,
+            token,
+            token_file,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// An admin client.
+    pub fn client(&self) -> AdminClient {
+        AdminClient::new(&self.url, &self.token).expect("client")
+    }
+}
+
+/// Starts `warp-worker -d device --controller URL` with the token in the environment.
+pub fn start_worker(dir: &Path, url: &str, token: &str, device: i32, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(bin("warp-worker"));
+    cmd.args(["-d", &device.to_string(), "--controller", url])
+        .args(extra)
+        .env("WARP_TOKEN", token)
+        .stdout(Stdio::null());
+    let log = dir.join(format!("worker-{}.log", uuid::Uuid::new_v4()));
+    Proc::spawn(cmd, "warp-worker", log)
+}
+
+/// Polls `f` every 10 ms until it returns Some or `timeout` passes (then panics with `what`).
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {:.1} s waiting for {what}",
+            timeout.as_secs_f64()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether a process id is alive (and not a zombie of ours: those are reaped by [`Proc`]).
+pub fn pid_alive(pid: u32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks existence.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+/// Reads a process's resident memory (VmRSS) in KiB from /proc.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let f = std::fs::File::open(format!("/proc/{pid}/status")).ok()?;
+    BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+}
+
+/// Percentile (0..=100) of sorted samples.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}

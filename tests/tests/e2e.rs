@@ -1,0 +1,770 @@
+//! End-to-end tests: the real `warp-controller` and `warp-worker` binaries on port 0, timing
+//! constants shrunk to fractions of a second. Every process is stopped by its PID on drop.
+
+// ureq 2's error type is large; these are test helpers, not an API.
+#![allow(clippy::result_large_err)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use warp_common::commands::Command;
+use warp_common::protocol::{AttemptOutcome, Target, TaskSpec, TaskState};
+use warp_tests::{ControllerProc, TempDir, start_worker, wait_for};
+
+/// Controller flags for fast fault detection.
+const FAST: &[&str] = &[
+    "--heartbeat-timeout",
+    "1",
+    "--poll-hold",
+    "2",
+    "--heartbeat-interval",
+    "0.1",
+];
+/// Worker flags for fast reconnection.
+const WORKER_FAST: &[&str] = &["--backoff-base", "0.05", "--backoff-max", "0.3"];
+
+fn ureq_agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().try_proxy_from_env(false).build()
+}
+
+fn wait_workers(c: &ControllerProc, n: usize) -> Vec<warp_common::protocol::WorkerInfo> {
+    let client = c.client();
+    let mut seen = String::new();
+    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for(
+            Duration::from_secs(20),
+            &format!("{n} workers to register"),
+            || {
+                let w = client.workers(true);
+                seen = format!("{w:?}");
+                let w = w.ok()?;
+                let live: Vec<_> = w
+                    .into_iter()
+                    .filter(|w| w.state != warp_common::protocol::WorkerState::Offline)
+                    .collect();
+                (live.len() == n).then_some(live)
+            },
+        )
+    }));
+    found.unwrap_or_else(|_| {
+        let dir = c.token_file.parent().expect("dir");
+        let mut logs = String::new();
+        for e in std::fs::read_dir(dir).expect("dir").flatten() {
+            if e.file_name().to_string_lossy().starts_with("worker-") {
+                logs += &format!("--- {}\n{}\n", e.path().display(), std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        panic!("{n} workers did not register; last seen: {seen}\ncontroller log:\n{}\nworker logs:\n{logs}", c.proc.stderr())
+    })
+}
+
+fn status_of(err: ureq::Error) -> (u16, Value) {
+    match err {
+        ureq::Error::Status(code, resp) => (code, resp.into_json().unwrap_or(Value::Null)),
+        e => panic!("transport error: {e}"),
+    }
+}
+
+#[test]
+fn basic_exec_task_runs_on_a_worker_and_returns_its_output() {
+    let dir = TempDir::new("basic");
+    let c = ControllerProc::start(dir.path(), 0, FAST);
+    let _w = start_worker(dir.path(), &c.url, &c.token, 0, &[]);
+    wait_workers(&c, 1);
+    // Through the CLI, as a user would.
+    let out = std::process::Command::new(warp_tests::bin("warp-controller"))
+        .args([
+            "submit",
+            "--controller",
+            &c.url,
+            "--wait",
+            "--exec",
+            "--",
+            "sh",
+            "-c",
+            "echo hello; echo oops >&2",
+        ])
+        .env("WARP_TOKEN", &c.token)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "submit failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let detail: Value = serde_json::from_str(stdout.split_once('\n').unwrap().1).unwrap();
+    assert_eq!(detail["state"], "completed");
+    let r = &detail["result"]["results"][0];
+    assert_eq!(r["exit_code"], 0);
+    assert_eq!(r["stdout_tail"], "hello\n");
+    assert_eq!(r["stderr_tail"], "oops\n");
+    // A failing program fails the task with its exit code, and the CLI exits 1.
+    let out = std::process::Command::new(warp_tests::bin("warp-controller"))
+        .args([
+            "submit",
+            "--controller",
+            &c.url,
+            "--wait",
+            "--exec",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ])
+        .env("WARP_TOKEN", &c.token)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains('3'));
+    // Monitoring tables work.
+    for sub in ["status", "workers", "tasks"] {
+        let out = std::process::Command::new(warp_tests::bin("warp-controller"))
+            .args([sub, "--controller", &c.url])
+            .env("WARP_TOKEN", &c.token)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{sub}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn four_workers_share_a_batch_and_every_result_matches_its_task() {
+    let dir = TempDir::new("four");
+    let c = ControllerProc::start(dir.path(), 0, FAST);
+    let _ws: Vec<_> = (0..4)
+        .map(|d| start_worker(dir.path(), &c.url, &c.token, d, &[]))
+        .collect();
+    wait_workers(&c, 4);
+    let specs: Vec<TaskSpec> = (0..200)
+        .map(|i| {
+            TaskSpec::new(vec![
+                Command::Sleep { ms: 5 },
+                Command::Echo { value: json!(i) },
+            ])
+        })
+        .collect();
+    let client = c.client();
+    let ids = client.submit_batch(specs).unwrap();
+    let mut used = std::collections::HashSet::new();
+    for (i, id) in ids.iter().enumerate() {
+        let d = client.wait(*id, Some(Duration::from_secs(30))).unwrap();
+        assert_eq!(d.state, TaskState::Completed, "task {i}: {:?}", d.error);
+        assert_eq!(d.result.unwrap()["results"][1]["value"], json!(i));
+        assert_eq!(d.history.len(), 1);
+        used.insert(d.worker_id.unwrap());
+    }
+    assert!(used.len() >= 3, "work went to {} of 4 workers", used.len());
+    // Device targets go to the device's worker.
+    let mut spec = TaskSpec::new(vec![Command::Echo { value: json!("d2") }]);
+    spec.target = Target::Device(2);
+    let d = client
+        .wait(client.submit(&spec).unwrap(), Some(Duration::from_secs(10)))
+        .unwrap();
+    let dev2 = client
+        .workers(false)
+        .unwrap()
+        .into_iter()
+        .find(|w| w.device == 2)
+        .unwrap();
+    assert_eq!(d.worker_id, Some(dev2.id));
+}
+
+#[test]
+fn kill_9_of_a_worker_mid_task_completes_the_task_elsewhere_as_attempt_2() {
+    let dir = TempDir::new("kill9");
+    let c = ControllerProc::start(dir.path(), 0, FAST);
+    let mut a = start_worker(dir.path(), &c.url, &c.token, 0, &[]);
+    wait_workers(&c, 1);
+    let client = c.client();
+    let id = client
+        .submit(&TaskSpec::new(vec![Command::Sleep { ms: 1500 }]))
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the task to start", || {
+        (client.task(id).ok()?.state == TaskState::Running).then_some(())
+    });
+    let b = start_worker(dir.path(), &c.url, &c.token, 1, &[]);
+    wait_workers(&c, 2);
+    a.signal(libc::SIGKILL);
+    a.wait_exit(Duration::from_secs(5)).expect("killed");
+    let d = client.wait(id, Some(Duration::from_secs(20))).unwrap();
+    assert_eq!(d.state, TaskState::Completed, "{d:?}");
+    assert_eq!(d.attempt, 2);
+    assert_eq!(d.history[0].outcome, AttemptOutcome::WorkerLost);
+    assert_eq!(d.history[1].outcome, AttemptOutcome::Completed);
+    let b_id = client
+        .workers(false)
+        .unwrap()
+        .into_iter()
+        .find(|w| w.pid == Some(b.pid()))
+        .unwrap()
+        .id;
+    assert_eq!(d.worker_id, Some(b_id));
+}
+
+#[test]
+fn a_stopped_worker_s_late_completion_is_refused_with_409() {
+    let dir = TempDir::new("sigstop");
+    let c = ControllerProc::start(dir.path(), 0, FAST);
+    let a = start_worker(dir.path(), &c.url, &c.token, 0, &[]);
+    wait_workers(&c, 1);
+    let client = c.client();
+    let spec = TaskSpec::new(vec![
+        Command::Sleep { ms: 800 },
+        Command::Echo {
+            value: json!("done"),
+        },
+    ]);
+    let id = client.submit(&spec).unwrap();
+    wait_for(Duration::from_secs(10), "the task to start", || {
+        (client.task(id).ok()?.state == TaskState::Running).then_some(())
+    });
+    a.signal(libc::SIGSTOP);
+    let b = start_worker(dir.path(), &c.url, &c.token, 0, &[]);
+    let d = client.wait(id, Some(Duration::from_secs(20))).unwrap();
+    assert_eq!(d.state, TaskState::Completed);
+    assert_eq!(d.attempt, 2);
+    assert_eq!(d.history[0].outcome, AttemptOutcome::WorkerLost);
+    let b_id = wait_for(Duration::from_secs(5), "worker b", || {
+        client
+            .workers(true)
+            .ok()?
+            .into_iter()
+            .find(|w| w.pid == Some(b.pid()))
+            .map(|w| w.id)
+    });
+    assert_eq!(d.history[1].worker_id, b_id);
+    let result_before = d.result.clone();
+    // Wake A: its sleep is over, it reports completion for the revoked lease.
+    a.signal(libc::SIGCONT);
+    wait_for(
+        Duration::from_secs(10),
+        "the stale report to be refused",
+        || (client.status().ok()?.stale_reports_refused >= 1).then_some(()),
+    );
+    let after = client.task(id).unwrap();
+    assert_eq!(after.state, TaskState::Completed);
+    assert_eq!(after.result, result_before);
+    assert_eq!(after.history.len(), 2);
+    assert_eq!(
+        after.history[1].worker_id, b_id,
+        "the task keeps the other worker's result"
+    );
+    // A is alive again and takes work.
+    wait_for(Duration::from_secs(10), "worker a to come back", || {
+        client
+            .workers(false)
+            .ok()?
+            .iter()
+            .any(|w| w.pid == Some(a.pid()))
+            .then_some(())
+    });
+}
+
+#[test]
+fn workers_reconnect_after_the_controller_restarts_on_the_same_port() {
+    let dir = TempDir::new("restart");
+    let c = ControllerProc::start(dir.path(), 0, FAST);
+    let port = c.port;
+    let mut args = WORKER_FAST.to_vec();
+    args.extend(["--reconnect-retries", "40"]);
+    let mut w = start_worker(dir.path(), &c.url, &c.token, 0, &args);
+    wait_workers(&c, 1);
+    let token = c.token.clone();
+    drop(c); // SIGKILL: the controller vanishes without a goodbye.
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        w.wait_exit(Duration::ZERO).is_none(),
+        "worker gave up too early:\n{}",
+        w.stderr()
+    );
+    let c2 = ControllerProc::start(dir.path(), port, FAST);
+    assert_eq!(c2.token, token, "same token file");
+    wait_workers(&c2, 1);
+    let client = c2.client();
+    let id = client
+        .submit(&TaskSpec::new(vec![Command::Echo { value: json!(42) }]))
+        .unwrap();
+    let d = client.wait(id, Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(d.state, TaskState::Completed);
+    assert_eq!(
+        client.workers(false).unwrap()[0].pid,
+        Some(w.pid()),
+        "the same worker process re-registered"
+    );
+}
+
+#[test]
+fn worker_gives_up_with_a_clear_message_when_the_controller_stays_away() {
+    let dir = TempDir::new("giveup");
+    let c = ControllerProc::start(dir.path(), 0, FAST);
+    let mut args = WORKER_FAST.to_vec();
+    args.extend(["--reconnect-retries", "3"]);
+    let mut w = start_worker(dir.path(), &c.url, &c.token, 0, &args);
+    wait_workers(&c, 1);
+    drop(c);
+    let code = w.wait_exit(Duration::from_secs(20)).expect("worker exits");
+    assert_ne!(code, Some(0));
+    assert!(
+        w.stderr().to_lowercase().contains("controller"),
+        "{}",
+        w.stderr()
+    );
+}
+
+#[test]
+fn wrong_tokens_get_401_and_change_nothing() {
+    let dir = TempDir::new("tokens");
+    let c = ControllerProc::start(dir.path(), 0, FAST);
+    let agent = ureq_agent();
+    let reg =
+        json!({"protocol_version": warp_common::PROTOCOL_VERSION, "device": 0, "hostname": "h"});
+    let (code, body) = status_of(
+        agent
+            .post(&format!("{}/api/workers/register", c.url))
+            .set("Authorization", "Bearer nope")
+            .send_json(&reg)
+            .unwrap_err(),
+    );
+    assert_eq!((code, body["code"].as_str()), (401, Some("unauthorized")));
+    let (code, _) = status_of(
+        agent
+            .post(&format!("{}/api/workers/register", c.url))
+            .send_json(&reg)
+            .unwrap_err(),
+    );
+    assert_eq!(code, 401);
+    let ok: Value = agent
+        .post(&format!("{}/api/workers/register", c.url))
+        .set("Authorization", &format!("Bearer {}", c.token))
+        .send_json(&reg)
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let (id, wtoken) = (
+        ok["worker_id"].as_str().unwrap(),
+        ok["token"].as_str().unwrap(),
+    );
+    // The enrollment token is not a worker token, and a worker token is not an admin token.
+    let (code, _) = status_of(
+        agent
+            .get(&format!("{}/api/workers/{id}/poll", c.url))
+            .set("Authorization", &format!("Bearer {}", c.token))
+            .call()
+            .unwrap_err(),
+    );
+    assert_eq!(code, 401);
+    let (code, _) = status_of(
+        agent
+            .get(&format!("{}/api/workers/status", c.url))
+            .set("Authorization", &format!("Bearer {wtoken}"))
+            .call()
+            .unwrap_err(),
+    );
+    assert_eq!(code, 401);
+    let (code, _) = status_of(
+        agent
+            .post(&format!("{}/api/tasks", c.url))
+            .set("Authorization", &format!("Bearer {wtoken}"))
+            .send_json(json!({"commands": [{"name": "Sleep", "params": {"ms": 1}}]}))
+            .unwrap_err(),
+    );
+    assert_eq!(code, 401);
+    let st = c.client().status().unwrap();
+    assert_eq!(st.tasks.queued, 0, "refused submission changed nothing");
+    assert_eq!(st.workers.idle, 1);
+    // Tokens never appear in the controller's log.
+    let log = c.proc.stderr();
+    assert!(
+        !log.contains(&c.token) && !log.contains(wtoken),
+        "token leaked into the log:\n{log}"
+    );
+}
+
+#[test]
+fn malformed_input_gets_json_errors_and_the_controller_keeps_serving() {
+    let dir = TempDir::new("malformed");
+    let mut flags = FAST.to_vec();
+    flags.extend(["--max-body", "4096"]);
+    let c = ControllerProc::start(dir.path(), 0, &flags);
+    let agent = ureq_agent();
+    let auth = format!("Bearer {}", c.token);
+    let post = |path: &str, body: &str| {
+        agent
+            .post(&format!("{}{path}", c.url))
+            .set("Authorization", &auth)
+            .set("Content-Type", "application/json")
+            .send_string(body)
+    };
+    let unknown_cancel = format!("/api/tasks/{}/cancel", uuid::Uuid::new_v4());
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("/api/tasks", "{not json".into(), 400, "malformed"),
+        (
+            "/api/tasks",
+            r#"{"commands": "Sleep"}"#.into(),
+            400,
+            "malformed",
+        ),
+        (
+            "/api/tasks",
+            r#"{"commands": [{"name": "Nope", "params": {}}]}"#.into(),
+            400,
+            "malformed",
+        ),
+        ("/api/tasks", r#"{"commands": []}"#.into(), 400, "invalid"),
+        (
+            "/api/tasks",
+            r#"{"commands": [{"name": "Exec", "params": {"argv": []}}]}"#.into(),
+            400,
+            "invalid",
+        ),
+        (
+            "/api/tasks",
+            format!(r#"{{"commands": [], "label": "{}"}}"#, "x".repeat(5000)),
+            413,
+            "too_large",
+        ),
+        (
+            "/api/tasks/not-a-uuid/cancel",
+            String::new(),
+            404,
+            "unknown_task",
+        ),
+        (&unknown_cancel, String::new(), 404, "unknown_task"),
+        (
+            "/api/workers/register",
+            r#"{"protocol_version": "one"}"#.into(),
+            400,
+            "malformed",
+        ),
+        ("/api/nowhere", "{}".into(), 404, "not_found"),
+    ];
+    for (path, body, want, code) in &cases {
+        let (got, b) = status_of(post(path, body).unwrap_err());
+        assert_eq!(
+            (got, b["code"].as_str()),
+            (*want, Some(*code)),
+            "POST {path} {body:.60}: {b}"
+        );
+        assert!(b["error"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let (got, _) = status_of(
+        agent
+            .delete(&format!("{}/api/tasks", c.url))
+            .call()
+            .unwrap_err(),
+    );
+    assert_eq!(got, 405);
+    let (got, b) = status_of(
+        agent
+            .get(&format!(
+                "{}/api/workers/tasks/{}",
+                c.url,
+                uuid::Uuid::new_v4()
+            ))
+            .set("Authorization", &auth)
+            .call()
+            .unwrap_err(),
+    );
+    assert_eq!((got, b["code"].as_str()), (404, Some("unknown_task")));
+    // Still serving, nothing recorded.
+    let st = c.client().status().unwrap();
+    assert_eq!(st.tasks.queued + st.tasks.completed + st.tasks.failed, 0);
+    let ok = c
+        .client()
+        .submit(&TaskSpec::new(vec![Command::Sleep { ms: 1 }]))
+        .unwrap();
+    assert_eq!(c.client().task(ok).unwrap().state, TaskState::Queued);
+}
+
+#[test]
+fn long_poll_is_held_and_answered_at_once_on_submit() {
+    let dir = TempDir::new("longpoll");
+    let c = ControllerProc::start(dir.path(), 0, &["--poll-hold", "0.5"]);
+    let agent = ureq_agent();
+    let reg =
+        json!({"protocol_version": warp_common::PROTOCOL_VERSION, "device": 0, "hostname": "h"});
+    let ok: Value = agent
+        .post(&format!("{}/api/workers/register", c.url))
+        .set("Authorization", &format!("Bearer {}", c.token))
+        .send_json(&reg)
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let poll_url = format!(
+        "{}/api/workers/{}/poll",
+        c.url,
+        ok["worker_id"].as_str().unwrap()
+    );
+    let wauth = format!("Bearer {}", ok["token"].as_str().unwrap());
+    // No work: held for the hold time, then 204.
+    let t = Instant::now();
+    let r = agent
+        .get(&poll_url)
+        .set("Authorization", &wauth)
+        .call()
+        .unwrap();
+    let held = t.elapsed();
+    assert_eq!(r.status(), 204);
+    assert!(
+        held >= Duration::from_millis(450) && held < Duration::from_millis(2000),
+        "held {held:?}"
+    );
+    // Work arrives mid-hold: answered at once.
+    let c2 = c.client();
+    let submitter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        (
+            Instant::now(),
+            c2.submit(&TaskSpec::new(vec![Command::Echo { value: json!(1) }]))
+                .unwrap(),
+        )
+    });
+    let r = agent
+        .get(&poll_url)
+        .set("Authorization", &wauth)
+        .call()
+        .unwrap();
+    let answered = Instant::now();
+    let (submitted, id) = submitter.join().unwrap();
+    // The poll may have expired once (hold 0.5 s) before the submit; the worker polls again.
+    let body: Value = if r.status() == 204 {
+        agent
+            .get(&poll_url)
+            .set("Authorization", &wauth)
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap()
+    } else {
+        r.into_json().unwrap()
+    };
+    assert_eq!(body["task"]["id"], json!(id));
+    assert!(answered.saturating_duration_since(submitted) < Duration::from_millis(300));
+}
+
+#[test]
+fn cancel_stops_a_running_command_and_the_worker_takes_the_next_task() {
+    let dir = TempDir::new("cancel");
+    let c = ControllerProc::start(dir.path(), 0, FAST);
+    let _w = start_worker(dir.path(), &c.url, &c.token, 0, &[]);
+    wait_workers(&c, 1);
+    let client = c.client();
+    let marker = dir.path().join("ran-to-end");
+    let script = format!("sleep 30; touch {}", marker.display());
+    let id = client
+        .submit(&TaskSpec::new(vec![Command::exec(["sh", "-c", &script])]))
+        .unwrap();
+    let queued = client
+        .submit(&TaskSpec::new(vec![Command::Sleep { ms: 1 }]))
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the task to start", || {
+        (client.task(id).ok()?.state == TaskState::Running).then_some(())
+    });
+    assert_eq!(client.cancel(queued).unwrap(), TaskState::Cancelled);
+    assert_eq!(client.cancel(id).unwrap(), TaskState::Cancelled);
+    let t = Instant::now();
+    let next = client
+        .submit(&TaskSpec::new(vec![Command::Echo {
+            value: json!("next"),
+        }]))
+        .unwrap();
+    let d = client.wait(next, Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(d.state, TaskState::Completed);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "the cancelled command kept the worker busy"
+    );
+    assert!(!marker.exists());
+    assert_eq!(client.task(id).unwrap().state, TaskState::Cancelled);
+}
+
+#[test]
+fn sigterm_releases_the_running_task_at_once() {
+    let dir = TempDir::new("sigterm");
+    let c = ControllerProc::start(
+        dir.path(),
+        0,
+        &["--heartbeat-timeout", "60", "--poll-hold", "2"],
+    );
+    let mut a = start_worker(dir.path(), &c.url, &c.token, 0, &[]);
+    wait_workers(&c, 1);
+    let client = c.client();
+    let id = client
+        .submit(&TaskSpec::new(vec![Command::Sleep { ms: 20_000 }]))
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the task to start", || {
+        (client.task(id).ok()?.state == TaskState::Running).then_some(())
+    });
+    let t = Instant::now();
+    a.signal(libc::SIGTERM);
+    assert_eq!(
+        a.wait_exit(Duration::from_secs(10)),
+        Some(Some(0)),
+        "clean exit:\n{}",
+        a.stderr()
+    );
+    // Re-queued at once, long before the 60 s heartbeat timeout.
+    let d = wait_for(Duration::from_secs(5), "the task to be re-queued", || {
+        let d = client.task(id).ok()?;
+        (d.state == TaskState::Queued).then_some(d)
+    });
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(d.history[0].outcome, AttemptOutcome::Released);
+    assert!(client.workers(true).unwrap().is_empty());
+}
+
+#[test]
+fn openapi_document_is_served_and_every_documented_route_exists() {
+    let dir = TempDir::new("openapi");
+    let c = ControllerProc::start(dir.path(), 0, FAST);
+    let agent = ureq_agent();
+    let served: Value = agent
+        .get(&format!("{}/api/openapi.json", c.url))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let file: Value = serde_json::from_str(warp_controller::http::OPENAPI_JSON).unwrap();
+    assert_eq!(served, file);
+    let id = uuid::Uuid::new_v4();
+    for (path, item) in served["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let url = format!(
+                "{}{}",
+                c.url,
+                path.replace("{id}", &id.to_string())
+                    .replace("{taskId}", &id.to_string())
+            );
+            let r = agent
+                .request(&method.to_uppercase(), &url)
+                .set("Authorization", &format!("Bearer {}", c.token))
+                .call();
+            let code = match r {
+                Ok(r) => r.status(),
+                Err(e) => {
+                    let (code, body) = status_of(e);
+                    assert_ne!(
+                        body["code"], "not_found",
+                        "{method} {path} is documented but not served"
+                    );
+                    assert_ne!(code, 405, "{method} {path}");
+                    code
+                }
+            };
+            assert!(code < 500, "{method} {path} answered {code}");
+        }
+    }
+}
+
+#[test]
+fn protocol_version_mismatch_makes_the_worker_exit_naming_both_versions() {
+    // A stand-in controller that speaks another protocol version: it answers registration the
+    // way a newer controller would.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 8192];
+        let _ = s.read(&mut buf).unwrap();
+        let body = r#"{"error":"protocol version mismatch: the worker speaks protocol 1 but this controller speaks protocol 99","code":"protocol_version_mismatch"}"#;
+        let resp = format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(resp.as_bytes()).unwrap();
+    });
+    let dir = TempDir::new("mismatch");
+    let mut w = start_worker(
+        dir.path(),
+        &format!("127.0.0.1:{port}"),
+        "t",
+        0,
+        WORKER_FAST,
+    );
+    let code = w
+        .wait_exit(Duration::from_secs(10))
+        .expect("worker exits at once");
+    server.join().unwrap();
+    assert_ne!(code, Some(0));
+    let err = w.stderr();
+    assert!(err.contains("99") && err.contains("protocol"), "{err}");
+}
+
+#[test]
+fn console_lines_reach_the_controller() {
+    let dir = TempDir::new("console");
+    let c = ControllerProc::start(dir.path(), 0, FAST);
+    let _w = start_worker(dir.path(), &c.url, &c.token, 0, &[]);
+    let id = wait_workers(&c, 1)[0].id;
+    let client = c.client();
+    let t = client
+        .submit(&TaskSpec::new(vec![Command::Fail {
+            message: "visible failure".into(),
+        }]))
+        .unwrap();
+    client.wait(t, Some(Duration::from_secs(10))).unwrap();
+    let lines = wait_for(Duration::from_secs(10), "console lines", || {
+        let l = client.console_last(id, 100).ok()?;
+        (l.total > 0).then_some(l)
+    });
+    assert!(lines.lines.iter().all(|l| l.n < lines.total));
+    let agent = ureq_agent();
+    let count: Value = agent
+        .get(&format!("{}/api/workers/{id}/console/count", c.url))
+        .set("Authorization", &format!("Bearer {}", c.token))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert!(count["count"].as_u64().unwrap() >= lines.total);
+}
+
+/// Regression: tiny_http's pool queued a new connection behind a thread another connection had
+/// claimed; with the other threads held by keep-alive connections (parked polls) the new one
+/// was never served. Many workers starting at once must all be answered.
+#[test]
+fn burst_of_new_connections_is_served() {
+    let dir = TempDir::new("burst");
+    let c = ControllerProc::start(dir.path(), 0, &["--poll-hold", "30"]);
+    let n = 48;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (url, token, barrier) = (c.url.clone(), c.token.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                // One agent per "worker": its own keep-alive connections, as real workers have.
+                let agent = ureq::AgentBuilder::new().try_proxy_from_env(false).timeout(Duration::from_secs(20)).build();
+                let reg = json!({"protocol_version": warp_common::PROTOCOL_VERSION, "device": 0, "hostname": "h"});
+                barrier.wait();
+                let r: Value = agent
+                    .post(&format!("{url}/api/workers/register"))
+                    .set("Authorization", &format!("Bearer {token}"))
+                    .send_json(&reg)
+                    .map_err(|e| e.to_string())?
+                    .into_json()
+                    .map_err(|e| e.to_string())?;
+                // Park a poll on a second connection, keeping the first one open.
+                let poll = format!("{url}/api/workers/{}/poll", r["worker_id"].as_str().unwrap());
+                let auth = format!("Bearer {}", r["token"].as_str().unwrap());
+                let agent2 = ureq::AgentBuilder::new().try_proxy_from_env(false).timeout(Duration::from_secs(40)).build();
+                std::thread::spawn(move || agent2.get(&poll).set("Authorization", &auth).call().map(|r| r.status()).ok());
+                Ok::<_, String>(agent)
+            })
+        })
+        .collect();
+    let agents: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap().expect("registration answered"))
+        .collect();
+    let parked = wait_for(Duration::from_secs(20), "all polls parked", || {
+        let s = c.client().status().ok()?;
+        (s.parked_polls as usize == n).then_some(s.parked_polls)
+    });
+    assert_eq!(parked as usize, agents.len());
+}

@@ -1,0 +1,529 @@
+//! The worker's configuration: command-line parsing, defaults and their documentation.
+//!
+//! Two modes: *pull* (`--controller`: register, long-poll, heartbeat; the normal mode) and
+//! *direct* (`-p PORT --pipe NAME`: Warp's traditional worker serving its own REST API).
+//! Secrets never come from the command line: the enrollment token is read from `--token-file`
+//! or `WARP_TOKEN`.
+
+use crate::signals::StopSignal;
+use std::path::PathBuf;
+use std::time::Duration;
+use warp_common::{normalize_controller_url, parse_seconds};
+
+/// Default `--register-retries`.
+pub const DEFAULT_REGISTER_RETRIES: u32 = 5;
+/// Default `--reconnect-retries`.
+pub const DEFAULT_RECONNECT_RETRIES: u32 = 10;
+/// Default `--backoff-base`.
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// Default `--backoff-max`.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Default `--poll-timeout-margin`: added to the controller's poll hold for the read timeout.
+pub const DEFAULT_POLL_MARGIN: Duration = Duration::from_secs(10);
+/// Default `--running-report-delay`.
+pub const DEFAULT_RUNNING_REPORT_DELAY: Duration = Duration::from_millis(50);
+/// Default `--pulse-timeout` of direct mode.
+pub const DEFAULT_PULSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `main` should do.
+#[derive(Debug)]
+pub enum Parsed {
+    /// Run the worker.
+    Run(Box<Config>),
+    /// Print [`usage`] and exit 0.
+    Help,
+    /// Print the version and exit 0.
+    Version,
+}
+
+/// A resolved configuration of either mode.
+#[derive(Debug, Clone)]
+pub enum Config {
+    /// Pull mode.
+    Pull(PullConfig),
+    /// Direct (traditional) mode.
+    Direct(DirectConfig),
+}
+
+/// Configuration of pull mode.
+#[derive(Clone)]
+pub struct PullConfig {
+    /// Controller base URL, normalised to `http://host:port`.
+    pub controller: String,
+    /// Enrollment token (never logged).
+    pub token: String,
+    /// Device index (`-d`).
+    pub device: i32,
+    /// Host name sent at registration.
+    pub hostname: String,
+    /// No log lines on stderr.
+    pub silent: bool,
+    /// Log at debug level.
+    pub verbose: bool,
+    /// HTTP proxy for controller traffic; none unless given.
+    pub proxy: Option<String>,
+    /// Overrides the controller's heartbeat interval.
+    pub heartbeat_interval: Option<Duration>,
+    /// Added to the controller's poll hold to form the poll's read timeout.
+    pub poll_timeout_margin: Duration,
+    /// Registration retries after the first attempt.
+    pub register_retries: u32,
+    /// Consecutive failed calls tolerated before giving up on the controller.
+    pub reconnect_retries: u32,
+    /// First backoff step.
+    pub backoff_base: Duration,
+    /// Largest backoff step.
+    pub backoff_max: Duration,
+    /// A task still running after this long is reported `running` by the heartbeat thread.
+    pub running_report_delay: Duration,
+    /// Exit 0 after this long without a task.
+    pub idle_exit: Option<Duration>,
+    /// `WARP_SPAWN_ID`, sent at registration.
+    pub spawn_id: Option<String>,
+    /// Triggering it stops the worker as SIGTERM does (for callers of the library).
+    pub stop: StopSignal,
+}
+
+impl PullConfig {
+    /// Defaults for everything but the controller URL (normalised) and the token.
+    pub fn new(controller: &str, token: &str) -> Result<PullConfig, String> {
+        Ok(PullConfig {
+            controller: normalize_controller_url(controller)
+                .map_err(|e| format!("--controller {e}"))?,
+            token: token.to_string(),
+            device: 0,
+            hostname: hostname(),
+            silent: false,
+            verbose: false,
+            proxy: None,
+            heartbeat_interval: None,
+            poll_timeout_margin: DEFAULT_POLL_MARGIN,
+            register_retries: DEFAULT_REGISTER_RETRIES,
+            reconnect_retries: DEFAULT_RECONNECT_RETRIES,
+            backoff_base: DEFAULT_BACKOFF_BASE,
+            backoff_max: DEFAULT_BACKOFF_MAX,
+            running_report_delay: DEFAULT_RUNNING_REPORT_DELAY,
+            idle_exit: None,
+            spawn_id: None,
+            stop: StopSignal::new(),
+        })
+    }
+}
+
+impl std::fmt::Debug for PullConfig {
+    /// Everything but the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "controller={} device={} hostname={} proxy={} heartbeat_interval={} \
+             poll_timeout_margin={:?} register_retries={} reconnect_retries={} backoff={:?}..{:?} \
+             running_report_delay={:?} idle_exit={:?} spawn_id={} silent={} token=<{} bytes>",
+            self.controller,
+            self.device,
+            self.hostname,
+            self.proxy.as_deref().unwrap_or("none"),
+            self.heartbeat_interval
+                .map_or("controller's".into(), |d| format!("{d:?}")),
+            self.poll_timeout_margin,
+            self.register_retries,
+            self.reconnect_retries,
+            self.backoff_base,
+            self.backoff_max,
+            self.running_report_delay,
+            self.idle_exit,
+            self.spawn_id.as_deref().unwrap_or("none"),
+            self.silent,
+            self.token.len(),
+        )
+    }
+}
+
+/// Configuration of direct mode.
+#[derive(Debug, Clone)]
+pub struct DirectConfig {
+    /// Device index (`-d`).
+    pub device: i32,
+    /// Port to bind; 0 picks a free one.
+    pub port: u16,
+    /// Where the bound port is written (a FIFO the parent made, or a file).
+    pub pipe: PathBuf,
+    /// Address to bind.
+    pub bind: String,
+    /// Exit when no pulse arrived for this long.
+    pub pulse_timeout: Duration,
+    /// No log lines on stderr.
+    pub silent: bool,
+    /// Log at debug level.
+    pub verbose: bool,
+    /// Triggering it stops the server as SIGTERM does.
+    pub stop: StopSignal,
+}
+
+impl DirectConfig {
+    /// Defaults for everything but the port and the pipe.
+    pub fn new(port: u16, pipe: impl Into<PathBuf>) -> DirectConfig {
+        DirectConfig {
+            device: 0,
+            port,
+            pipe: pipe.into(),
+            bind: "127.0.0.1".into(),
+            pulse_timeout: DEFAULT_PULSE_TIMEOUT,
+            silent: false,
+            verbose: false,
+            stop: StopSignal::new(),
+        }
+    }
+}
+
+/// This host's name, or "unknown".
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    if r != 0 || end == 0 {
+        return "unknown".into();
+    }
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn options() -> getopts::Options {
+    let mut o = getopts::Options::new();
+    o.optopt(
+        "d",
+        "device",
+        "device index served by this worker, -1 for CPU (default 0)",
+        "N",
+    )
+    .optflag(
+        "s",
+        "silent",
+        "no log lines on stderr (the console buffer keeps them)",
+    )
+    .optflag("v", "verbose", "log at debug level (also WARP_LOG=debug)")
+    .optflag("h", "help", "print this help")
+    .optflag("V", "version", "print the version")
+    // Pull mode.
+    .optopt(
+        "",
+        "controller",
+        "controller address: host:port or http://host:port",
+        "URL",
+    )
+    .optopt(
+        "",
+        "token-file",
+        "file holding the enrollment token (else env WARP_TOKEN)",
+        "F",
+    )
+    .optopt(
+        "",
+        "proxy",
+        "HTTP proxy for controller traffic (default: none)",
+        "URL",
+    )
+    .optopt(
+        "",
+        "heartbeat-interval",
+        "heartbeat period (default: the controller's)",
+        "S",
+    )
+    .optopt(
+        "",
+        "poll-timeout-margin",
+        "added to the poll hold (default 10)",
+        "S",
+    )
+    .optopt(
+        "",
+        "register-retries",
+        "registration retries (default 5)",
+        "N",
+    )
+    .optopt(
+        "",
+        "reconnect-retries",
+        "consecutive failed calls before exit (default 10)",
+        "N",
+    )
+    .optopt("", "backoff-base", "first backoff step (default 0.5)", "S")
+    .optopt("", "backoff-max", "largest backoff step (default 30)", "S")
+    .optopt(
+        "",
+        "hostname",
+        "host name to register (default: this host's)",
+        "NAME",
+    )
+    .optopt(
+        "",
+        "running-report-delay",
+        "report 'running' after (default 0.05)",
+        "S",
+    )
+    .optopt(
+        "",
+        "idle-exit",
+        "deregister and exit 0 after S seconds without work",
+        "S",
+    )
+    // Direct mode.
+    .optopt(
+        "p",
+        "port",
+        "direct mode: serve the REST API on PORT (0: any free)",
+        "PORT",
+    )
+    .optopt(
+        "",
+        "pipe",
+        "direct mode: write the bound port to this FIFO or file",
+        "NAME",
+    )
+    .optopt(
+        "",
+        "bind",
+        "direct mode: address to bind (default 127.0.0.1)",
+        "ADDR",
+    )
+    .optopt(
+        "",
+        "pulse-timeout",
+        "direct mode: exit without a pulse for S (default 10)",
+        "S",
+    );
+    o
+}
+
+/// The full `--help` text.
+pub fn usage() -> String {
+    let brief = format!(
+        "warp-worker {} — runs Warp commands for a controller (pull mode) or serves them itself \
+         (direct mode)
+
+Usage:
+  warp-worker -d N --controller HOST:PORT [--token-file F] [options]   (pull mode)
+  warp-worker -d N -p PORT --pipe NAME [options]                       (direct mode)
+
+Pull mode registers with the controller, long-polls for tasks, heartbeats from a background
+thread and reports status; it needs only outbound connections. Direct mode serves Warp's
+traditional REST API on PORT and writes the bound port to NAME.
+
+Environment:
+  WARP_TOKEN     enrollment token, when --token-file is not given (pull mode needs one; tokens
+                 are never accepted on the command line, where every user can read them)
+  WARP_SPAWN_ID  tag sent at registration so whoever spawned the worker can find it
+  WARP_LOG       log level: error, warn, info (default), debug, trace
+
+Proxies: HTTP_PROXY and friends are ignored on purpose: a cluster's proxy usually cannot reach
+the controller on an internal address and would swallow its traffic. Use --proxy to set one.
+
+SIGTERM/SIGINT: cancel the running task (its process group is killed), deregister so the
+controller re-queues it, exit 0. A second signal exits at once.
+
+Seconds (S) accept fractions: 0.5, 1e-3. Exit status: 0 clean exit (SIGTERM, --idle-exit,
+Exit route, pulse timeout), 1 failure (controller lost, registration refused, protocol
+version mismatch), 2 usage error.",
+        warp_common::VERSION
+    );
+    options().usage(&brief)
+}
+
+fn number<T: std::str::FromStr>(m: &getopts::Matches, name: &str) -> Result<Option<T>, String> {
+    m.opt_str(name)
+        .map(|v| {
+            v.trim()
+                .parse()
+                .map_err(|_| format!("--{name}: '{v}' is not a valid number"))
+        })
+        .transpose()
+}
+
+fn seconds(m: &getopts::Matches, name: &str) -> Result<Option<Duration>, String> {
+    m.opt_str(name)
+        .map(|v| parse_seconds(&v).map_err(|e| format!("--{name}: {e}")))
+        .transpose()
+}
+
+/// Parses the arguments (without the program name); `env` looks up environment variables.
+/// The error is a usage message (exit status 2).
+pub fn parse_args(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Parsed, String> {
+    if args
+        .iter()
+        .any(|a| a == "--token" || a.starts_with("--token="))
+    {
+        return Err(
+            "--token is not accepted: every user on the host can read command lines. \
+                    Put the token in a file (--token-file F) or in WARP_TOKEN"
+                .into(),
+        );
+    }
+    let m = options().parse(args).map_err(|e| e.to_string())?;
+    if m.opt_present("help") {
+        return Ok(Parsed::Help);
+    }
+    if m.opt_present("version") {
+        return Ok(Parsed::Version);
+    }
+    if let Some(extra) = m.free.first() {
+        return Err(format!("unexpected argument '{extra}'"));
+    }
+    let device = number::<i32>(&m, "device")?.unwrap_or(0);
+    if device < -1 {
+        return Err(format!(
+            "--device {device}: must be -1 (CPU) or a device index >= 0"
+        ));
+    }
+    let silent = m.opt_present("silent");
+    let verbose = m.opt_present("verbose");
+    let direct_only = ["pipe", "bind", "pulse-timeout"];
+    let pull_only = [
+        "controller",
+        "token-file",
+        "proxy",
+        "heartbeat-interval",
+        "poll-timeout-margin",
+        "register-retries",
+        "reconnect-retries",
+        "backoff-base",
+        "backoff-max",
+        "hostname",
+        "running-report-delay",
+        "idle-exit",
+    ];
+    if let Some(port) = number::<u16>(&m, "port")? {
+        if let Some(flag) = pull_only.iter().find(|f| m.opt_present(f)) {
+            return Err(format!(
+                "--{flag} belongs to pull mode and cannot be used with -p/--port"
+            ));
+        }
+        let pipe = m
+            .opt_str("pipe")
+            .ok_or("direct mode (-p/--port) needs --pipe NAME")?;
+        let mut c = DirectConfig::new(port, pipe);
+        c.device = device;
+        c.silent = silent;
+        c.verbose = verbose;
+        if let Some(b) = m.opt_str("bind") {
+            c.bind = b;
+        }
+        c.pulse_timeout = seconds(&m, "pulse-timeout")?.unwrap_or(DEFAULT_PULSE_TIMEOUT);
+        return Ok(Parsed::Run(Box::new(Config::Direct(c))));
+    }
+    if let Some(flag) = direct_only.iter().find(|f| m.opt_present(f)) {
+        return Err(format!(
+            "--{flag} belongs to direct mode, which needs -p/--port"
+        ));
+    }
+    let controller = m
+        .opt_str("controller")
+        .ok_or("give --controller HOST:PORT (pull mode) or -p PORT --pipe NAME (direct mode)")?;
+    let token = match m.opt_str("token-file") {
+        Some(f) => std::fs::read_to_string(&f)
+            .map_err(|e| format!("--token-file {f}: cannot read it: {e}"))?
+            .trim()
+            .to_string(),
+        None => env("WARP_TOKEN")
+            .map(|t| t.trim().to_string())
+            .unwrap_or_default(),
+    };
+    if token.is_empty() {
+        return Err(
+            "pull mode needs the enrollment token: give --token-file F or set WARP_TOKEN \
+                    (a given file or variable must not be empty)"
+                .into(),
+        );
+    }
+    let mut c = PullConfig::new(&controller, &token)?;
+    c.device = device;
+    c.silent = silent;
+    c.verbose = verbose;
+    c.proxy = m.opt_str("proxy");
+    if let Some(h) = m.opt_str("hostname") {
+        c.hostname = h;
+    }
+    c.heartbeat_interval = seconds(&m, "heartbeat-interval")?;
+    if c.heartbeat_interval.is_some_and(|d| d.is_zero()) {
+        return Err("--heartbeat-interval must be > 0".into());
+    }
+    c.poll_timeout_margin = seconds(&m, "poll-timeout-margin")?.unwrap_or(DEFAULT_POLL_MARGIN);
+    c.register_retries = number(&m, "register-retries")?.unwrap_or(DEFAULT_REGISTER_RETRIES);
+    c.reconnect_retries = number(&m, "reconnect-retries")?.unwrap_or(DEFAULT_RECONNECT_RETRIES);
+    c.backoff_base = seconds(&m, "backoff-base")?.unwrap_or(DEFAULT_BACKOFF_BASE);
+    c.backoff_max = seconds(&m, "backoff-max")?.unwrap_or(DEFAULT_BACKOFF_MAX);
+    c.running_report_delay =
+        seconds(&m, "running-report-delay")?.unwrap_or(DEFAULT_RUNNING_REPORT_DELAY);
+    c.idle_exit = seconds(&m, "idle-exit")?;
+    c.spawn_id = env("WARP_SPAWN_ID").filter(|s| !s.is_empty());
+    Ok(Parsed::Run(Box::new(Config::Pull(c))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], token: Option<&str>) -> Result<Parsed, String> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let token = token.map(str::to_string);
+        parse_args(&args, &move |k| {
+            if k == "WARP_TOKEN" {
+                token.clone()
+            } else {
+                None
+            }
+        })
+    }
+
+    #[test]
+    fn controller_urls_are_normalised() {
+        for input in ["h:1", "http://h:1", "http://h:1/", "h:1/"] {
+            assert_eq!(
+                PullConfig::new(input, "t").unwrap().controller,
+                "http://h:1"
+            );
+        }
+        let err = PullConfig::new("https://h:1", "t").unwrap_err();
+        assert!(
+            err.contains("--controller") && err.contains("https"),
+            "{err}"
+        );
+        assert!(PullConfig::new("http://h:1/api", "t").is_err());
+    }
+
+    #[test]
+    fn pull_mode_needs_a_token_from_file_or_env_never_the_command_line() {
+        let err = parse(&["--controller", "h:1"], None).unwrap_err();
+        assert!(
+            err.contains("--token-file") && err.contains("WARP_TOKEN"),
+            "{err}"
+        );
+        assert!(parse(&["--controller", "h:1", "--token", "x"], None).is_err());
+        let args = ["--controller", "h:1/", "-d", "2", "--backoff-base", "0.01"];
+        let Ok(Parsed::Run(b)) = parse(&args, Some(" t ")) else {
+            panic!("config expected")
+        };
+        let Config::Pull(c) = *b else {
+            panic!("pull config expected")
+        };
+        assert_eq!(
+            (c.controller.as_str(), c.token.as_str(), c.device),
+            ("http://h:1", "t", 2)
+        );
+        assert_eq!(c.backoff_base, Duration::from_millis(10));
+        assert!(!format!("{c:?}").contains("token=t"));
+    }
+
+    #[test]
+    fn direct_mode_needs_a_pipe_and_refuses_pull_flags() {
+        assert!(parse(&["-p", "0"], None).unwrap_err().contains("--pipe"));
+        assert!(parse(&["-p", "0", "--pipe", "x", "--controller", "h:1"], None).is_err());
+        assert!(parse(&["--pipe", "x"], None).is_err());
+        let Ok(Parsed::Run(b)) = parse(&["-p", "0", "--pipe", "x", "-s"], None) else {
+            panic!("config expected")
+        };
+        let Config::Direct(c) = *b else {
+            panic!("direct config expected")
+        };
+        assert!(c.silent && c.port == 0 && c.bind == "127.0.0.1");
+        assert!(parse(&["-d", "-2", "-p", "0", "--pipe", "x"], None).is_err());
+    }
+}

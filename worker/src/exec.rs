@@ -1,0 +1,492 @@
+//! Command execution and the worker's held state.
+//!
+//! [`Executor`] runs the typed commands of `warp_common::commands` one at a time and remembers the
+//! init fingerprint of the state it holds, so a task whose init part produces state the worker
+//! already holds skips it. An init failure drops the held state; a main failure keeps it.
+//!
+//! An `Exec` runs in its own process group. The group is killed (SIGKILL) on cancel, on timeout,
+//! and when the program exits, so a command's processes never outlive it.
+
+use crossbeam_channel::Sender;
+use serde_json::{Value, json};
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use warp_common::commands::{Command, EXEC_TAIL_BYTES, ExecParams, ExecResult};
+use warp_common::protocol::{Assignment, TaskResult};
+
+/// How much of stderr an Exec failure message quotes.
+const ERROR_TAIL_BYTES: usize = 2048;
+
+/// A per-task cancellation request: set once, wakes whatever waits on it at once.
+#[derive(Clone, Debug, Default)]
+pub struct CancelFlag {
+    inner: Arc<(AtomicBool, Mutex<()>, Condvar)>,
+}
+
+impl CancelFlag {
+    /// A flag not yet set.
+    pub fn new() -> CancelFlag {
+        CancelFlag::default()
+    }
+
+    /// Requests cancellation; idempotent.
+    pub fn cancel(&self) {
+        let (flag, lock, cv) = &*self.inner;
+        flag.store(true, Ordering::SeqCst);
+        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        cv.notify_all();
+    }
+
+    /// Whether cancellation was requested.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.0.load(Ordering::SeqCst)
+    }
+
+    /// Waits up to `timeout`; true when cancelled.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let (flag, lock, cv) = &*self.inner;
+        let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _unused = cv
+            .wait_timeout_while(guard, timeout, |_| !flag.load(Ordering::SeqCst))
+            .unwrap_or_else(|e| e.into_inner());
+        flag.load(Ordering::SeqCst)
+    }
+}
+
+/// Runs commands and holds the worker's state between tasks.
+#[derive(Debug, Default)]
+pub struct Executor {
+    held: Option<String>,
+}
+
+impl Executor {
+    /// An executor holding no state.
+    pub fn new() -> Executor {
+        Executor::default()
+    }
+
+    /// Init fingerprint of the state held, if any.
+    pub fn held_fingerprint(&self) -> Option<&str> {
+        self.held.as_deref()
+    }
+
+    /// Runs one command; the error is a message for the task's error history.
+    pub fn run_command(&mut self, cmd: &Command, cancel: &CancelFlag) -> Result<Value, String> {
+        cmd.validate()?;
+        match cmd {
+            Command::Exec(p) => run_exec(p, cancel).map(|r| json!(r)),
+            Command::Sleep { ms } => {
+                let start = Instant::now();
+                let cancelled = cancel.wait_timeout(Duration::from_millis(*ms));
+                let slept_ms = start.elapsed().as_millis() as u64;
+                if cancelled {
+                    return Err(format!("cancelled after {slept_ms} ms"));
+                }
+                Ok(json!({ "slept_ms": slept_ms }))
+            }
+            Command::Fail { message } => Err(message.clone()),
+            Command::Echo { value } => Ok(json!({ "value": value })),
+            // No command runs in the background yet; once one does, this waits on that pool.
+            Command::WaitAsyncTasks {} => Ok(json!({ "waited_ms": 0, "pending": 0 })),
+            Command::GcCollect {} => {
+                #[cfg(all(target_os = "linux", target_env = "gnu"))]
+                // SAFETY: malloc_trim only returns free heap pages to the kernel.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+                Ok(json!({ "released": true }))
+            }
+        }
+    }
+
+    /// Runs a task: its init part unless the held fingerprint matches, then its main commands.
+    /// `on_command(i, n, name)` is called before main command `i` of `n`.
+    pub fn run_assignment(
+        &mut self,
+        task: &Assignment,
+        cancel: &CancelFlag,
+        on_command: &mut dyn FnMut(usize, usize, &'static str),
+    ) -> Result<TaskResult, String> {
+        let mut init_ran = false;
+        if let Some(init) = &task.init
+            && self.held.as_deref() != Some(init.fingerprint.as_str())
+        {
+            // The old state is being replaced: a failure below leaves none.
+            self.held = None;
+            for (i, c) in init.commands.iter().enumerate() {
+                check_cancel(cancel)?;
+                self.run_command(c, cancel)
+                    .map_err(|e| format!("init command {i} ({}): {e}", c.name()))?;
+            }
+            self.held = Some(init.fingerprint.clone());
+            init_ran = true;
+        }
+        let n = task.commands.len();
+        let mut results = Vec::with_capacity(n);
+        for (i, c) in task.commands.iter().enumerate() {
+            check_cancel(cancel)?;
+            on_command(i, n, c.name());
+            let r = self
+                .run_command(c, cancel)
+                .map_err(|e| format!("command {i} ({}): {e}", c.name()))?;
+            results.push(r);
+        }
+        Ok(TaskResult { results, init_ran })
+    }
+}
+
+fn check_cancel(cancel: &CancelFlag) -> Result<(), String> {
+    if cancel.is_cancelled() {
+        Err("cancelled".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn run_exec(p: &ExecParams, cancel: &CancelFlag) -> Result<ExecResult, String> {
+    let program = &p.argv[0];
+    if let Some(dir) = &p.cwd
+        && !std::path::Path::new(dir).is_dir()
+    {
+        return Err(format!(
+            "cannot run '{program}': working directory '{dir}' does not exist"
+        ));
+    }
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(&p.argv[1..])
+        .envs(&p.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if let Some(dir) = &p.cwd {
+        cmd.current_dir(dir);
+    }
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| match &p.cwd {
+        Some(dir) => format!("cannot start '{program}' in '{dir}': {e}"),
+        None => format!("cannot start '{program}': {e}"),
+    })?;
+    let pid = child.id() as libc::pid_t;
+    let (done_tx, done_rx) = crossbeam_channel::bounded(2);
+    let stdout = tail_reader(child.stdout.take(), done_tx.clone());
+    let stderr = tail_reader(child.stderr.take(), done_tx);
+
+    let deadline = p.timeout_s.map(|t| start + Duration::from_secs_f64(t));
+    let mut step = Duration::from_millis(2);
+    let stopped = loop {
+        if has_exited(pid) {
+            break None;
+        }
+        if cancel.is_cancelled() {
+            break Some("cancelled");
+        }
+        let mut wait = step;
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break Some("timed out");
+            }
+            wait = wait.min(left);
+        }
+        cancel.wait_timeout(wait);
+        step = (step * 2).min(Duration::from_millis(20));
+    };
+    // The leader is not reaped yet, so its pid still names our group: kill what is left of it.
+    // SAFETY: kill(2) on our own child's process group.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    let status = child
+        .wait()
+        .map_err(|e| format!("cannot wait for '{program}': {e}"))?;
+    let duration_ms = start.elapsed().as_millis() as u64;
+    // Readers end when the pipes close; a process that left the group may keep them open.
+    let readers_deadline = Instant::now() + Duration::from_secs(2);
+    for _ in 0..2 {
+        if done_rx.recv_deadline(readers_deadline).is_err() {
+            break;
+        }
+    }
+    let result = ExecResult {
+        exit_code: status.code(),
+        signal: status.signal(),
+        stdout_tail: take_tail(&stdout),
+        stderr_tail: take_tail(&stderr),
+        duration_ms,
+    };
+    let stderr = match tail_str(&result.stderr_tail, ERROR_TAIL_BYTES).trim_end() {
+        "" => " (stderr empty)".to_string(),
+        tail => format!("; stderr tail: {tail}"),
+    };
+    match stopped {
+        Some("cancelled") => Err(format!(
+            "cancelled: killed '{program}' (process group {pid})"
+        )),
+        Some(_) => Err(format!(
+            "timed out after {} s: killed '{program}' (process group {pid}){stderr}",
+            p.timeout_s.unwrap_or_default()
+        )),
+        None if status.success() || p.allow_failure => Ok(result),
+        None => match (status.code(), status.signal()) {
+            (Some(code), _) => Err(format!("exited with status {code}{stderr}")),
+            (_, sig) => Err(format!("killed by signal {}{stderr}", sig.unwrap_or(0))),
+        },
+    }
+}
+
+/// True once `pid` has exited; leaves it unreaped (WNOWAIT) so its process group stays ours.
+fn has_exited(pid: libc::pid_t) -> bool {
+    // SAFETY: a zeroed siginfo_t is valid; waitid only writes into it.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+        let r = libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags);
+        r != 0 || info.si_pid() != 0
+    }
+}
+
+type Tail = Arc<Mutex<Vec<u8>>>;
+
+/// Reads `stream` to its end on a thread, keeping the last [`EXEC_TAIL_BYTES`].
+fn tail_reader<R: Read + Send + 'static>(stream: Option<R>, done: Sender<()>) -> Tail {
+    let tail: Tail = Arc::default();
+    let keep = tail.clone();
+    let reader = move || {
+        if let Some(mut s) = stream {
+            let mut buf = [0u8; 8192];
+            while let Ok(n @ 1..) = s.read(&mut buf) {
+                let mut t = keep.lock().unwrap_or_else(|e| e.into_inner());
+                t.extend_from_slice(&buf[..n]);
+                if t.len() > 2 * EXEC_TAIL_BYTES {
+                    let cut = t.len() - EXEC_TAIL_BYTES;
+                    t.drain(..cut);
+                }
+            }
+        }
+        let _ = done.send(());
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("exec-output".into())
+        .spawn(reader)
+    {
+        log::warn!("cannot start an output reader thread: {e}");
+    }
+    tail
+}
+
+fn take_tail(tail: &Tail) -> String {
+    let t = tail.lock().unwrap_or_else(|e| e.into_inner());
+    let from = t.len().saturating_sub(EXEC_TAIL_BYTES);
+    String::from_utf8_lossy(&t[from..]).into_owned()
+}
+
+/// The last at most `max` bytes of `s`, cut at a character boundary.
+fn tail_str(s: &str, max: usize) -> &str {
+    let mut from = s.len().saturating_sub(max);
+    while !s.is_char_boundary(from) {
+        from += 1;
+    }
+    &s[from..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warp_common::protocol::InitPart;
+
+    fn sh(script: &str) -> ExecParams {
+        ExecParams {
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        }
+    }
+
+    fn exec(p: ExecParams) -> Result<ExecResult, String> {
+        run_exec(&p, &CancelFlag::new())
+    }
+
+    #[test]
+    fn exec_captures_exit_code_and_output_tails() {
+        let r = exec(sh("echo out; echo err >&2")).unwrap();
+        assert_eq!(r.exit_code, Some(0));
+        assert_eq!(
+            (r.stdout_tail.as_str(), r.stderr_tail.as_str()),
+            ("out\n", "err\n")
+        );
+        let big = exec(sh("head -c 100000 /dev/zero | tr '\\0' x")).unwrap();
+        assert_eq!(big.stdout_tail.len(), EXEC_TAIL_BYTES);
+    }
+
+    #[test]
+    fn exec_nonzero_exit_fails_unless_allowed() {
+        let err = exec(sh("echo broken >&2; exit 3")).unwrap_err();
+        assert!(err.contains("status 3") && err.contains("broken"), "{err}");
+        let mut p = sh("exit 3");
+        p.allow_failure = true;
+        assert_eq!(exec(p).unwrap().exit_code, Some(3));
+    }
+
+    #[test]
+    fn exec_spawn_errors_name_program_and_cwd() {
+        let err = exec(ExecParams {
+            argv: vec!["/no/such/prog".into()],
+            ..Default::default()
+        });
+        assert!(err.unwrap_err().contains("/no/such/prog"));
+        let mut p = sh("true");
+        p.cwd = Some("/no/such/dir".into());
+        assert!(exec(p).unwrap_err().contains("/no/such/dir"));
+    }
+
+    #[test]
+    fn exec_timeout_kills_the_program_quickly() {
+        let mut p = sh("sleep 5");
+        p.timeout_s = Some(0.2);
+        let start = Instant::now();
+        let err = exec(p).unwrap_err();
+        assert!(err.contains("timed out"), "{err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn exec_cancel_kills_the_whole_process_group() {
+        let dir = std::env::temp_dir().join(format!("warp-worker-exec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("grandchild.pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let cancel = CancelFlag::new();
+        let c2 = cancel.clone();
+        let t = std::thread::spawn(move || run_exec(&sh(&script), &c2));
+        let start = Instant::now();
+        while !pidfile.exists() || std::fs::read_to_string(&pidfile).unwrap().trim().is_empty() {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "grandchild never started"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let grandchild: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        cancel.cancel();
+        let err = t.join().unwrap().unwrap_err();
+        assert!(err.contains("cancelled"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(3));
+        // The grandchild is gone (or a zombie awaiting its reaper, which kill(0) still finds).
+        let alive = (0..100).all(|_| {
+            let state =
+                std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
+            let running = !state.is_empty() && !state.contains(") Z");
+            if running {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            running
+        });
+        assert!(!alive, "grandchild {grandchild} survived the cancel");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn sleep_is_cancellable_and_simple_commands_work() {
+        let mut ex = Executor::new();
+        let cancel = CancelFlag::new();
+        let c2 = cancel.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            c2.cancel();
+        });
+        let start = Instant::now();
+        let err = ex
+            .run_command(&Command::Sleep { ms: 10_000 }, &cancel)
+            .unwrap_err();
+        assert!(err.contains("cancelled") && start.elapsed() < Duration::from_secs(2));
+        t.join().unwrap();
+        let ok = CancelFlag::new();
+        let r = ex.run_command(&Command::Sleep { ms: 1 }, &ok).unwrap();
+        assert!(r["slept_ms"].as_u64().unwrap() >= 1);
+        let echo = Command::Echo {
+            value: json!({"k": 1}),
+        };
+        assert_eq!(
+            ex.run_command(&echo, &ok).unwrap(),
+            json!({"value": {"k": 1}})
+        );
+        let fail = Command::Fail {
+            message: "boom".into(),
+        };
+        assert_eq!(ex.run_command(&fail, &ok).unwrap_err(), "boom");
+        assert_eq!(
+            ex.run_command(&Command::GcCollect {}, &ok).unwrap()["released"],
+            true
+        );
+        assert!(
+            ex.run_command(&Command::exec(Vec::<String>::new()), &ok)
+                .is_err()
+        );
+    }
+
+    fn task(fingerprint: &str, init: Vec<Command>, main: Vec<Command>) -> Assignment {
+        Assignment {
+            id: uuid::Uuid::new_v4(),
+            lease: 1,
+            attempt: 1,
+            init: Some(InitPart {
+                fingerprint: fingerprint.into(),
+                commands: init,
+            }),
+            commands: main,
+        }
+    }
+
+    #[test]
+    fn init_runs_once_per_fingerprint_and_failures_set_held_state() {
+        let mut ex = Executor::new();
+        let c = CancelFlag::new();
+        let mut seen = Vec::new();
+        let mut on = |i: usize, n: usize, name: &'static str| seen.push((i, n, name));
+        let echo = || Command::Echo { value: json!(1) };
+        let r = ex
+            .run_assignment(&task("A", vec![echo()], vec![echo()]), &c, &mut on)
+            .unwrap();
+        assert!(r.init_ran);
+        assert_eq!(r.results, vec![json!({"value": 1})]);
+        let r = ex
+            .run_assignment(&task("A", vec![echo()], vec![echo()]), &c, &mut on)
+            .unwrap();
+        assert!(!r.init_ran, "same fingerprint: init skipped");
+        assert_eq!(seen, vec![(0, 1, "Echo"), (0, 1, "Echo")]);
+
+        // A main failure keeps the held state.
+        let fail = || Command::Fail {
+            message: "bad".into(),
+        };
+        let err = ex.run_assignment(
+            &task("A", vec![], vec![echo(), fail()]),
+            &c,
+            &mut |_, _, _| {},
+        );
+        assert_eq!(err.unwrap_err(), "command 1 (Fail): bad");
+        assert_eq!(ex.held_fingerprint(), Some("A"));
+
+        // An init failure resets it.
+        let err = ex.run_assignment(
+            &task("B", vec![fail()], vec![echo()]),
+            &c,
+            &mut |_, _, _| {},
+        );
+        assert_eq!(err.unwrap_err(), "init command 0 (Fail): bad");
+        assert_eq!(ex.held_fingerprint(), None);
+        let r = ex.run_assignment(&task("B", vec![echo()], vec![]), &c, &mut |_, _, _| {});
+        assert!(r.unwrap().init_ran);
+        assert_eq!(ex.held_fingerprint(), Some("B"));
+    }
+}

@@ -1,0 +1,738 @@
+//! Pull mode: register, long-poll, execute, report; reconnect and re-register on failure.
+//!
+//! ```text
+//!            register ──(404 unknown_worker / 401 / 410)──┐
+//!               │                                         │
+//!               ▼                                         │
+//!   ┌──────► poll ──204──┐                                │
+//!   │           │ 200    │                                │
+//!   │           ▼        │                                │
+//!   │  ┌──► execute      │  every failed call: backoff,   │
+//!   │  │        │        │  then retry; after N in a row: │
+//!   │  │        ▼        │  exit 1 (controller lost)      │
+//!   │  └─ status(want_next) returns a task                │
+//!   └────── status returns none ──────────────────────────┘
+//! ```
+//!
+//! Three threads: the main loop (this module) is the only one that registers, polls and sends
+//! terminal reports; the heartbeat thread ([`crate::heartbeat`]) beats, reports `running` and
+//! progress, and cancels on the controller's word; the watcher thread turns a stop (signal,
+//! `--idle-exit`, [`PullConfig::stop`]) into a cancel of the current task and a deregistration,
+//! which makes the controller answer the parked poll at once.
+
+use crate::WorkerError;
+use crate::client::{CallError, Client, Incoming, Session};
+use crate::config::PullConfig;
+use crate::console::{self, Console};
+use crate::exec::{CancelFlag, Executor};
+use crate::signals;
+use crossbeam_channel::{Receiver, Sender, select};
+use log::{debug, info, warn};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use warp_common::commands::Command;
+use warp_common::protocol::{Capabilities, RegisterRequest, ReportState, StatusUpdate, TaskId};
+use warp_common::{PROTOCOL_VERSION, VERSION};
+
+/// Most console lines shipped with one heartbeat or status report.
+pub(crate) const CONSOLE_BATCH: usize = 1000;
+
+/// The task being executed, as the other threads see it.
+pub(crate) struct Current {
+    pub id: TaskId,
+    pub lease: u64,
+    pub started: Instant,
+    pub cancel: CancelFlag,
+    pub commands: usize,
+    /// Main command being run (index, name); kept for tasks of more than one command.
+    pub command: (usize, &'static str),
+    pub running_reported: bool,
+    pub progress_reported: Option<usize>,
+}
+
+/// The session and whether it was deregistered, changed together.
+pub(crate) struct SessionSlot {
+    pub session: Option<Arc<Session>>,
+    pub deregistered: bool,
+}
+
+/// State shared by the main loop, the heartbeat thread and the watcher thread.
+pub(crate) struct Shared {
+    pub cfg: PullConfig,
+    pub client: Client,
+    pub console: Arc<Console>,
+    pub session: Mutex<SessionSlot>,
+    pub current: Mutex<Option<Current>>,
+    pub held: Mutex<Option<String>>,
+    /// Set by the heartbeat thread when the controller forgot us; the main loop re-registers.
+    pub reregister: AtomicBool,
+    pub heartbeat_ms: AtomicU64,
+    /// The heartbeat thread will look at `current` again without a wake-up (see heartbeat.rs).
+    pub armed: AtomicBool,
+    pub wake: Sender<()>,
+    pub start: Instant,
+    /// Milliseconds since `start` when the worker last finished a task (or started).
+    pub last_activity_ms: AtomicU64,
+    pub stop_reason: Mutex<String>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub fn session(&self) -> Option<Arc<Session>> {
+        lock(&self.session).session.clone()
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.cfg.stop.is_triggered()
+    }
+
+    /// Deregisters the current session unless already done. Holds the session lock throughout,
+    /// so it cannot interleave with a re-registration.
+    pub fn deregister_once(&self, reason: &str) {
+        let mut slot = lock(&self.session);
+        let Some(s) = slot.session.clone() else {
+            return;
+        };
+        if slot.deregistered {
+            return;
+        }
+        slot.deregistered = true;
+        match self.client.deregister(&s, reason) {
+            Ok(()) => info!("deregistered from {} ({reason})", self.client.base()),
+            Err(e) => warn!("deregistration failed ({reason}): {e}"),
+        }
+    }
+
+    /// Whether `e` means the controller no longer knows this worker.
+    pub fn is_forgotten(&self, e: &CallError) -> bool {
+        e.code() == Some("unknown_worker")
+            || e.status() == Some(401)
+            || (e.status() == Some(410) && !self.stopping())
+    }
+}
+
+/// Runs pull mode until a clean stop (`Ok`) or a failure the worker cannot recover from.
+pub fn run_pull(cfg: PullConfig) -> Result<(), WorkerError> {
+    console::init(cfg.silent, crate::log_level(cfg.verbose));
+    info!("warp-worker {VERSION} starting in pull mode (protocol {PROTOCOL_VERSION})");
+    info!("configuration: {cfg:?}");
+    let client = Client::new(&cfg.controller, cfg.proxy.as_deref()).map_err(WorkerError::Config)?;
+    let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
+    let sh = Arc::new(Shared {
+        client,
+        console: console::global().clone(),
+        session: Mutex::new(SessionSlot {
+            session: None,
+            deregistered: false,
+        }),
+        current: Mutex::new(None),
+        held: Mutex::new(None),
+        reregister: AtomicBool::new(false),
+        heartbeat_ms: AtomicU64::new(
+            cfg.heartbeat_interval
+                .map_or(30_000, |d| d.as_millis() as u64),
+        ),
+        armed: AtomicBool::new(false),
+        wake: wake_tx,
+        start: Instant::now(),
+        last_activity_ms: AtomicU64::new(0),
+        stop_reason: Mutex::new(String::new()),
+        cfg,
+    });
+    // Dropping `done_tx` disconnects `done_rx`: both helper threads end at once.
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+    let watcher = {
+        let (sh, done) = (sh.clone(), done_rx.clone());
+        std::thread::Builder::new()
+            .name("watcher".into())
+            .spawn(move || watch(&sh, &done))
+    };
+    let heartbeat = crate::heartbeat::spawn(sh.clone(), wake_rx, done_rx);
+    let mut worker = Worker {
+        sh: sh.clone(),
+        exec: Executor::new(),
+        failures: 0,
+        poll_hold: Duration::from_secs(30),
+        rng: Rng::new(),
+    };
+    let result = worker.run();
+    if result.is_ok() {
+        let reason = lock(&sh.stop_reason).clone();
+        sh.deregister_once(if reason.is_empty() {
+            "stopped"
+        } else {
+            &reason
+        });
+    }
+    drop(done_tx);
+    for t in [watcher.ok(), heartbeat.ok()].into_iter().flatten() {
+        let _ = t.join();
+    }
+    if result.is_ok() {
+        info!("worker stopped cleanly");
+    }
+    result
+}
+
+/// Waits for a stop (signal, the config's stop, idle exit), then cancels the current task and
+/// deregisters, which also ends a parked poll.
+fn watch(sh: &Shared, done: &Receiver<()>) {
+    let global = signals::global().receiver();
+    let stop = sh.cfg.stop.receiver();
+    let reason = loop {
+        let wait = match sh.cfg.idle_exit {
+            Some(idle) => {
+                let since = Duration::from_millis(sh.last_activity_ms.load(Ordering::Relaxed));
+                let idle_for = sh.start.elapsed().saturating_sub(since);
+                if idle_for >= idle && lock(&sh.current).is_none() {
+                    break format!("idle for {:.1} s (--idle-exit)", idle_for.as_secs_f64());
+                }
+                idle.saturating_sub(idle_for).max(Duration::from_millis(10))
+            }
+            None => Duration::from_secs(3600),
+        };
+        select! {
+            recv(done) -> _ => return,
+            recv(global) -> _ => break "signal (SIGTERM/SIGINT)".to_string(),
+            recv(stop) -> _ => break "stop requested".to_string(),
+            default(wait) => {}
+        }
+    };
+    info!("stopping: {reason}");
+    *lock(&sh.stop_reason) = reason.clone();
+    sh.cfg.stop.trigger();
+    if let Some(c) = lock(&sh.current).as_ref() {
+        info!(
+            "cancelling task {} (lease {}); the controller re-queues it",
+            c.id, c.lease
+        );
+        c.cancel.cancel();
+    }
+    sh.deregister_once(&reason);
+}
+
+/// What to do after a failed call.
+enum Handling {
+    /// Backed off; try the same call again.
+    Retry,
+    /// The controller forgot us: re-register.
+    Reregister,
+    /// 409: the lease is stale.
+    Stale,
+    /// Another refusal: logged, nothing to retry.
+    Refused,
+}
+
+/// The main loop's own state.
+struct Worker {
+    sh: Arc<Shared>,
+    exec: Executor,
+    /// Consecutive failed calls.
+    failures: u32,
+    /// The controller's poll hold, from registration.
+    poll_hold: Duration,
+    rng: Rng,
+}
+
+impl Worker {
+    fn run(&mut self) -> Result<(), WorkerError> {
+        if !self.register(self.sh.cfg.register_retries, true)? {
+            return Ok(());
+        }
+        let mut next: Option<Incoming> = None;
+        let mut pending: Option<(TaskId, StatusUpdate)> = None;
+        loop {
+            if self.sh.stopping() {
+                return Ok(());
+            }
+            if self.sh.reregister.swap(false, Ordering::SeqCst) {
+                if let Some((id, r)) = pending.take() {
+                    info!(
+                        "dropping the report of task {id} lease {}: re-registered, so the lease is stale",
+                        r.lease
+                    );
+                }
+                if !self.register(self.sh.cfg.reconnect_retries, false)? {
+                    return Ok(());
+                }
+                next = None;
+                continue;
+            }
+            if let Some((id, report)) = pending.take() {
+                match self
+                    .sh
+                    .session()
+                    .map(|s| self.sh.client.status(&s, id, &report))
+                {
+                    Some(Ok(reply)) => {
+                        self.failures = 0;
+                        if !reply.accepted {
+                            debug!("controller did not record the report of task {id}");
+                        }
+                        next = reply.next;
+                    }
+                    Some(Err(e)) => {
+                        match self.handle(&format!("status report of task {id}"), &e)? {
+                            Handling::Retry => pending = Some((id, report)),
+                            Handling::Reregister => pending = Some((id, report)),
+                            Handling::Stale => {
+                                info!(
+                                    "task {id} lease {} was revoked (409): result discarded",
+                                    report.lease
+                                )
+                            }
+                            Handling::Refused => warn!("status report of task {id} refused: {e}"),
+                        }
+                    }
+                    None => self.sh.reregister.store(true, Ordering::SeqCst),
+                }
+                continue;
+            }
+            let incoming = match next.take() {
+                Some(t) => t,
+                None => match self.poll()? {
+                    Some(t) => t,
+                    None => continue,
+                },
+            };
+            if self.sh.stopping() {
+                return Ok(());
+            }
+            pending = self.execute(incoming);
+        }
+    }
+
+    /// Registers (again), retrying unreachable controllers `retries` times. `Ok(false)` when a
+    /// stop came first.
+    fn register(&mut self, retries: u32, first: bool) -> Result<bool, WorkerError> {
+        let cfg = &self.sh.cfg;
+        let controller = cfg.controller.clone();
+        let body = RegisterRequest {
+            protocol_version: PROTOCOL_VERSION,
+            device: cfg.device,
+            hostname: cfg.hostname.clone(),
+            capabilities: Capabilities {
+                gpu: None,
+                cpu_threads: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+                commands: Command::NAMES.iter().map(|s| s.to_string()).collect(),
+            },
+            worker_version: VERSION.to_string(),
+            spawn_id: cfg.spawn_id.clone(),
+            pid: Some(std::process::id()),
+        };
+        let mut attempt = 0;
+        loop {
+            if self.sh.stopping() {
+                return Ok(false);
+            }
+            let last_error = match self.sh.client.register(&cfg.token, &body) {
+                Ok(r) => {
+                    let hb = cfg
+                        .heartbeat_interval
+                        .map_or(r.heartbeat_interval_ms, |d| d.as_millis() as u64);
+                    self.sh.heartbeat_ms.store(hb.max(10), Ordering::Relaxed);
+                    self.poll_hold = Duration::from_millis(r.poll_hold_ms);
+                    info!(
+                        "{} as worker {} with {controller} (controller {}, heartbeat every {hb} ms, poll hold {} ms)",
+                        if first {
+                            "registered"
+                        } else {
+                            "registered again"
+                        },
+                        r.worker_id,
+                        r.controller_version,
+                        r.poll_hold_ms
+                    );
+                    let mut slot = lock(&self.sh.session);
+                    slot.session = Some(Arc::new(Session::new(r.worker_id, &r.token)));
+                    slot.deregistered = false;
+                    // The heartbeat thread picks up the new interval.
+                    let _ = self.sh.wake.try_send(());
+                    return Ok(true);
+                }
+                Err(CallError::Refused { code, message, .. })
+                    if code == "protocol_version_mismatch" =>
+                {
+                    return Err(WorkerError::ProtocolMismatch {
+                        controller,
+                        message,
+                    });
+                }
+                Err(CallError::Refused { status: 401, .. }) => {
+                    return Err(WorkerError::EnrollmentRefused { controller });
+                }
+                Err(CallError::Refused {
+                    status,
+                    code,
+                    message,
+                }) => {
+                    let message = format!("{status} {code}: {message}");
+                    return Err(WorkerError::RegistrationRefused {
+                        controller,
+                        message,
+                    });
+                }
+                Err(CallError::Unavailable(e)) => e,
+            };
+            if attempt >= retries {
+                let attempts = attempt + 1;
+                return Err(WorkerError::RegistrationFailed {
+                    controller,
+                    attempts,
+                    last_error,
+                });
+            }
+            let delay = self.rng.backoff(attempt, cfg);
+            warn!(
+                "registration with {controller} failed (attempt {}/{}): {last_error}; retrying in {delay:.2?}",
+                attempt + 1,
+                retries + 1
+            );
+            attempt += 1;
+            if cfg.stop.wait_timeout(delay) {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// One long-poll. `None`: nothing to run (hold expired, retry, stop).
+    fn poll(&mut self) -> Result<Option<Incoming>, WorkerError> {
+        let Some(s) = self.sh.session() else {
+            self.sh.reregister.store(true, Ordering::SeqCst);
+            return Ok(None);
+        };
+        let timeout = self.poll_hold + self.sh.cfg.poll_timeout_margin;
+        match self.sh.client.poll(&s, timeout) {
+            Ok(t) => {
+                self.failures = 0;
+                Ok(t)
+            }
+            Err(_) if self.sh.stopping() => Ok(None),
+            Err(e) => match self.handle("poll", &e)? {
+                Handling::Refused => {
+                    // Nothing sensible to retry at once: do not spin.
+                    let delay = self.rng.backoff(0, &self.sh.cfg);
+                    self.sh.cfg.stop.wait_timeout(delay);
+                    Ok(None)
+                }
+                _ => Ok(None),
+            },
+        }
+    }
+
+    /// Counts a failed call and decides what follows; backs off before a retry. Fails when
+    /// the controller stayed unreachable for `--reconnect-retries` calls in a row.
+    fn handle(&mut self, what: &str, e: &CallError) -> Result<Handling, WorkerError> {
+        let cfg = &self.sh.cfg;
+        if e.status() == Some(409) || e.code() == Some("stale_lease") {
+            return Ok(Handling::Stale);
+        }
+        let forgotten = self.sh.is_forgotten(e);
+        if !forgotten && e.status().is_some() {
+            return Ok(Handling::Refused);
+        }
+        self.failures += 1;
+        if self.failures >= cfg.reconnect_retries.max(1) {
+            return Err(WorkerError::ControllerLost {
+                controller: cfg.controller.clone(),
+                attempts: self.failures,
+                last_error: e.to_string(),
+            });
+        }
+        if forgotten {
+            warn!("{what}: the controller does not know this worker ({e}): registering again");
+            self.sh.reregister.store(true, Ordering::SeqCst);
+            return Ok(Handling::Reregister);
+        }
+        let delay = self.rng.backoff(self.failures - 1, cfg);
+        warn!(
+            "{what} failed ({}/{} in a row): {e}; retrying in {delay:.2?}",
+            self.failures, cfg.reconnect_retries
+        );
+        cfg.stop.wait_timeout(delay);
+        Ok(Handling::Retry)
+    }
+
+    /// Runs a task and returns its terminal report; `None` when a stop interrupted it (the
+    /// deregistration hands it back to the controller).
+    fn execute(&mut self, incoming: Incoming) -> Option<(TaskId, StatusUpdate)> {
+        let task = match incoming {
+            Incoming::Task(t) => t,
+            Incoming::Unrunnable { id, lease, error } => {
+                warn!("task {id} lease {lease}: {error}");
+                let mut r = self.report(lease, ReportState::Failed, 0);
+                r.error = Some(error);
+                return Some((id, r));
+            }
+        };
+        let started = Instant::now();
+        let cancel = CancelFlag::new();
+        let sh = &*self.sh;
+        *lock(&sh.current) = Some(Current {
+            id: task.id,
+            lease: task.lease,
+            started,
+            cancel: cancel.clone(),
+            commands: task.commands.len(),
+            command: (0, ""),
+            running_reported: false,
+            progress_reported: None,
+        });
+        if !sh.armed.swap(true, Ordering::SeqCst) {
+            let _ = sh.wake.try_send(());
+        }
+        debug!(
+            "task {} attempt {} (lease {}) started",
+            task.id, task.attempt, task.lease
+        );
+        let held_before = self.exec.held_fingerprint().map(str::to_string);
+        let outcome = self.exec.run_assignment(&task, &cancel, &mut |i, n, name| {
+            if n > 1
+                && let Some(c) = lock(&sh.current).as_mut()
+            {
+                c.command = (i, name);
+            }
+        });
+        lock(&sh.current).take();
+        let elapsed = started.elapsed();
+        sh.last_activity_ms
+            .store(sh.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let held = self.exec.held_fingerprint();
+        if held != held_before.as_deref() {
+            *lock(&sh.held) = held.map(str::to_string);
+        }
+        if sh.stopping() {
+            info!(
+                "task {} interrupted by the stop after {elapsed:.2?}",
+                task.id
+            );
+            return None;
+        }
+        let ms = elapsed.as_millis() as u64;
+        let mut r = self.report(task.lease, ReportState::Completed, ms);
+        match outcome {
+            Ok(result) => {
+                debug!(
+                    "task {} attempt {} completed in {ms} ms",
+                    task.id, task.attempt
+                );
+                r.result = Some(serde_json::to_value(result).unwrap_or_default());
+            }
+            Err(e) => {
+                let e = if cancel.is_cancelled() {
+                    format!("cancelled by the controller ({e})")
+                } else {
+                    e
+                };
+                info!(
+                    "task {} attempt {} failed after {ms} ms: {e}",
+                    task.id, task.attempt
+                );
+                r.state = ReportState::Failed;
+                r.error = Some(e);
+            }
+        }
+        Some((task.id, r))
+    }
+
+    /// A terminal report asking for the next task.
+    fn report(&self, lease: u64, state: ReportState, elapsed_ms: u64) -> StatusUpdate {
+        StatusUpdate {
+            lease,
+            state,
+            result: None,
+            error: None,
+            progress: None,
+            elapsed_ms: Some(elapsed_ms),
+            held_fingerprint: self.exec.held_fingerprint().map(str::to_string),
+            console: self.sh.console.take_unshipped(CONSOLE_BATCH),
+            want_next: true,
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in `[0, min(max, base * 2^attempt)]`.
+/// `random` is any 64-bit random number.
+pub fn backoff_delay(attempt: u32, base: Duration, max: Duration, random: u64) -> Duration {
+    let cap = base
+        .saturating_mul(2u32.saturating_pow(attempt.min(31)))
+        .min(max);
+    cap.mul_f64((random >> 11) as f64 / (1u64 << 53) as f64)
+}
+
+/// splitmix64 seeded from /dev/urandom (or the clock and pid): enough for jitter.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Rng {
+        use std::io::Read;
+        let mut seed = [0u8; 8];
+        let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut seed));
+        if ok.is_err() {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            let nanos = t.map_or(0, |d| d.as_nanos() as u64);
+            seed = (nanos ^ (u64::from(std::process::id()) << 32)).to_le_bytes();
+        }
+        Rng(u64::from_le_bytes(seed))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn backoff(&mut self, attempt: u32, cfg: &PullConfig) -> Duration {
+        let r = self.next();
+        backoff_delay(attempt, cfg.backoff_base, cfg.backoff_max, r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+    type CallLog = Arc<Mutex<Vec<(String, Value)>>>;
+
+    /// A scripted controller: poll answers pop `tasks`; the status report of `forget_on` gets
+    /// 404 unknown_worker; a lease of 999 gets 409. Records (path, body) of every call.
+    fn mock_controller(tasks: Vec<Value>, forget_on: &'static str) -> (String, CallLog) {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", server.server_addr().to_ip().unwrap());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let seen = log.clone();
+        std::thread::spawn(move || {
+            let mut tasks = tasks.into_iter();
+            let mut registrations = 0;
+            while let Ok(mut rq) = server.recv() {
+                let mut body = String::new();
+                rq.as_reader().read_to_string(&mut body).unwrap();
+                let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                let path = rq.url().to_string();
+                lock(&seen).push((path.clone(), body.clone()));
+                let (status, reply) = if path.ends_with("/register") {
+                    registrations += 1;
+                    let id = format!("00000000-0000-4000-8000-00000000000{registrations}");
+                    (
+                        200,
+                        json!({"worker_id": id, "token": "w", "heartbeat_interval_ms": 20,
+                        "poll_hold_ms": 50, "protocol_version": 1, "controller_version": "mock"}),
+                    )
+                } else if path.ends_with("/poll") {
+                    match tasks.next() {
+                        Some(t) => (200, json!({ "task": t })),
+                        None => {
+                            std::thread::sleep(Duration::from_millis(50));
+                            (204, Value::Null)
+                        }
+                    }
+                } else if path.contains(forget_on) {
+                    (404, json!({"error": "who?", "code": "unknown_worker"}))
+                } else if body["lease"] == 999 {
+                    (409, json!({"error": "stale", "code": "stale_lease"}))
+                } else if body["want_next"] == true {
+                    (200, json!({"accepted": true, "task": tasks.next()}))
+                } else {
+                    (200, json!({"accepted": true, "cancel": []}))
+                };
+                let data = if reply.is_null() {
+                    Vec::new()
+                } else {
+                    reply.to_string().into_bytes()
+                };
+                let _ = rq.respond(tiny_http::Response::from_data(data).with_status_code(status));
+            }
+        });
+        (base, log)
+    }
+
+    #[test]
+    fn pull_loop_chains_tasks_survives_stale_leases_and_forgetting_then_deregisters() {
+        let task = |id: &str, lease: u64, cmd: Value| json!({"id": id, "lease": lease, "attempt": 1, "commands": [cmd]});
+        let (a, b, c) = (
+            "a0000000-0000-4000-8000-000000000000",
+            "b0000000-0000-4000-8000-000000000000",
+            "c0000000-0000-4000-8000-000000000000",
+        );
+        let tasks = vec![
+            task(a, 1, json!({"name": "Echo", "params": {"value": 1}})),
+            task(b, 999, json!({"name": "Echo", "params": {"value": 2}})),
+            task(c, 3, json!({"name": "Frobnicate", "params": {}})),
+        ];
+        let (base, log) = mock_controller(tasks, c);
+        let mut cfg = PullConfig::new(&base, "enroll").unwrap();
+        cfg.silent = true;
+        let stop = cfg.stop.clone();
+        let worker = std::thread::spawn(move || run_pull(cfg));
+        let start = Instant::now();
+        while lock(&log)
+            .iter()
+            .filter(|(p, _)| p.ends_with("/register"))
+            .count()
+            < 2
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no re-registration"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stop.trigger();
+        worker.join().unwrap().unwrap();
+        let log = lock(&log).clone();
+        let status_of = |id: &str| log.iter().find(|(p, _)| p.contains(id)).unwrap().1.clone();
+        assert_eq!(
+            status_of(a)["result"],
+            json!({"results": [{"value": 1}], "init_ran": false})
+        );
+        assert_eq!(status_of(a)["want_next"], true);
+        assert_eq!(status_of(b)["state"], "completed");
+        assert!(
+            status_of(c)["error"]
+                .as_str()
+                .unwrap()
+                .contains("Frobnicate")
+        );
+        let last = log
+            .iter()
+            .rfind(|(p, _)| p.ends_with("/deregister"))
+            .expect("deregistered");
+        assert!(
+            last.0.contains("00000000-0000-4000-8000-000000000002"),
+            "{last:?}"
+        );
+        let polls = log.iter().filter(|(p, _)| p.ends_with("/poll")).count();
+        assert!(polls >= 2, "task b came with a's report, not from a poll");
+    }
+
+    #[test]
+    fn backoff_is_jittered_below_an_exponential_cap() {
+        let (base, max) = (Duration::from_millis(500), Duration::from_secs(30));
+        let top = backoff_delay(0, base, max, u64::MAX);
+        assert!(top <= base && top > base.mul_f64(0.99), "{top:?}");
+        assert_eq!(backoff_delay(3, base, max, 0), Duration::ZERO);
+        let mut rng = Rng::new();
+        for attempt in 0..40 {
+            let cap = base
+                .saturating_mul(2u32.saturating_pow(attempt.min(31)))
+                .min(max);
+            let delays: Vec<_> = (0..200)
+                .map(|_| backoff_delay(attempt, base, max, rng.next()))
+                .collect();
+            assert!(
+                delays.iter().all(|d| *d <= cap && *d <= max),
+                "attempt {attempt}"
+            );
+            assert!(
+                delays.iter().any(|d| *d > cap / 4),
+                "jitter spans the range"
+            );
+        }
+    }
+}
