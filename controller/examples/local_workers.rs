@@ -81,7 +81,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ids.len(),
         wrapper.get_queue_length()?
     );
-    while controller.status().tasks.completed < 205 {
+    while ids
+        .iter()
+        .any(|id| controller.task(*id).is_some_and(|d| !d.state.is_terminal()))
+    {
         std::thread::sleep(Duration::from_millis(5));
     }
     println!(

@@ -28,6 +28,11 @@ use warp_common::protocol::{
 };
 
 use crate::http::ApiError;
+
+/// Environment variable naming this process to the workers it spawns: a worker whose parent is
+/// gone stops by itself (the worker's
+/// `signals::watch_parent`), so no orphan is left even when this process is SIGKILLed.
+const PARENT_PID_ENV: &str = "WARP_PARENT_PID";
 use crate::server::{Controller, ControllerConfig, WorkerEvent};
 
 /// What can go wrong in a wrapper call.
@@ -297,6 +302,7 @@ impl ControllerBasedWorkerWrapper {
         cmd.args(&self.opts.worker_args)
             .env("WARP_TOKEN", controller.token())
             .env("WARP_SPAWN_ID", &spawn_id)
+            .env(PARENT_PID_ENV, std::process::id().to_string())
             .stdin(Stdio::null());
         let mut child = cmd
             .spawn()
@@ -569,7 +575,10 @@ impl DirectWorkerWrapper {
         if silent {
             cmd.arg("-s");
         }
-        let spawned = cmd.stdin(Stdio::null()).spawn();
+        let spawned = cmd
+            .env(PARENT_PID_ENV, std::process::id().to_string())
+            .stdin(Stdio::null())
+            .spawn();
         let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {

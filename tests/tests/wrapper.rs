@@ -132,3 +132,32 @@ fn direct_mode_runs_the_same_commands_and_exits_with_its_parent() {
     }
     assert!(!pid_alive(pid));
 }
+
+/// A worker whose spawning process dies without stopping it (SIGKILL, crash) stops by itself.
+#[test]
+fn worker_stops_when_its_spawning_process_dies() {
+    let worker = warp_tests::bin("warp-worker");
+    let dir = warp_tests::TempDir::new("orphan");
+    let c = warp_tests::ControllerProc::start(dir.path(), 0, &[]);
+    // sh plays the spawning program: it starts the worker in the background, prints its pid and
+    // exits, re-parenting the worker.
+    let script = format!(
+        "WARP_PARENT_PID=$$ {} -s -d 0 --controller {} & echo $!; sleep 0.5",
+        worker.display(),
+        c.url
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .env("WARP_TOKEN", &c.token)
+        .output()
+        .unwrap();
+    let pid: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("worker pid");
+    wait_for(
+        Duration::from_secs(10),
+        "the orphaned worker to stop",
+        || warp_tests::pid_exited(pid).then_some(()),
+    );
+}

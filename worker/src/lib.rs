@@ -153,6 +153,7 @@ pub fn run(config: Config) -> Result<(), WorkerError> {
         what: "cannot install the SIGTERM/SIGINT handlers".into(),
         error: e.to_string(),
     })?;
+    signals::watch_parent(signals::global().clone());
     match config {
         Config::Pull(c) => run_pull(c),
         Config::Direct(c) => run_direct(c),

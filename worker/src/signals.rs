@@ -174,3 +174,37 @@ mod tests {
         assert!(s.is_triggered() && s.wait_timeout(Duration::from_secs(5)));
     }
 }
+
+/// Environment variable naming the process that spawned this worker (set by the drop-in
+/// wrappers). When that process dies without stopping its workers (killed, crashed), the worker
+/// stops as on SIGTERM instead of lingering as an orphan.
+pub const PARENT_PID_ENV: &str = "WARP_PARENT_PID";
+
+/// Starts a thread that triggers `stop` once the parent named by [`PARENT_PID_ENV`] is gone
+/// (this process was re-parented). Does nothing when the variable is unset or not a number.
+pub fn watch_parent(stop: StopSignal) {
+    let Some(parent) = std::env::var(PARENT_PID_ENV)
+        .ok()
+        .and_then(|v| v.parse::<libc::pid_t>().ok())
+    else {
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("parent-watch".into())
+        .spawn(move || {
+            loop {
+                // SAFETY: getppid(2) has no preconditions.
+                if unsafe { libc::getppid() } != parent {
+                    log::warn!("parent process {parent} is gone: stopping");
+                    stop.trigger();
+                    return;
+                }
+                if stop.wait_timeout(Duration::from_millis(500)) {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot watch the parent process: {e}");
+    }
+}
