@@ -159,22 +159,6 @@ fn last_errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stop_signal_wakes_every_clone() {
-        let s = StopSignal::new();
-        let rx = s.clone().receiver();
-        assert!(!s.wait_timeout(Duration::from_millis(1)));
-        let t = std::thread::spawn(move || rx.recv().is_err());
-        s.trigger();
-        assert!(t.join().unwrap());
-        assert!(s.is_triggered() && s.wait_timeout(Duration::from_secs(5)));
-    }
-}
-
 /// Environment variable naming the process that spawned this worker (set by the drop-in
 /// wrappers). When that process dies without stopping its workers (killed, crashed), the worker
 /// stops as on SIGTERM instead of lingering as an orphan.
@@ -206,5 +190,21 @@ pub fn watch_parent(stop: StopSignal) {
         });
     if let Err(e) = spawned {
         log::warn!("cannot watch the parent process: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signal_wakes_every_clone() {
+        let s = StopSignal::new();
+        let rx = s.clone().receiver();
+        assert!(!s.wait_timeout(Duration::from_millis(1)));
+        let t = std::thread::spawn(move || rx.recv().is_err());
+        s.trigger();
+        assert!(t.join().unwrap());
+        assert!(s.is_triggered() && s.wait_timeout(Duration::from_secs(5)));
     }
 }
