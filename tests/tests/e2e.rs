@@ -768,3 +768,39 @@ fn burst_of_new_connections_is_served() {
     });
     assert_eq!(parked as usize, agents.len());
 }
+
+#[test]
+fn direct_mode_writes_its_port_and_exits_without_a_pulse() {
+    let dir = TempDir::new("pulse");
+    let pipe = dir.path().join("port");
+    let mut cmd = std::process::Command::new(warp_tests::bin("warp-worker"));
+    cmd.args(["-d", "0", "-p", "0", "--pulse-timeout", "0.5", "--pipe"])
+        .arg(&pipe);
+    let mut w = warp_tests::Proc::spawn(cmd, "warp-worker direct", dir.path().join("direct.log"));
+    let port: u16 = wait_for(Duration::from_secs(10), "the port line", || {
+        std::fs::read_to_string(&pipe)
+            .ok()
+            .filter(|t| t.ends_with('\n'))?
+            .trim()
+            .parse()
+            .ok()
+    });
+    let agent = ureq_agent();
+    let r: Value = agent
+        .post(&format!(
+            "http://127.0.0.1:{port}/v1/Service/EvaluateCommand"
+        ))
+        .send_json(json!({"name": "Echo", "params": {"value": "hi"}}))
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(r["result"]["value"], "hi");
+    let t = Instant::now();
+    assert_eq!(
+        w.wait_exit(Duration::from_secs(10)),
+        Some(Some(0)),
+        "exits 0 without a pulse:\n{}",
+        w.stderr()
+    );
+    assert!(t.elapsed() < Duration::from_secs(3));
+}
