@@ -38,6 +38,31 @@ pub fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(value))
 }
 
+/// RFC 3339 UTC time with milliseconds ("2026-11-27T17:00:00.123Z") of `t` (the caller reads
+/// the clock). No date crate needed.
+pub fn utc_timestamp(t: std::time::SystemTime) -> String {
+    let since_epoch = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil-from-days (H. Hinnant's algorithm), valid for the Unix era.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
 /// Compares two secrets in time that depends only on their lengths, not on where they differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -63,6 +88,15 @@ mod tests {
         assert!(parse_seconds("NaN").is_err());
         assert!(parse_seconds("inf").is_err());
         assert!(parse_seconds("ten").unwrap_err().contains("ten"));
+    }
+
+    #[test]
+    fn timestamps_match_known_dates() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = |ms: u64| utc_timestamp(UNIX_EPOCH + Duration::from_millis(ms));
+        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(1_795_791_600_123), "2026-11-27T15:00:00.123Z");
+        assert_eq!(at(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 
     #[test]

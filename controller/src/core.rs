@@ -516,30 +516,18 @@ impl Core {
                     task: None,
                 }))
             }
-            ReportState::Completed => {
-                t.result = update.result;
-                self.end_attempt(task, AttemptOutcome::Completed, None);
-                let next = if update.want_next {
-                    self.assign_next(worker)
+            ReportState::Completed | ReportState::Failed => {
+                if update.state == ReportState::Completed {
+                    t.result = update.result;
+                    self.end_attempt(task, AttemptOutcome::Completed, None);
                 } else {
-                    None
-                };
-                Ok(Reply::Status(StatusResponse {
-                    accepted: true,
-                    cancel: false,
-                    task: next,
-                }))
-            }
-            ReportState::Failed => {
-                let error = update
-                    .error
-                    .unwrap_or_else(|| "failed (no error given)".into());
-                self.end_attempt(task, AttemptOutcome::Failed, Some(error));
-                let next = if update.want_next {
-                    self.assign_next(worker)
-                } else {
-                    None
-                };
+                    let error = update
+                        .error
+                        .unwrap_or_else(|| "failed (no error given)".into());
+                    self.end_attempt(task, AttemptOutcome::Failed, Some(error));
+                }
+                // The worker is free: hand it the next task in this reply, never held.
+                let next = update.want_next.then(|| self.assign_next(worker)).flatten();
                 Ok(Reply::Status(StatusResponse {
                     accepted: true,
                     cancel: false,

@@ -58,6 +58,22 @@ fn wait_workers(c: &ControllerProc, n: usize) -> Vec<warp_common::protocol::Work
     })
 }
 
+/// Runs `warp-controller ARGS` as a user would, with the admin token in the environment.
+fn cli(c: &ControllerProc, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(warp_tests::bin("warp-controller"))
+        .args(args)
+        .env("WARP_TOKEN", &c.token)
+        .output()
+        .unwrap()
+}
+
+/// Waits until the worker reports the task running.
+fn wait_running(client: &warp_tests::AdminClient, id: uuid::Uuid) {
+    wait_for(Duration::from_secs(10), "the task to start", || {
+        (client.task(id).ok()?.state == TaskState::Running).then_some(())
+    });
+}
+
 fn status_of(err: ureq::Error) -> (u16, Value) {
     match err {
         ureq::Error::Status(code, resp) => (code, resp.into_json().unwrap_or(Value::Null)),
@@ -72,8 +88,9 @@ fn basic_exec_task_runs_on_a_worker_and_returns_its_output() {
     let _w = start_worker(dir.path(), &c.url, &c.token, 0, &[]);
     wait_workers(&c, 1);
     // Through the CLI, as a user would.
-    let out = std::process::Command::new(warp_tests::bin("warp-controller"))
-        .args([
+    let out = cli(
+        &c,
+        &[
             "submit",
             "--controller",
             &c.url,
@@ -83,10 +100,8 @@ fn basic_exec_task_runs_on_a_worker_and_returns_its_output() {
             "sh",
             "-c",
             "echo hello; echo oops >&2",
-        ])
-        .env("WARP_TOKEN", &c.token)
-        .output()
-        .unwrap();
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -100,8 +115,9 @@ fn basic_exec_task_runs_on_a_worker_and_returns_its_output() {
     assert_eq!(r["stdout_tail"], "hello\n");
     assert_eq!(r["stderr_tail"], "oops\n");
     // A failing program fails the task with its exit code, and the CLI exits 1.
-    let out = std::process::Command::new(warp_tests::bin("warp-controller"))
-        .args([
+    let out = cli(
+        &c,
+        &[
             "submit",
             "--controller",
             &c.url,
@@ -111,19 +127,13 @@ fn basic_exec_task_runs_on_a_worker_and_returns_its_output() {
             "sh",
             "-c",
             "exit 3",
-        ])
-        .env("WARP_TOKEN", &c.token)
-        .output()
-        .unwrap();
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains('3'));
     // Monitoring tables work.
     for sub in ["status", "workers", "tasks"] {
-        let out = std::process::Command::new(warp_tests::bin("warp-controller"))
-            .args([sub, "--controller", &c.url])
-            .env("WARP_TOKEN", &c.token)
-            .output()
-            .unwrap();
+        let out = cli(&c, &[sub, "--controller", &c.url]);
         assert!(
             out.status.success(),
             "{sub}: {}",
@@ -184,9 +194,7 @@ fn kill_9_of_a_worker_mid_task_completes_the_task_elsewhere_as_attempt_2() {
     let id = client
         .submit(&TaskSpec::new(vec![Command::Sleep { ms: 1500 }]))
         .unwrap();
-    wait_for(Duration::from_secs(10), "the task to start", || {
-        (client.task(id).ok()?.state == TaskState::Running).then_some(())
-    });
+    wait_running(&client, id);
     let b = start_worker(dir.path(), &c.url, &c.token, 1, &[]);
     wait_workers(&c, 2);
     a.signal(libc::SIGKILL);
@@ -220,9 +228,7 @@ fn a_stopped_worker_s_late_completion_is_refused_with_409() {
         },
     ]);
     let id = client.submit(&spec).unwrap();
-    wait_for(Duration::from_secs(10), "the task to start", || {
-        (client.task(id).ok()?.state == TaskState::Running).then_some(())
-    });
+    wait_running(&client, id);
     a.signal(libc::SIGSTOP);
     let b = start_worker(dir.path(), &c.url, &c.token, 0, &[]);
     let d = client.wait(id, Some(Duration::from_secs(20))).unwrap();
@@ -562,9 +568,7 @@ fn cancel_stops_a_running_command_and_the_worker_takes_the_next_task() {
     let queued = client
         .submit(&TaskSpec::new(vec![Command::Sleep { ms: 1 }]))
         .unwrap();
-    wait_for(Duration::from_secs(10), "the task to start", || {
-        (client.task(id).ok()?.state == TaskState::Running).then_some(())
-    });
+    wait_running(&client, id);
     assert_eq!(client.cancel(queued).unwrap(), TaskState::Cancelled);
     assert_eq!(client.cancel(id).unwrap(), TaskState::Cancelled);
     let t = Instant::now();
@@ -597,9 +601,7 @@ fn sigterm_releases_the_running_task_at_once() {
     let id = client
         .submit(&TaskSpec::new(vec![Command::Sleep { ms: 20_000 }]))
         .unwrap();
-    wait_for(Duration::from_secs(10), "the task to start", || {
-        (client.task(id).ok()?.state == TaskState::Running).then_some(())
-    });
+    wait_running(&client, id);
     let t = Instant::now();
     a.signal(libc::SIGTERM);
     assert_eq!(

@@ -9,7 +9,7 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 use warp_common::console::ConsoleRing;
 use warp_common::protocol::{ConsoleLine, ConsoleLines};
 
@@ -119,7 +119,7 @@ impl Log for Logger {
         }
         let line = format!(
             "{} {:<5} worker: {}",
-            utc_timestamp(SystemTime::now()),
+            warp_common::utc_timestamp(SystemTime::now()),
             record.level(),
             record.args()
         );
@@ -132,34 +132,9 @@ impl Log for Logger {
     fn flush(&self) {}
 }
 
-/// `2026-11-27T17:00:00.123Z` for `t` (UTC, computed without a calendar crate).
-pub fn utc_timestamp(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn numbers(c: &ConsoleLines) -> Vec<u64> {
         c.lines.iter().map(|l| l.n).collect()
@@ -206,14 +181,5 @@ mod tests {
         let got = c.take_unshipped(10);
         assert_eq!(got.iter().map(|l| l.n).collect::<Vec<_>>(), [4, 5, 6, 7]);
         assert_eq!(got[0].text, "x2");
-    }
-
-    #[test]
-    fn timestamps_are_utc_iso8601() {
-        assert_eq!(utc_timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let t = UNIX_EPOCH + Duration::from_millis(1_795_798_800_123); // 2026-11-27 17:00
-        assert_eq!(utc_timestamp(t), "2026-11-27T17:00:00.123Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(utc_timestamp(leap), "2000-02-29T00:00:00.000Z");
     }
 }
