@@ -84,9 +84,11 @@ impl Command {
                     return Err("Exec needs a non-empty argv (the program to run)".into());
                 }
                 if let Some(t) = p.timeout_s
-                    && (!t.is_finite() || t <= 0.0)
+                    && (!t.is_finite() || t <= 0.0 || t > MAX_TIMEOUT_S)
                 {
-                    return Err(format!("Exec timeout_s must be > 0, got {t}"));
+                    return Err(format!(
+                        "Exec timeout_s must be > 0 and at most {MAX_TIMEOUT_S}, got {t}"
+                    ));
                 }
                 Ok(())
             }
@@ -130,6 +132,9 @@ pub struct ExecResult {
     /// Wall time of the program.
     pub duration_ms: u64,
 }
+
+/// Largest timeout a command or task may ask for, in seconds (about 31 years).
+pub const MAX_TIMEOUT_S: f64 = 1e9;
 
 /// How many trailing bytes of each output stream an [`ExecResult`] keeps.
 pub const EXEC_TAIL_BYTES: usize = 16 * 1024;
@@ -194,6 +199,8 @@ mod tests {
             ..Default::default()
         };
         p.timeout_s = Some(-1.0);
+        assert!(Command::Exec(p.clone()).validate().is_err());
+        p.timeout_s = Some(1e300);
         assert!(Command::Exec(p).validate().is_err());
         assert!(Command::exec(["true"]).validate().is_ok());
     }

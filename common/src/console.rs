@@ -43,7 +43,7 @@ impl ConsoleRing {
     }
 
     fn insert(&mut self, line: ConsoleLine) {
-        self.total = line.n + 1;
+        self.total = line.n.saturating_add(1);
         if self.lines.len() == self.capacity {
             self.lines.pop_front();
         }

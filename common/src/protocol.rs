@@ -338,9 +338,12 @@ impl TaskSpec {
             return Err("max_attempts must be at least 1".into());
         }
         if let Some(t) = self.timeout_s
-            && (!t.is_finite() || t <= 0.0)
+            && (!t.is_finite() || t <= 0.0 || t > crate::commands::MAX_TIMEOUT_S)
         {
-            return Err(format!("timeout_s must be > 0, got {t}"));
+            return Err(format!(
+                "timeout_s must be > 0 and at most {}, got {t}",
+                crate::commands::MAX_TIMEOUT_S
+            ));
         }
         Ok(())
     }
@@ -506,10 +509,9 @@ pub enum WorkerState {
     Idle,
     /// Alive, running a task.
     Busy,
-    /// Silent past the heartbeat timeout; revived by its next call.
+    /// Silent past the heartbeat timeout; revived by its next call. (A worker that
+    /// deregisters is removed from the list.)
     Offline,
-    /// Deregistered; its token no longer works.
-    Gone,
 }
 
 /// A worker as `GET /api/workers/active` shows it.

@@ -336,7 +336,8 @@ impl Core {
         &self.cfg
     }
 
-    /// Applies one event at time `now`. On `Err` nothing changed.
+    /// Applies one event at time `now`. On `Err` nothing changed, except that a refused stale
+    /// report is counted (`stale_reports_refused` in the status).
     pub fn apply(&mut self, now: Millis, event: Event) -> Result<Reply, CoreError> {
         // The clock never runs backwards inside the core, whatever the caller passes.
         self.now = self.now.max(now);
@@ -440,9 +441,8 @@ impl Core {
     ) -> Result<Reply, CoreError> {
         self.touch(worker)?;
         let w = self.workers.get_mut(&worker).expect("touched");
-        if req.held_fingerprint.is_some() {
-            w.held_fingerprint = req.held_fingerprint;
-        }
+        // The heartbeat carries the worker's held state as it is now (None after a reset).
+        w.held_fingerprint = req.held_fingerprint;
         let mut cancel = Vec::new();
         if let Some(task) = req.current_task {
             // The worker runs something the controller no longer gives it: cancelled, timed
@@ -462,7 +462,10 @@ impl Core {
         task: TaskId,
         update: StatusUpdate,
     ) -> Result<Reply, CoreError> {
-        self.touch(worker)?;
+        // Refused reports change nothing (but the refusal counter): check before touching.
+        if !self.workers.contains_key(&worker) {
+            return Err(CoreError::UnknownWorker(worker));
+        }
         let Some(t) = self.tasks.get(&task) else {
             return Err(CoreError::UnknownTask(task));
         };
@@ -487,12 +490,16 @@ impl Core {
                 reason,
             });
         }
+        self.touch(worker)?;
         let now = self.now;
-        if let Some(fp) = &update.held_fingerprint {
+        if update.state.is_terminal() {
+            // After a task the worker's word on its held state is final, also when an init
+            // failure reset it (None).
             self.workers
                 .get_mut(&worker)
                 .expect("touched")
-                .held_fingerprint = Some(fp.clone());
+                .held_fingerprint
+                .clone_from(&update.held_fingerprint);
         }
         let started = update
             .elapsed_ms

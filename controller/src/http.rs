@@ -407,6 +407,29 @@ pub(crate) fn handle(s: &Shared, mut request: tiny_http::Request) {
             &ApiError::unauthorized("the enrollment (admin) token"),
         );
     }
+    if route.auth == Auth::Worker {
+        // Check the worker's id and token before reading a body: tiny_http reads bodies on this
+        // thread, so an unauthenticated client must not be able to hold it with a slow upload.
+        // (The handler checks again under the lock it works in.)
+        let worker = params.first().and_then(|p| uuid::Uuid::parse_str(p).ok());
+        let known = worker.and_then(|w| {
+            s.lock()
+                .core
+                .worker_token_matches(w, token.as_deref().unwrap_or(""))
+        });
+        match (worker, known) {
+            (_, Some(true)) => {}
+            (Some(w), None) => return respond_error(request, &CoreError::UnknownWorker(w).into()),
+            (None, _) => {
+                let e = ApiError::new(404, "unknown_worker", "unknown worker: not a UUID");
+                return respond_error(request, &e);
+            }
+            (Some(_), Some(false)) => {
+                let e = ApiError::unauthorized("the worker's own token (from its registration)");
+                return respond_error(request, &e);
+            }
+        }
+    }
     let limit = s.cfg.max_body_bytes;
     if request.body_length().is_some_and(|n| n > limit) {
         return respond_error(request, &too_large(limit));
@@ -529,6 +552,12 @@ fn poll(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
             Shared::flush(out);
             json(200, &warp_common::protocol::PollResponse { task })
         }
+        Ok(CoreReply::Poll(None)) if s.stopping() => {
+            // Shutdown drained the parked polls already; do not park a new one.
+            let _ = s.apply(&mut inner, Event::PollExpired { worker });
+            drop(inner);
+            Err(ApiError::shutting_down())
+        }
         Ok(CoreReply::Poll(None)) => {
             let deadline = s.now() + s.cfg.poll_hold.as_millis() as u64;
             let request = call.request.take().expect("request present until parked");
@@ -624,6 +653,17 @@ fn ship_console(
     cap: usize,
 ) {
     if !lines.is_empty() {
+        let lines = lines.into_iter().map(|mut l| {
+            if l.text.len() > MAX_CONSOLE_LINE {
+                let mut cut = MAX_CONSOLE_LINE;
+                while !l.text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                l.text.truncate(cut);
+                l.text.push_str(" [cut]");
+            }
+            l
+        });
         inner
             .consoles
             .entry(worker)
@@ -672,6 +712,12 @@ fn cancel(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
     }
 }
 
+/// Most tasks one `GET /api/workers/tasks` returns (page with `offset`).
+const MAX_LIST: usize = 10_000;
+
+/// Longest console line kept, in bytes; longer ones are cut (a worker's log is for people).
+const MAX_CONSOLE_LINE: usize = 4096;
+
 /// Longest hold of `GET /api/tasks/{id}/wait`.
 const MAX_WAIT_S: f64 = 300.0;
 
@@ -690,6 +736,9 @@ fn wait_task(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
         .ok_or(CoreError::UnknownTask(task))?;
     if detail.state.is_terminal() || timeout_s == 0.0 {
         return json(200, &detail);
+    }
+    if s.stopping() {
+        return Err(ApiError::shutting_down());
     }
     let deadline = s.now() + (timeout_s * 1000.0) as u64;
     let request = call.request.take().expect("request present until parked");
@@ -726,7 +775,7 @@ fn list_tasks(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
         ),
     };
     let offset: usize = call.query_num("offset")?.unwrap_or(0);
-    let limit: usize = call.query_num("limit")?.unwrap_or(1000);
+    let limit: usize = call.query_num("limit")?.unwrap_or(1000).min(MAX_LIST);
     let inner = s.lock();
     let list: Vec<_> = inner
         .core

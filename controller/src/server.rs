@@ -26,8 +26,9 @@ use warp_common::protocol::{
 use crate::core::{Core, CoreConfig, CoreError, Decision, Event, Millis, Reply};
 use crate::http::{self, ApiError};
 
-/// Settings of a controller. [`ControllerConfig::new`] gives the seed's defaults.
-#[derive(Debug, Clone)]
+/// Settings of a controller. [`ControllerConfig::new`] gives the seed's defaults. Its `Debug`
+/// output leaves the token out.
+#[derive(Clone)]
 pub struct ControllerConfig {
     /// Address to bind (`0.0.0.0` = all interfaces).
     pub bind: String,
@@ -51,6 +52,16 @@ pub struct ControllerConfig {
     pub console_lines: usize,
     /// The enrollment (admin) token.
     pub token: String,
+}
+
+impl std::fmt::Debug for ControllerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ControllerConfig {{ {}, token: <redacted> }}",
+            self.describe()
+        )
+    }
 }
 
 impl ControllerConfig {
@@ -250,7 +261,7 @@ impl Shared {
         }
     }
 
-    fn stopping(&self) -> bool {
+    pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
     }
 

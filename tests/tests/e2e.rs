@@ -806,3 +806,53 @@ fn direct_mode_writes_its_port_and_exits_without_a_pulse() {
     );
     assert!(t.elapsed() < Duration::from_secs(3));
 }
+
+/// Regression: worker routes read the body only after checking the worker's token, so clients
+/// that stall mid-upload without a valid token cannot occupy the handler threads.
+#[test]
+fn stalled_unauthenticated_uploads_do_not_block_the_controller() {
+    use std::io::Write;
+    let dir = TempDir::new("stall");
+    let c = ControllerProc::start(dir.path(), 0, &["--threads", "2"]);
+    let mut stalled = Vec::new();
+    for _ in 0..6 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", c.port)).unwrap();
+        let head = format!(
+            "POST /api/workers/{}/heartbeat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\nContent-Type: application/json\r\nContent-Length: 50000\r\n\r\n{{",
+            uuid::Uuid::new_v4()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        stalled.push(s); // never sends the rest
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let st = c.client().status().expect("controller still answers");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "status took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(st.workers.idle, 0);
+    drop(stalled);
+}
+
+/// Regression: tiny_http drained an unread body into a buffer of the announced size, so one
+/// request with an absurd Content-Length aborted the controller.
+#[test]
+fn absurd_content_length_gets_413_and_the_controller_survives() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("huge");
+    let c = ControllerProc::start(dir.path(), 0, &[]);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", c.port)).unwrap();
+    let head = format!(
+        "POST /api/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 900000000000\r\n\r\n{{",
+        c.token
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reply = [0u8; 12];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"HTTP/1.1 413");
+    std::thread::sleep(Duration::from_millis(300));
+    c.client().status().expect("the controller is still up");
+}

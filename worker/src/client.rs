@@ -66,13 +66,23 @@ impl std::fmt::Display for CallError {
     }
 }
 
-/// The worker's identity for one registration.
-#[derive(Debug, Clone)]
+/// The worker's identity for one registration. `Debug` leaves the token out.
+#[derive(Clone)]
 pub struct Session {
     /// Id issued by the controller.
     pub worker_id: WorkerId,
     /// `Authorization` header value with the per-worker token.
     auth: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Session {{ worker_id: {}, auth: <redacted> }}",
+            self.worker_id
+        )
+    }
 }
 
 impl Session {

@@ -121,7 +121,10 @@ impl std::fmt::Debug for PullConfig {
             self.controller,
             self.device,
             self.hostname,
-            self.proxy.as_deref().unwrap_or("none"),
+            self.proxy
+                .as_deref()
+                .map(redact_userinfo)
+                .unwrap_or_else(|| "none".into()),
             self.heartbeat_interval
                 .map_or("controller's".into(), |d| format!("{d:?}")),
             self.poll_timeout_margin,
@@ -318,7 +321,8 @@ Proxies: HTTP_PROXY and friends are ignored on purpose: a cluster's proxy usuall
 the controller on an internal address and would swallow its traffic. Use --proxy to set one.
 
 SIGTERM/SIGINT: cancel the running task (its process group is killed), deregister so the
-controller re-queues it, exit 0. A second signal exits at once.
+controller re-queues it, exit 0. A second SIGINT exits at once;
+repeated SIGTERMs (a batch job signalled twice) are ignored.
 
 Seconds (S) accept fractions: 0.5, 1e-3. Exit status: 0 clean exit (SIGTERM, --idle-exit,
 Exit route, pulse timeout), 1 failure (controller lost, registration refused, protocol
@@ -457,8 +461,31 @@ pub fn parse_args(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Resu
     Ok(Parsed::Run(Box::new(Config::Pull(c))))
 }
 
+/// A proxy URL with any `user:password@` replaced, for logs.
+fn redact_userinfo(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    match rest.split_once('@') {
+        Some((_, host)) if !host.is_empty() => {
+            let sep = if scheme.is_empty() { "" } else { "://" };
+            format!("{scheme}{sep}<redacted>@{host}")
+        }
+        _ => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn proxy_credentials_are_redacted_for_logs() {
+        assert_eq!(
+            redact_userinfo("http://u:secret@proxy:3128"),
+            "http://<redacted>@proxy:3128"
+        );
+        assert_eq!(redact_userinfo("http://proxy:3128"), "http://proxy:3128");
+        assert_eq!(redact_userinfo("u:p@proxy:1"), "<redacted>@proxy:1");
+    }
+
     use super::*;
 
     fn parse(args: &[&str], token: Option<&str>) -> Result<Parsed, String> {

@@ -158,6 +158,8 @@ fn run_exec(p: &ExecParams, cancel: &CancelFlag) -> Result<ExecResult, String> {
     }
     let mut cmd = std::process::Command::new(program);
     cmd.args(&p.argv[1..])
+        // The enrollment token is the worker's, not the program's.
+        .env_remove("WARP_TOKEN")
         .envs(&p.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -176,7 +178,11 @@ fn run_exec(p: &ExecParams, cancel: &CancelFlag) -> Result<ExecResult, String> {
     let stdout = tail_reader(child.stdout.take(), done_tx.clone());
     let stderr = tail_reader(child.stderr.take(), done_tx);
 
-    let deadline = p.timeout_s.map(|t| start + Duration::from_secs_f64(t));
+    // validate() bounds timeout_s; checked arithmetic keeps a bad value from panicking anyway.
+    let deadline = p
+        .timeout_s
+        .and_then(|t| Duration::try_from_secs_f64(t).ok())
+        .and_then(|t| start.checked_add(t));
     let mut step = Duration::from_millis(2);
     let stopped = loop {
         if has_exited(pid) {

@@ -11,6 +11,7 @@
 //! meanwhile is either seen or wakes it.
 
 use crate::client::CallError;
+use crate::exec::CancelFlag;
 use crate::pull::{CONSOLE_BATCH, Current, Shared, lock};
 use crossbeam_channel::{Receiver, select};
 use log::{debug, info, warn};
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use warp_common::protocol::{HeartbeatRequest, Progress, ReportState, StatusUpdate};
+use warp_common::protocol::{HeartbeatRequest, Progress, ReportState, StatusUpdate, TaskId};
 
 /// Starts the thread; it ends when `done` disconnects.
 pub(crate) fn spawn(
@@ -70,8 +71,9 @@ fn check_running(sh: &Shared) -> Option<Instant> {
     }
     task.running_reported = true;
     let update = report(task, ReportState::Running, None);
-    // Sent while holding the lock: the main loop's terminal report cannot overtake it.
-    send(sh, task, &update);
+    let (id, lease, cancel) = (task.id, task.lease, task.cancel.clone());
+    drop(cur);
+    send(sh, id, lease, &cancel, &update);
     None
 }
 
@@ -91,23 +93,21 @@ fn report(task: &Current, state: ReportState, progress: Option<Progress>) -> Sta
 }
 
 /// Sends a `running` or `progress` report and obeys a cancel in the reply.
-fn send(sh: &Shared, task: &Current, update: &StatusUpdate) {
+///
+/// Called without holding `current`: the call may wait on an unreachable controller, and a stop
+/// must still be able to cancel the task meanwhile. A report that reaches the controller after
+/// the task's terminal one is refused (409) and changes nothing there.
+fn send(sh: &Shared, id: TaskId, lease: u64, cancel: &CancelFlag, update: &StatusUpdate) {
     let Some(s) = sh.session() else { return };
-    match sh.client.status(&s, task.id, update) {
+    match sh.client.status(&s, id, update) {
         Ok(reply) if reply.cancel => {
-            info!(
-                "controller cancelled task {} (lease {})",
-                task.id, task.lease
-            );
-            task.cancel.cancel();
+            info!("controller cancelled task {id} (lease {lease})");
+            cancel.cancel();
         }
         Ok(_) => {}
         Err(e) if e.status() == Some(409) => {
-            info!(
-                "task {} lease {} was revoked (409): stopping it",
-                task.id, task.lease
-            );
-            task.cancel.cancel();
+            info!("task {id} lease {lease} is no longer this worker's (409): stopping it");
+            cancel.cancel();
         }
         Err(e) => forgotten_or_log(sh, &e, "running/progress report"),
     }
@@ -180,5 +180,7 @@ fn progress(sh: &Shared) {
         message: Some(format!("command {} of {}: {name}", i + 1, task.commands)),
     };
     let update = report(task, ReportState::Progress, Some(p));
-    send(sh, task, &update);
+    let (id, lease, cancel) = (task.id, task.lease, task.cancel.clone());
+    drop(cur);
+    send(sh, id, lease, &cancel, &update);
 }

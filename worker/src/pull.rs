@@ -285,6 +285,24 @@ impl Worker {
                                     report.lease
                                 )
                             }
+                            Handling::Refused
+                                if report.result.is_some() || !report.console.is_empty() =>
+                            {
+                                // Most likely too large (413): report the failure without the
+                                // payload, or the controller would hand the task out again.
+                                warn!(
+                                    "status report of task {id} refused: {e}; reporting the failure alone"
+                                );
+                                let mut slim = self.report(
+                                    report.lease,
+                                    ReportState::Failed,
+                                    report.elapsed_ms.unwrap_or(0),
+                                );
+                                slim.console.clear();
+                                slim.error =
+                                    Some(format!("the controller refused the task's report: {e}"));
+                                pending = Some((id, slim));
+                            }
                             Handling::Refused => warn!("status report of task {id} refused: {e}"),
                         }
                     }
@@ -482,6 +500,11 @@ impl Worker {
             running_reported: false,
             progress_reported: None,
         });
+        // A stop that came in just before `current` was set found nothing to cancel and has
+        // handed the task back already: do not run it.
+        if sh.stopping() {
+            cancel.cancel();
+        }
         if !sh.armed.swap(true, Ordering::SeqCst) {
             let _ = sh.wake.try_send(());
         }

@@ -3,7 +3,8 @@
 //! A signal handler may do almost nothing, so ours writes one byte to a pipe (the self-pipe
 //! trick); a relay thread reads it and triggers the process-wide [`StopSignal`] returned by
 //! [`global`]. Waiters select on [`StopSignal::receiver`], which disconnects when the stop is
-//! triggered, so every waiter wakes at once without polling. A second signal exits at once.
+//! triggered, so every waiter wakes at once without polling. A second SIGINT exits at once;
+//! repeated SIGTERMs (a batch system signalling every process of a job) are ignored.
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -82,14 +83,15 @@ pub fn global() -> &'static StopSignal {
 
 static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
 
-extern "C" fn on_signal(_sig: libc::c_int) {
+extern "C" fn on_signal(sig: libc::c_int) {
     // Only async-signal-safe calls here; keep errno intact for the interrupted code.
     let fd = WAKE_FD.load(Ordering::Relaxed);
     if fd >= 0 {
         // SAFETY: errno location is thread-local and valid; write(2) is async-signal-safe.
         unsafe {
             let errno = *libc::__errno_location();
-            libc::write(fd, b"s".as_ptr().cast(), 1);
+            let byte = sig as u8;
+            libc::write(fd, (&raw const byte).cast(), 1);
             *libc::__errno_location() = errno;
         }
     }
@@ -131,7 +133,7 @@ fn install_once() -> Result<(), i32> {
 }
 
 fn relay(read_fd: libc::c_int) {
-    let mut seen = 0;
+    let mut stopping = false;
     loop {
         let mut byte = 0u8;
         // SAFETY: reads at most one byte into a valid buffer.
@@ -142,13 +144,19 @@ fn relay(read_fd: libc::c_int) {
         if n <= 0 {
             return;
         }
-        seen += 1;
-        if seen == 1 {
-            log::info!("signal received: stopping (a second signal exits at once)");
+        let sig = libc::c_int::from(byte);
+        if !stopping {
+            stopping = true;
+            log::info!("signal {sig} received: stopping (press Ctrl-C again to exit at once)");
             global().trigger();
-        } else {
-            log::warn!("second signal received: exiting now");
+        } else if sig == libc::SIGINT {
+            // A person insisting. Batch systems send SIGTERM to every process of a job, and
+            // launch scripts forward it too, so repeated SIGTERMs are normal and must not cut
+            // the graceful stop short (the scheduler's SIGKILL bounds it anyway).
+            log::warn!("second interrupt: exiting now");
             std::process::exit(1);
+        } else {
+            log::info!("signal {sig} received again: already stopping");
         }
     }
 }

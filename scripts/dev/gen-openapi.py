@@ -1,0 +1,103 @@
+# Generates controller/openapi.json: python3 scripts/dev/gen-openapi.py > controller/openapi.json
+# Edit this file, not the JSON, when a route or body changes; the tests compare the JSON with
+# the route table (controller/src/http.rs) and with what the controller serves.
+import json
+def ref(n): return {"$ref": f"#/components/schemas/{n}"}
+def body(n): return {"required": True, "content": {"application/json": {"schema": ref(n)}}}
+def ok(n, code="200", desc="OK"): return {code: {"description": desc, "content": {"application/json": {"schema": ref(n) if isinstance(n,str) else n}}}}
+E = {"description": "error", "content": {"application/json": {"schema": ref("ApiError")}}}
+def errs(*codes):
+    d = {"400":"malformed JSON, wrong types or invalid values","401":"missing or wrong token","404":"unknown id or route","409":"stale lease or already finished","413":"body over the limit","503":"shutting down"}
+    return {c: dict(E, description=d[c]) for c in codes}
+def op(summary, responses, req=None, params=None, public=False, desc=None):
+    o = {"summary": summary, "responses": responses}
+    if desc: o["description"] = desc
+    if req: o["requestBody"] = body(req)
+    if params: o["parameters"] = params
+    if public: o["security"] = []
+    return o
+def p(name, where="path", schema=None, desc=None, required=None):
+    d = {"name": name, "in": where, "required": where == "path" if required is None else required, "schema": schema or {"type": "string"}}
+    if desc: d["description"] = desc
+    return d
+wid = p("id", desc="worker id (UUID)"); tid = p("id", desc="task id (UUID)")
+S = lambda **k: dict(k)
+obj = lambda props, req=(): {"type": "object", "properties": props, "required": list(req)}
+string = {"type": "string"}; uuidt = {"type": "string", "format": "uuid"}; u64 = {"type": "integer", "format": "int64", "minimum": 0}
+i32 = {"type": "integer", "format": "int32"}; nullable = lambda s: {"oneOf": [s, {"type": "null"}]}
+schemas = {
+ "ApiError": obj({"error": string, "code": string}, ["error", "code"]),
+ "Command": {"type": "object", "description": "{\"name\": <command name>, \"params\": {...}}. Unknown names or params are refused with 400.",
+   "properties": {"name": {"type": "string", "enum": ["Exec","Sleep","Fail","Echo","WaitAsyncTasks","GcCollect"]}, "params": {"type": "object"}}, "required": ["name", "params"]},
+ "InitPart": obj({"fingerprint": string, "commands": {"type": "array", "items": ref("Command")}}, ["fingerprint", "commands"]),
+ "Capabilities": obj({"gpu": nullable(obj({"name": string, "memory_mb": u64}, ["name","memory_mb"])), "cpu_threads": u64, "commands": {"type":"array","items":string}}),
+ "RegisterRequest": obj({"protocol_version": u64, "device": i32, "hostname": string, "capabilities": ref("Capabilities"), "worker_version": string, "spawn_id": string, "pid": u64}, ["protocol_version","device","hostname"]),
+ "RegisterResponse": obj({"worker_id": uuidt, "token": string, "heartbeat_interval_ms": u64, "poll_hold_ms": u64, "protocol_version": u64, "controller_version": string}, ["worker_id","token","heartbeat_interval_ms","poll_hold_ms","protocol_version","controller_version"]),
+ "Assignment": obj({"id": uuidt, "lease": u64, "attempt": u64, "init": ref("InitPart"), "commands": {"type":"array","items": ref("Command")}}, ["id","lease","attempt","commands"]),
+ "PollResponse": obj({"task": ref("Assignment")}, ["task"]),
+ "ConsoleLine": obj({"n": u64, "text": string}, ["n","text"]),
+ "HeartbeatRequest": obj({"current_task": uuidt, "lease": u64, "held_fingerprint": string, "console": {"type":"array","items":ref("ConsoleLine")}}),
+ "HeartbeatResponse": obj({"cancel": {"type":"array","items":uuidt}}, ["cancel"]),
+ "Progress": obj({"fraction": {"type":"number"}, "message": string}),
+ "StatusUpdate": obj({"lease": u64, "state": {"type":"string","enum":["running","progress","completed","failed"]}, "result": {}, "error": string, "progress": ref("Progress"), "elapsed_ms": u64, "held_fingerprint": string, "console": {"type":"array","items":ref("ConsoleLine")}, "want_next": {"type":"boolean"}}, ["lease","state"]),
+ "StatusResponse": obj({"accepted": {"type":"boolean"}, "cancel": {"type":"boolean", "description": "reserved: the controller refuses reports for cancelled attempts with 409 and lists them in heartbeat replies"}, "task": ref("Assignment")}, ["accepted"]),
+ "DeregisterRequest": obj({"reason": string}),
+ "Target": {"description": "\"any\", {\"worker\": UUID} or {\"device\": N}", "oneOf": [{"type":"string","enum":["any"]}, obj({"worker": uuidt}, ["worker"]), obj({"device": i32}, ["device"])]},
+ "TaskSpec": obj({"init": ref("InitPart"), "commands": {"type":"array","items":ref("Command")}, "target": ref("Target"), "priority": i32, "label": string, "max_attempts": u64, "timeout_s": {"type":"number"}}, ["commands"]),
+ "BatchSubmit": obj({"tasks": {"type":"array","items":ref("TaskSpec")}}, ["tasks"]),
+ "SubmitResponse": obj({"id": uuidt}, ["id"]),
+ "BatchSubmitResponse": obj({"ids": {"type":"array","items":uuidt}}, ["ids"]),
+ "TaskState": {"type":"string","enum":["queued","assigned","running","completed","failed","cancelled"]},
+ "AttemptRecord": obj({"attempt": u64, "lease": u64, "worker_id": uuidt, "hostname": string, "assigned_unix_ms": u64, "started_unix_ms": u64, "finished_unix_ms": u64,
+    "outcome": {"type":"string","enum":["active","completed","failed","worker_lost","timed_out","released","cancelled"]}, "error": string}, ["attempt","lease","worker_id","hostname","assigned_unix_ms","outcome"]),
+ "TaskDetail": obj({"id": uuidt, "label": string, "state": ref("TaskState"), "attempt": u64, "worker_id": nullable(uuidt), "target": ref("Target"), "priority": i32,
+    "created_unix_ms": u64, "assigned_unix_ms": nullable(u64), "started_unix_ms": nullable(u64), "finished_unix_ms": nullable(u64), "result": {}, "error": nullable(string), "progress": ref("Progress"),
+    "history": {"type":"array","items":ref("AttemptRecord")}}, ["id","state","attempt","worker_id","target","priority","created_unix_ms","assigned_unix_ms","started_unix_ms","finished_unix_ms","result","error","history"]),
+ "WorkerInfo": obj({"id": uuidt, "device": i32, "hostname": string, "state": {"type":"string","enum":["idle","busy","offline"]}, "current_task": nullable(uuidt), "last_heartbeat_ms_ago": u64,
+    "registered_unix_ms": u64, "capabilities": ref("Capabilities"), "worker_version": string, "held_fingerprint": nullable(string), "tasks_completed": u64, "tasks_failed": u64, "spawn_id": string, "pid": u64},
+    ["id","device","hostname","state","current_task","last_heartbeat_ms_ago"]),
+ "ControllerStatus": obj({"version": string, "protocol_version": u64, "uptime_ms": u64,
+    "workers": obj({"idle": u64, "busy": u64, "offline": u64}, ["idle","busy","offline"]),
+    "tasks": obj({k: u64 for k in ["queued","assigned","running","completed","failed","cancelled"]}, ["queued","assigned","running","completed","failed","cancelled"]),
+    "queue_length": u64, "parked_polls": u64, "stale_reports_refused": u64, "poll_hold_ms": u64, "heartbeat_timeout_ms": u64, "task_timeout_ms": u64, "max_attempts": u64},
+    ["version","protocol_version","uptime_ms","workers","tasks","queue_length","parked_polls","stale_reports_refused"]),
+ "ConsoleLines": obj({"total": u64, "first_kept": u64, "lines": {"type":"array","items":ref("ConsoleLine")}}, ["total","first_kept","lines"]),
+}
+q = lambda n, s, d: p(n, "query", s, d, False)
+paths = {
+ "/api/workers/register": {"post": op("Register a worker (enrollment token)", {**ok("RegisterResponse"), **errs("400","401","413")}, "RegisterRequest",
+    desc="Bearer: the enrollment token. A protocol_version other than the controller's is refused with 400 code protocol_version_mismatch naming both versions.")},
+ "/api/workers/status": {"get": op("Controller summary", {**ok("ControllerStatus"), **errs("401")})},
+ "/api/workers/active": {"get": op("Workers (offline ones with ?all=1)", {**ok({"type":"array","items":ref("WorkerInfo")}), **errs("401")}, params=[q("all", string, "1 to include offline workers")])},
+ "/api/workers/tasks": {"get": op("Tasks in submission order", {**ok({"type":"array","items":ref("TaskDetail")}), **errs("400","401")},
+    params=[q("state", ref("TaskState"), "only tasks in this state"), q("offset", u64, "skip this many"), q("limit", u64, "at most this many (default 1000)")])},
+ "/api/workers/tasks/{id}": {"get": op("One task with its attempt history", {**ok("TaskDetail"), **errs("401","404")}, params=[tid])},
+ "/api/workers/{id}/poll": {"get": op("Long-poll for work (worker token)", {**ok("PollResponse"), "204": {"description": "hold expired without work, or the worker went offline/left"}, **errs("401","404","503")}, params=[wid],
+    desc="Held until work arrives (answered at once) or --poll-hold passes (204). 404 unknown_worker: register again.")},
+ "/api/workers/{id}/heartbeat": {"post": op("Heartbeat (worker token)", {**ok("HeartbeatResponse"), **errs("400","401","404","413")}, "HeartbeatRequest", [wid],
+    desc="Ships new console lines. The reply lists tasks the worker must stop (cancelled, timed out or re-assigned).")},
+ "/api/workers/{id}/tasks/{taskId}/status": {"post": op("Report a task's status (worker token)", {**ok("StatusResponse"), **errs("400","401","404","409","413")}, "StatusUpdate", [wid, p("taskId", desc="task id (UUID)")],
+    desc="409 stale_lease when the lease is not the task's current one on this worker; nothing changes then. With want_next on a terminal report the reply may carry the next task.")},
+ "/api/workers/{id}/deregister": {"post": op("Leave (worker token); the current task is re-queued at once", {**ok(obj({"ok": {"type":"boolean"}})), **errs("400","401","404")}, "DeregisterRequest", [wid])},
+ "/api/workers/{id}/console": {"get": op("A worker's console lines", {**ok("ConsoleLines"), **errs("400","401","404")},
+    params=[wid, q("first", u64, "first N kept lines"), q("last", u64, "last N lines"), q("start", u64, "range start (absolute line number)"), q("end", u64, "range end (exclusive)")])},
+ "/api/workers/{id}/console/count": {"get": op("Number of lines a worker has logged", {**ok(obj({"count": u64}, ["count"])), **errs("401","404")}, params=[wid])},
+ "/api/tasks": {"post": op("Submit a work package", {**ok("SubmitResponse", "201", "created"), **errs("400","401","413")}, "TaskSpec")},
+ "/api/tasks/batch": {"post": op("Submit many work packages (all or none)", {**ok("BatchSubmitResponse", "201", "created"), **errs("400","401","413")}, "BatchSubmit")},
+ "/api/tasks/{id}/cancel": {"post": op("Cancel a queued or running task", {**ok(obj({"id": uuidt, "state": ref("TaskState")}, ["id","state"])), **errs("401","404","409")}, params=[tid],
+    desc="A running task's worker is told on its next heartbeat and stops the command.")},
+ "/api/tasks/{id}/wait": {"get": op("Wait for a task to finish", {**ok("TaskDetail"), **errs("400","401","404")}, params=[tid, q("timeout_s", {"type":"number"}, "hold at most this long (default 30, max 300); the reply then shows a non-terminal state")])},
+ "/api/health": {"get": op("Liveness (no token)", ok(obj({"ok": {"type":"boolean"}, "version": string, "protocol_version": u64})), public=True)},
+ "/api/openapi.json": {"get": op("This document (no token)", {"200": {"description": "OpenAPI 3 document", "content": {"application/json": {"schema": {"type":"object"}}}}}, public=True)},
+}
+for path, item in paths.items():
+    for m, o in item.items():
+        o["responses"].setdefault("500", dict(E, description="internal error (the controller keeps running)"))
+        o["responses"].setdefault("503", dict(E, description="shutting down"))
+doc = {"openapi": "3.0.3",
+ "info": {"title": "warp-controller API", "version": "0.1.0", "description": "Pull protocol between the controller and its workers, plus submission, monitoring and console endpoints. Errors are ApiError bodies. Tokens: the enrollment (admin) token for registration and client endpoints, the per-worker token from registration for worker endpoints."},
+ "servers": [{"url": "/"}],
+ "security": [{"bearer": []}],
+ "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": schemas},
+ "paths": paths}
+print(json.dumps(doc, indent=2))
