@@ -56,6 +56,13 @@ else
     fi
 fi
 
+# Workers of one batch job register with the spawn id job-<JOBID>: the controller's provisioner
+# tells by it which of its jobs are serving.
+job_id=${SLURM_JOB_ID:-${PBS_JOBID:-}}
+if [ -z "${WARP_SPAWN_ID:-}" ] && [ -n "$job_id" ]; then
+    export WARP_SPAWN_ID=job-$job_id
+fi
+
 pids=()
 stop() {
     echo "launch-workers: $1: stopping ${#pids[@]} worker(s)"

@@ -605,6 +605,42 @@ pub struct ControllerStatus {
     pub task_timeout_ms: u64,
     /// Effective `--max-attempts`.
     pub max_attempts: u32,
+    /// Worker jobs the controller submitted itself (`serve --provision`), when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning: Option<ProvisionStatus>,
+}
+
+/// What the provisioner is doing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvisionStatus {
+    /// Batch system (`slurm`).
+    pub mode: String,
+    /// `--max-workers`.
+    pub max_workers: u64,
+    /// Jobs being tracked.
+    pub jobs: Vec<ProvisionedJob>,
+    /// Submissions so far (failed ones included).
+    pub submitted_total: u64,
+    /// Consecutive failures (submit errors, jobs dying before their worker registered).
+    pub failure_streak: u32,
+    /// Time left of a pause after repeated failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_for_ms: Option<u64>,
+    /// The last failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A worker job the controller submitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvisionedJob {
+    /// The scheduler's job id.
+    pub id: String,
+    /// `pending`, `starting` (running, no worker yet), `serving` (worker registered) or
+    /// `unknown` (the scheduler could not be asked).
+    pub state: String,
+    /// Time since submission.
+    pub age_ms: u64,
 }
 
 /// `GET /api/workers/{id}/console...`.

@@ -1107,6 +1107,7 @@ impl Core {
             heartbeat_timeout_ms: self.cfg.heartbeat_timeout_ms,
             task_timeout_ms: self.cfg.task_timeout_ms,
             max_attempts: self.cfg.max_attempts,
+            provisioning: None,
         }
     }
 

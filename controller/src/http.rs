@@ -751,10 +751,7 @@ fn wait_task(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
 }
 
 fn controller_status(s: &Shared, _call: &mut Call) -> Result<Reply, ApiError> {
-    let inner = s.lock();
-    let st = inner.core.status(s.now(), inner.parked_polls.len() as u64);
-    drop(inner);
-    json(200, &st)
+    json(200, &s.status())
 }
 
 fn active_workers(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {

@@ -7,6 +7,7 @@
 //! * [`client`]: a blocking client of the admin API (the CLI's `submit`, `status`, ...).
 //! * [`wrapper`]: the drop-in wrapper (spawns local workers, blocking command calls) and the
 //!   direct-mode wrapper.
+//! * [`provision`]: submits worker jobs to SLURM while work is queued (`serve --provision`).
 //! * [`logging`]: the stderr logger.
 
 pub mod auth;
@@ -14,7 +15,8 @@ pub mod client;
 pub mod core;
 pub mod http;
 pub mod logging;
+pub mod provision;
 pub mod server;
 pub mod wrapper;
 
-pub use server::{Controller, ControllerConfig, WorkerEvent};
+pub use server::{Controller, ControllerConfig, ControllerView, WorkerEvent};

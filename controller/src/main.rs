@@ -10,7 +10,7 @@ use getopts::{Matches, Options};
 use warp_common::commands::Command;
 use warp_common::protocol::{Target, TaskDetail, TaskSpec, TaskState};
 use warp_controller::client::AdminClient;
-use warp_controller::{Controller, ControllerConfig, auth, logging};
+use warp_controller::{Controller, ControllerConfig, auth, logging, provision};
 
 const USAGE: &str = "\
 warp-controller: the controller of a pull-based cryo-EM worker system.
@@ -186,12 +186,57 @@ fn serve(args: &[String]) -> Outcome {
     o.optopt("", "threads", "request handler threads (default 4)", "N");
     o.optflag("v", "verbose", "log debug lines (or WARP_LOG=debug)");
     o.optflag("q", "quiet", "log warnings and errors only");
-    let Some(m) = parse(
-        &o,
-        args,
-        "Usage: warp-controller serve [options]\n\nSeconds accept fractions (0.5).",
-    )?
-    else {
+    o.optopt(
+        "",
+        "provision",
+        "submit worker jobs while work is queued: slurm",
+        "MODE",
+    );
+    o.optopt("", "provision-template", "job script template with placeholders in double braces (see scripts/slurm/warp-workers.provision.sbatch)", "FILE");
+    o.optmulti(
+        "",
+        "provision-var",
+        "value of a template placeholder (repeatable)",
+        "NAME=VALUE",
+    );
+    o.optopt(
+        "",
+        "provision-dir",
+        "where the rendered job script goes (default ./warp-provision)",
+        "DIR",
+    );
+    o.optopt(
+        "",
+        "max-workers",
+        "provisioning: at most N workers (default 4)",
+        "N",
+    );
+    o.optopt(
+        "",
+        "workers-per-job",
+        "provisioning: workers each job starts (default 1)",
+        "N",
+    );
+    o.optopt(
+        "",
+        "max-submissions",
+        "provisioning: at most N job submissions in all (default 100)",
+        "N",
+    );
+    o.optopt(
+        "",
+        "submit-cmd",
+        "provisioning: command instead of sbatch, e.g. 'sbatch -p gpu'",
+        "CMD",
+    );
+    o.optopt(
+        "",
+        "advertise-url",
+        "provisioning: controller URL the jobs use (default http://HOST:PORT)",
+        "URL",
+    );
+    let brief = "Usage: warp-controller serve [options]\n\nSeconds accept fractions (0.5). With --provision slurm the controller submits worker jobs\nfrom --provision-template while work is queued (policy: controller/src/provision/policy.rs;\nWARP_PROVISION_* variables override its timings) and cancels them when the queue drains or\nthe controller stops. Placeholders always filled: controller_url, token_file, job_name,\nprovision_dir.";
+    let Some(m) = parse(&o, args, brief)? else {
         return Ok(());
     };
     logging::init(if m.opt_present("verbose") {
@@ -235,6 +280,16 @@ fn serve(args: &[String]) -> Outcome {
     );
     let bind = cfg.bind.clone();
     let controller = Controller::start(cfg).map_err(Failure::Failed)?;
+    let provisioner = match m.opt_str("provision") {
+        None => None,
+        Some(mode) => Some(start_provisioner(
+            &m,
+            &mode,
+            &controller,
+            &bind,
+            token_file.as_deref(),
+        )?),
+    };
     if let Some(path) = m.opt_str("port-file") {
         std::fs::write(&path, format!("{}\n", controller.port()))
             .map_err(|e| Failure::Failed(format!("cannot write --port-file {path}: {e}")))?;
@@ -245,8 +300,105 @@ fn serve(args: &[String]) -> Outcome {
         std::thread::sleep(Duration::from_millis(50));
     }
     log::info!("signal received: shutting down");
+    if let Some(p) = provisioner {
+        p.stop();
+    }
     controller.shutdown();
     Ok(())
+}
+
+fn start_provisioner(
+    m: &Matches,
+    mode: &str,
+    controller: &Controller,
+    bind: &str,
+    token_file: Option<&std::path::Path>,
+) -> Result<provision::Provisioner, Failure> {
+    if mode != "slurm" {
+        return usage(format!(
+            "--provision: unknown mode '{mode}' (supported: slurm)"
+        ));
+    }
+    let Some(template_path) = m.opt_str("provision-template") else {
+        return usage(
+            "--provision needs --provision-template FILE (e.g. scripts/slurm/warp-workers.provision.sbatch)",
+        );
+    };
+    let Some(token_file) = token_file else {
+        return usage(
+            "--provision needs --token-file: the jobs read the token from that file (a token in a job's environment would leak)",
+        );
+    };
+    let template = std::fs::read_to_string(&template_path).map_err(|e| {
+        Failure::Failed(format!(
+            "cannot read --provision-template {template_path}: {e}"
+        ))
+    })?;
+    let dir = PathBuf::from(
+        m.opt_str("provision-dir")
+            .unwrap_or_else(|| "warp-provision".into()),
+    );
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    let host = match bind {
+        "0.0.0.0" | "::" | "[::]" => this_hostname(),
+        b => b.to_string(),
+    };
+    let url = m
+        .opt_str("advertise-url")
+        .unwrap_or_else(|| format!("http://{host}:{}", controller.port()));
+    let token_file = std::path::absolute(token_file).unwrap_or_else(|_| token_file.to_path_buf());
+    let mut vars: std::collections::HashMap<String, String> = [
+        ("controller_url", url),
+        ("token_file", token_file.display().to_string()),
+        ("job_name", "warp-workers".to_string()),
+        ("provision_dir", dir.display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for kv in m.opt_strs("provision-var") {
+        let Some((k, v)) = kv.split_once('=') else {
+            return usage(format!("--provision-var '{kv}': expected NAME=VALUE"));
+        };
+        vars.insert(k.trim().to_string(), v.to_string());
+    }
+    let script = provision::render_template(&template, &vars)
+        .map_err(|e| Failure::Usage(format!("--provision-template {template_path}: {e}")))?;
+    let policy =
+        provision::policy::Policy::from_env(|k| std::env::var(k).ok()).map_err(Failure::Usage)?;
+    let submit_cmd: Vec<String> = m
+        .opt_str("submit-cmd")
+        .map(|c| c.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    let batch = provision::Slurm::new(submit_cmd).map_err(Failure::Failed)?;
+    let cfg = provision::ProvisionConfig {
+        script,
+        state_dir: dir,
+        max_workers: number(m, "max-workers", 4usize)?,
+        workers_per_job: number(m, "workers-per-job", 1usize)?,
+        max_submissions: number(m, "max-submissions", 100usize)?,
+        policy,
+    };
+    if cfg.max_workers == 0 || cfg.workers_per_job == 0 {
+        return usage("--max-workers and --workers-per-job must be at least 1");
+    }
+    log::info!(
+        "provisioning: slurm, at most {} worker(s), {} per job, at most {} submissions; {:?}",
+        cfg.max_workers,
+        cfg.workers_per_job,
+        cfg.max_submissions,
+        cfg.policy
+    );
+    provision::Provisioner::start(cfg, Box::new(batch), controller.view()).map_err(Failure::Failed)
+}
+
+/// This host's name, for the URL provisioned jobs use.
+fn this_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Options every client subcommand takes.
@@ -469,6 +621,30 @@ fn monitor(cmd: &str, args: &[String]) -> Outcome {
                     t.queued, t.assigned, t.running, t.completed, t.failed, t.cancelled
                 );
                 println!("stale reports refused: {}", s.stale_reports_refused);
+                if let Some(p) = &s.provisioning {
+                    println!(
+                        "provisioning ({}): {} job(s), {} submitted in all, at most {} workers{}{}",
+                        p.mode,
+                        p.jobs.len(),
+                        p.submitted_total,
+                        p.max_workers,
+                        p.paused_for_ms
+                            .map(|ms| format!(", paused for {:.0} s", ms as f64 / 1000.0))
+                            .unwrap_or_default(),
+                        p.last_error
+                            .as_deref()
+                            .map(|e| format!("; last error: {e}"))
+                            .unwrap_or_default()
+                    );
+                    for j in &p.jobs {
+                        println!(
+                            "  job {:<12} {:<9} {:>7.0} s",
+                            j.id,
+                            j.state,
+                            j.age_ms as f64 / 1000.0
+                        );
+                    }
+                }
             }
         }
         "workers" => {

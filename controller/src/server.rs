@@ -20,7 +20,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender};
 use warp_common::console::ConsoleRing;
 use warp_common::protocol::{
-    ControllerStatus, PollResponse, TaskDetail, TaskId, TaskSpec, TaskState, WorkerId, WorkerInfo,
+    ControllerStatus, PollResponse, ProvisionStatus, TaskDetail, TaskId, TaskSpec, TaskState,
+    WorkerId, WorkerInfo, WorkerState,
 };
 
 use crate::core::{Core, CoreConfig, CoreError, Decision, Event, Millis, Reply};
@@ -164,9 +165,26 @@ pub(crate) struct Shared {
     inner: Mutex<Inner>,
     pub server: tiny_http::Server,
     stopping: AtomicBool,
+    /// Set by the provisioner each tick (shown in the status).
+    provisioning: Mutex<Option<ProvisionStatus>>,
 }
 
 impl Shared {
+    /// The status summary, with the provisioner's part.
+    pub fn status(&self) -> ControllerStatus {
+        let inner = self.lock();
+        let mut st = inner
+            .core
+            .status(self.now(), inner.parked_polls.len() as u64);
+        drop(inner);
+        st.provisioning = self
+            .provisioning
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        st
+    }
+
     /// Milliseconds on the controller's monotonic clock.
     pub fn now(&self) -> Millis {
         self.started.elapsed().as_millis() as Millis
@@ -366,6 +384,7 @@ impl Controller {
             }),
             server,
             stopping: AtomicBool::new(false),
+            provisioning: Mutex::new(None),
         });
         let mut threads = Vec::new();
         for i in 0..threads_n {
@@ -513,10 +532,14 @@ impl Controller {
 
     /// `GET /api/workers/status`.
     pub fn status(&self) -> ControllerStatus {
-        let inner = self.shared.lock();
-        inner
-            .core
-            .status(self.shared.now(), inner.parked_polls.len() as u64)
+        self.shared.status()
+    }
+
+    /// A handle for in-process helpers such as the provisioner.
+    pub fn view(&self) -> ControllerView {
+        ControllerView {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// `GET /api/workers/active`.
@@ -607,6 +630,49 @@ impl Controller {
 impl Drop for Controller {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// What in-process helpers (the provisioner) may see and set of a running controller.
+#[derive(Clone)]
+pub struct ControllerView {
+    shared: Arc<Shared>,
+}
+
+impl ControllerView {
+    /// Queue, running tasks, live workers and the jobs they came from (spawn id `job-<ID>`).
+    pub fn observation(&self) -> crate::provision::planner::Observation {
+        let inner = self.shared.lock();
+        let st = inner.core.status(0, 0);
+        let workers = inner.core.workers(0);
+        drop(inner);
+        let alive: Vec<_> = workers
+            .iter()
+            .filter(|w| w.state != WorkerState::Offline)
+            .collect();
+        crate::provision::planner::Observation {
+            queued: st.queue_length as usize,
+            running: (st.tasks.assigned + st.tasks.running) as usize,
+            alive_workers: alive.len(),
+            jobs_with_workers: alive
+                .iter()
+                .filter_map(|w| {
+                    w.spawn_id
+                        .as_deref()?
+                        .strip_prefix("job-")
+                        .map(str::to_string)
+                })
+                .collect(),
+        }
+    }
+
+    /// Publishes the provisioner's status.
+    pub fn set_provisioning(&self, status: Option<ProvisionStatus>) {
+        *self
+            .shared
+            .provisioning
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = status;
     }
 }
 

@@ -59,7 +59,10 @@ schemas = {
  "ControllerStatus": obj({"version": string, "protocol_version": u64, "uptime_ms": u64,
     "workers": obj({"idle": u64, "busy": u64, "offline": u64}, ["idle","busy","offline"]),
     "tasks": obj({k: u64 for k in ["queued","assigned","running","completed","failed","cancelled"]}, ["queued","assigned","running","completed","failed","cancelled"]),
-    "queue_length": u64, "parked_polls": u64, "stale_reports_refused": u64, "poll_hold_ms": u64, "heartbeat_timeout_ms": u64, "task_timeout_ms": u64, "max_attempts": u64},
+    "queue_length": u64, "parked_polls": u64, "stale_reports_refused": u64, "poll_hold_ms": u64, "heartbeat_timeout_ms": u64, "task_timeout_ms": u64, "max_attempts": u64,
+    "provisioning": obj({"mode": string, "max_workers": u64, "submitted_total": u64, "failure_streak": u64, "paused_for_ms": u64, "last_error": string,
+        "jobs": {"type": "array", "items": obj({"id": string, "state": {"type": "string", "enum": ["pending", "starting", "serving", "unknown"]}, "age_ms": u64}, ["id", "state", "age_ms"])}},
+        ["mode", "max_workers", "jobs", "submitted_total", "failure_streak"])},
     ["version","protocol_version","uptime_ms","workers","tasks","queue_length","parked_polls","stale_reports_refused"]),
  "ConsoleLines": obj({"total": u64, "first_kept": u64, "lines": {"type":"array","items":ref("ConsoleLine")}}, ["total","first_kept","lines"]),
 }

@@ -9,7 +9,8 @@
 #      (its task is handed back and completed by the other job);
 #   3. the direct (traditional) mode cannot work there: a direct-mode worker started by a job
 #      answers inside the node, but the head node's connection to its port times out.
-# (Check 2, provisioning from the controller, arrives with the provisioning feature.)
+#   2. `warp-controller serve --provision slurm` submits worker jobs itself for queued work (none
+#      for an empty queue), and cancels them when the work is done: no job left in squeue;
 #
 # Run as root on Debian (installs munge, slurmctld, slurmd, slurm-client, nftables if missing).
 # Cleans up everything it started (EXIT trap: PIDs, namespace) also on failure.
@@ -42,18 +43,19 @@ if [ -z "${BIN:-}" ]; then
 fi
 export SLURM_CONF=$BASE/slurm.conf
 
-MUNGE_PID= CTLD_PID= SLURMD_PID= CTRL_PID=
+MUNGE_PID= CTLD_PID= SLURMD_PID= CTRL_PID= PROV_PID=
 cleanup() {
     set +e
     if [ -n "$CTLD_PID" ]; then
         for j in $(squeue -h -o %i 2>/dev/null); do scancel "$j"; done
+        sleep 0.5
     fi
     # slurmd, its step daemons and everything the jobs started live in the node namespace.
     local pids
     pids=$(ip netns pids "$NS" 2>/dev/null)
     [ -n "$pids" ] && kill -9 $pids 2>/dev/null
-    for p in $CTRL_PID $CTLD_PID; do kill "$p" 2>/dev/null; done
-    for p in $CTRL_PID $CTLD_PID $SLURMD_PID; do wait "$p" 2>/dev/null; done
+    for p in $PROV_PID $CTRL_PID $CTLD_PID; do kill "$p" 2>/dev/null; done
+    for p in $PROV_PID $CTRL_PID $CTLD_PID $SLURMD_PID; do wait "$p" 2>/dev/null; done
     [ -n "$MUNGE_PID" ] && { kill "$MUNGE_PID"; wait "$MUNGE_PID"; }
     ip netns del "$NS" 2>/dev/null
     ip link del "$VH" 2>/dev/null
@@ -194,6 +196,48 @@ wait_gone "$B" || fail "job $B did not end"
 grep -q "all workers exited (status 0)" "$BASE/jobs/workers-a.log" \
     || { cat "$BASE/jobs/workers-a.log"; fail "job $A's workers did not exit cleanly"; }
 log "PASS 1: sbatch-launched workers on a firewalled node; scancel mid-task lost nothing"
+
+# --- 2. the controller provisions its own workers from an empty cluster, and cancels them -------
+[ -z "$(squeue -h -o %i)" ] || fail "jobs left before the provisioning test: $(squeue -h)"
+mkdir -p "$BASE/prov"
+WARP_PROVISION_TICK=0.3 WARP_PROVISION_DRAIN_AFTER=2 \
+"$BIN/warp-controller" serve --bind $HEAD --port 0 --port-file "$BASE/prov/port" --token-file "$BASE/token" \
+    --heartbeat-timeout 3 --poll-hold 5 \
+    --provision slurm --provision-template "$repo/scripts/slurm/warp-workers.provision.sbatch" \
+    --provision-dir "$BASE/prov" --provision-var warp_home="$repo" \
+    --provision-var worker_args="-s" --max-workers 2 \
+    >"$BASE/log/prov-controller.out" 2>"$BASE/log/prov-controller.log" &
+PROV_PID=$!
+for _ in $(seq 100); do [ -s "$BASE/prov/port" ] && break; sleep 0.05; done
+[ -s "$BASE/prov/port" ] || fail "provisioning controller did not start: $(cat "$BASE/log/prov-controller.log")"
+PURL=http://$HEAD:$(cat "$BASE/prov/port")
+sleep 1
+[ -z "$(squeue -h -o %i)" ] || fail "a job was submitted for an empty queue"
+export WARP_WORKER=$BIN/warp-worker
+for i in $(seq 1 6); do
+    "$BIN/warp-controller" submit --controller "$PURL" --exec -- sh -c "sleep 0.3; echo provisioned $i" >>"$BASE/prov/ids"
+done
+python3 - "$PURL" "$WARP_TOKEN" $(cat "$BASE/prov/ids") <<'PY' || fail "provisioned workers did not complete the tasks"
+import json, sys, urllib.request
+url, token, ids = sys.argv[1], sys.argv[2], sys.argv[3:]
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+def get(path):
+    req = urllib.request.Request(url + path, headers={"Authorization": "Bearer " + token})
+    return json.load(opener.open(req, timeout=120))
+for tid in ids:
+    t = get(f"/api/tasks/{tid}/wait?timeout_s=90")
+    assert t["state"] == "completed", (tid, t["state"], t.get("error"))
+st = get("/api/workers/status")
+print(f"[slurm-e2e] {len(ids)} tasks completed by provisioned workers; "
+      f"jobs submitted: {st['provisioning']['submitted_total']}")
+assert 1 <= st["provisioning"]["submitted_total"] <= 2, st["provisioning"]
+PY
+"$BIN/warp-controller" status --controller "$PURL" | sed 's/^/[slurm-e2e]   /'
+gone=
+for _ in $(seq 200); do [ -z "$(squeue -h -o %i)" ] && { gone=1; break; }; sleep 0.1; done
+[ -n "$gone" ] || fail "provisioned jobs still queued after the work was done: $(squeue -h)"
+kill "$PROV_PID"; wait "$PROV_PID" || fail "provisioning controller did not exit cleanly"
+log "PASS 2: the controller submitted its own worker jobs for queued work and cancelled them when done"
 
 # --- 3. direct mode cannot be reached on the firewalled node ----------------------------------
 D=$(sbatch --parsable -o "$BASE/jobs/direct.log" \
