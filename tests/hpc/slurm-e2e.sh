@@ -237,7 +237,30 @@ gone=
 for _ in $(seq 200); do [ -z "$(squeue -h -o %i)" ] && { gone=1; break; }; sleep 0.1; done
 [ -n "$gone" ] || fail "provisioned jobs still queued after the work was done: $(squeue -h)"
 kill "$PROV_PID"; wait "$PROV_PID" || fail "provisioning controller did not exit cleanly"
-log "PASS 2: the controller submitted its own worker jobs for queued work and cancelled them when done"
+PROV_PID=
+# A controller stopped while its jobs still serve cancels them on the way out.
+rm -f "$BASE/prov/port"
+WARP_PROVISION_TICK=0.3 \
+"$BIN/warp-controller" serve --bind $HEAD --port 0 --port-file "$BASE/prov/port" --token-file "$BASE/token" \
+    --provision slurm --provision-template "$repo/scripts/slurm/warp-workers.provision.sbatch" \
+    --provision-dir "$BASE/prov" --provision-var warp_home="$repo" --provision-var worker_args="-s" \
+    --max-workers 1 >>"$BASE/log/prov-controller.out" 2>>"$BASE/log/prov-controller.log" &
+PROV_PID=$!
+for _ in $(seq 100); do [ -s "$BASE/prov/port" ] && break; sleep 0.05; done
+PURL=http://$HEAD:$(cat "$BASE/prov/port")
+"$BIN/warp-controller" submit --controller "$PURL" --exec -- sleep 60 >/dev/null
+serving=
+for _ in $(seq 300); do
+    "$BIN/warp-controller" status --controller "$PURL" | grep -q serving && { serving=1; break; }
+    sleep 0.1
+done
+[ -n "$serving" ] || fail "no provisioned job started serving: $(squeue -h)"
+kill -TERM "$PROV_PID"; wait "$PROV_PID" || fail "provisioning controller did not exit cleanly on SIGTERM"
+PROV_PID=
+gone=
+for _ in $(seq 200); do [ -z "$(squeue -h -o %i)" ] && { gone=1; break; }; sleep 0.1; done
+[ -n "$gone" ] || fail "jobs left after the provisioning controller stopped: $(squeue -h)"
+log "PASS 2: the controller submitted its own worker jobs for queued work and cancelled them when done, and on SIGTERM"
 
 # --- 3. direct mode cannot be reached on the firewalled node ----------------------------------
 D=$(sbatch --parsable -o "$BASE/jobs/direct.log" \

@@ -856,3 +856,32 @@ fn absurd_content_length_gets_413_and_the_controller_survives() {
     std::thread::sleep(Duration::from_millis(300));
     c.client().status().expect("the controller is still up");
 }
+
+#[test]
+fn idle_exit_deregisters_and_exits_0() {
+    let dir = TempDir::new("idle");
+    let c = ControllerProc::start(dir.path(), 0, FAST);
+    let mut w = start_worker(dir.path(), &c.url, &c.token, 0, &["--idle-exit", "0.5"]);
+    wait_workers(&c, 1);
+    let client = c.client();
+    let id = client
+        .submit(&TaskSpec::new(vec![Command::Echo { value: json!(1) }]))
+        .unwrap();
+    assert_eq!(
+        client
+            .wait(id, Some(Duration::from_secs(10)))
+            .unwrap()
+            .state,
+        TaskState::Completed
+    );
+    assert_eq!(
+        w.wait_exit(Duration::from_secs(10)),
+        Some(Some(0)),
+        "{}",
+        w.stderr()
+    );
+    assert!(
+        client.workers(true).unwrap().is_empty(),
+        "deregistered, not just silent"
+    );
+}
