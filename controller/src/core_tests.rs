@@ -78,17 +78,7 @@ impl Sim {
         a: &Assignment,
         state: ReportState,
     ) -> Result<Reply, CoreError> {
-        let update = StatusUpdate {
-            lease: a.lease,
-            state,
-            result: (state == ReportState::Completed).then(|| serde_json::json!({"ok": a.attempt})),
-            error: (state == ReportState::Failed).then(|| format!("boom {}", a.attempt)),
-            progress: None,
-            elapsed_ms: None,
-            held_fingerprint: None,
-            console: vec![],
-            want_next: false,
-        };
+        let update = update_for(a, state);
         self.apply(Event::Status {
             worker: w,
             task: a.id,
@@ -111,6 +101,22 @@ impl Sim {
     }
     fn detail(&self, t: TaskId) -> TaskDetail {
         self.core.task_detail(t, 0).unwrap()
+    }
+}
+
+/// A report of `state` for the attempt `a`: a result naming the attempt when completed, an
+/// error naming it when failed.
+fn update_for(a: &Assignment, state: ReportState) -> StatusUpdate {
+    StatusUpdate {
+        lease: a.lease,
+        state,
+        result: (state == ReportState::Completed).then(|| serde_json::json!({"ok": a.attempt})),
+        error: (state == ReportState::Failed).then(|| format!("boom {}", a.attempt)),
+        progress: None,
+        elapsed_ms: None,
+        held_fingerprint: None,
+        console: vec![],
+        want_next: false,
     }
 }
 
@@ -356,15 +362,10 @@ fn affinity_prefers_the_worker_holding_the_init_state() {
     let t = s.poll(w).unwrap();
     assert_eq!(t.id, a_task);
     let update = StatusUpdate {
-        lease: t.lease,
-        state: ReportState::Completed,
-        result: None,
-        error: None,
         progress: Some(Progress::default()),
         elapsed_ms: Some(0),
         held_fingerprint: Some("gain-A".into()),
-        console: vec![],
-        want_next: false,
+        ..update_for(&t, ReportState::Completed)
     };
     s.apply(Event::Status {
         worker: w,
@@ -440,15 +441,8 @@ fn want_next_hands_out_the_next_task_in_the_status_reply() {
     let a = s.poll(w).unwrap();
     assert_eq!(a.id, t1);
     let update = StatusUpdate {
-        lease: a.lease,
-        state: ReportState::Completed,
-        result: None,
-        error: None,
-        progress: None,
-        elapsed_ms: None,
-        held_fingerprint: None,
-        console: vec![],
         want_next: true,
+        ..update_for(&a, ReportState::Completed)
     };
     match s
         .apply(Event::Status {
