@@ -174,6 +174,7 @@ fn run_exec(p: &ExecParams, cancel: &CancelFlag) -> Result<ExecResult, String> {
         None => format!("cannot start '{program}': {e}"),
     })?;
     let pid = child.id() as libc::pid_t;
+    RUNNING_GROUP.store(pid, std::sync::atomic::Ordering::SeqCst);
     let (done_tx, done_rx) = crossbeam_channel::bounded(2);
     let stdout = tail_reader(child.stdout.take(), done_tx.clone());
     let stderr = tail_reader(child.stderr.take(), done_tx);
@@ -205,6 +206,7 @@ fn run_exec(p: &ExecParams, cancel: &CancelFlag) -> Result<ExecResult, String> {
     // The leader is not reaped yet, so its pid still names our group: kill what is left of it.
     // SAFETY: kill(2) on our own child's process group.
     unsafe { libc::kill(-pid, libc::SIGKILL) };
+    RUNNING_GROUP.store(0, std::sync::atomic::Ordering::SeqCst);
     let status = child
         .wait()
         .map_err(|e| format!("cannot wait for '{program}': {e}"))?;
@@ -240,6 +242,19 @@ fn run_exec(p: &ExecParams, cancel: &CancelFlag) -> Result<ExecResult, String> {
             (Some(code), _) => Err(format!("exited with status {code}{stderr}")),
             (_, sig) => Err(format!("killed by signal {}{stderr}", sig.unwrap_or(0))),
         },
+    }
+}
+
+/// Process group of the `Exec` program running now (0: none), for [`kill_running_program`].
+static RUNNING_GROUP: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Kills the process group of the running `Exec` program, if any: for an exit that cannot wait
+/// for the normal cancel path (a second interrupt).
+pub fn kill_running_program() {
+    let pgid = RUNNING_GROUP.swap(0, std::sync::atomic::Ordering::SeqCst);
+    if pgid > 0 {
+        // SAFETY: kill(2) on the process group of our own unreaped child.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
     }
 }
 

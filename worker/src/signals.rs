@@ -154,6 +154,7 @@ fn relay(read_fd: libc::c_int) {
             // launch scripts forward it too, so repeated SIGTERMs are normal and must not cut
             // the graceful stop short (the scheduler's SIGKILL bounds it anyway).
             log::warn!("second interrupt: exiting now");
+            crate::exec::kill_running_program();
             std::process::exit(1);
         } else {
             log::info!("signal {sig} received again: already stopping");
