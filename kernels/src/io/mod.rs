@@ -1,0 +1,8 @@
+//! File formats.
+//!
+//! - [`mrc`]: MRC2014 images, stacks and volumes (read modes 0, 1, 2, 6, 12, 101; write float32,
+//!   float16, int16).
+//! - [`f16`]: IEEE 754 binary16 conversion used by MRC mode 12.
+
+pub mod f16;
+pub mod mrc;
