@@ -7,4 +7,9 @@
 //! It knows nothing of the network: no sockets, no HTTP, no controller or worker types. The
 //! worker calls into it; it never calls out.
 
+pub mod ctf;
+pub mod dose;
+pub mod fft;
+pub mod gain;
 pub mod io;
+pub mod sim;

@@ -6,3 +6,4 @@
 
 pub mod f16;
 pub mod mrc;
+pub mod tiff;
