@@ -8,8 +8,10 @@
 //! worker calls into it; it never calls out.
 
 pub mod ctf;
+pub mod ctf_fit;
 pub mod dose;
 pub mod fft;
 pub mod gain;
 pub mod io;
+pub mod motion;
 pub mod sim;
