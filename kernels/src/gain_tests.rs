@@ -1,7 +1,6 @@
 use super::*;
 
 use std::io::Cursor;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use ::tiff::encoder::TiffEncoder;
 use ::tiff::encoder::colortype::{Gray8, Gray16};
@@ -9,30 +8,7 @@ use ::tiff::encoder::compression::Lzw;
 
 use crate::io::mrc::{WriteMode, write_mrc};
 
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "warp-kernels-gain-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::test_util::TempDir;
 
 fn mrc(dir: &TempDir, name: &str, w: usize, h: usize, data: &[f32]) -> PathBuf {
     let p = dir.join(name);

@@ -15,3 +15,6 @@ pub mod gain;
 pub mod io;
 pub mod motion;
 pub mod sim;
+
+#[cfg(test)]
+mod test_util;

@@ -1,29 +1,6 @@
 use super::*;
 
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "warp-kernels-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::test_util::TempDir;
 
 /// A hand-built header in the given byte order.
 struct Hdr {
@@ -116,7 +93,7 @@ fn round_trip_float32() {
     assert_eq!(back, data);
     assert_eq!(std::fs::metadata(&p).unwrap().len(), 1024 + 7 * 5 * 3 * 4);
     // No temporary file left behind.
-    assert_eq!(std::fs::read_dir(&d.0).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
 }
 
 #[test]
@@ -190,7 +167,7 @@ fn write_rejects_bad_arguments_and_leaves_nothing() {
     )
     .unwrap_err();
     assert!(matches!(e, MrcError::Io { .. }));
-    assert_eq!(std::fs::read_dir(&d.0).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
 }
 
 #[test]

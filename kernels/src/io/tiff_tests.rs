@@ -1,36 +1,12 @@
 use super::*;
 
 use std::io::Cursor;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use ::tiff::encoder::colortype::{ColorType, Gray8, Gray16, Gray32Float};
 use ::tiff::encoder::compression::{Deflate, Lzw, Uncompressed};
 use ::tiff::encoder::{TiffEncoder, TiffValue};
 
-/// A scratch directory removed on drop.
-pub(crate) struct TempDir(PathBuf);
-
-impl TempDir {
-    pub(crate) fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "warp-kernels-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    pub(crate) fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::test_util::TempDir;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Comp {
