@@ -331,11 +331,6 @@ impl Core {
         }
     }
 
-    /// The policy in force.
-    pub fn config(&self) -> &CoreConfig {
-        &self.cfg
-    }
-
     /// Applies one event at time `now`. On `Err` nothing changed, except that a refused stale
     /// report is counted (`stale_reports_refused` in the status).
     pub fn apply(&mut self, now: Millis, event: Event) -> Result<Reply, CoreError> {
