@@ -11,6 +11,10 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use crate::preprocessing::{
+    CtfParams, ExportParams, LoadGainRefParams, LoadStackParams, MovementParams, ThumbnailParams,
+};
+
 /// One command. See the module docs for the wire form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", content = "params", deny_unknown_fields)]
@@ -42,6 +46,22 @@ pub enum Command {
     /// that is not needed by the current init fingerprint and returns freed heap pages to the
     /// operating system. Result: `{"released": true}`.
     GcCollect {},
+    /// Loads the gain reference the next stacks are corrected with. Result:
+    /// [`crate::preprocessing::GainRefLoaded`].
+    LoadGainRef(LoadGainRefParams),
+    /// Loads a movie. Result: [`crate::preprocessing::StackLoaded`].
+    LoadStack(LoadStackParams),
+    /// Estimates the loaded movie's motion. Result: [`crate::preprocessing::MovementResult`].
+    MovieProcessMovement(MovementParams),
+    /// Estimates the loaded movie's CTF. Result: [`crate::preprocessing::CtfResult`].
+    #[serde(rename = "MovieProcessCTF")]
+    MovieProcessCtf(CtfParams),
+    /// Writes the aligned (dose-weighted) average. Result:
+    /// [`crate::preprocessing::ExportResult`].
+    MovieExportMovie(ExportParams),
+    /// Writes a PNG thumbnail of the average. Result:
+    /// [`crate::preprocessing::ThumbnailResult`].
+    MovieCreateThumbnail(ThumbnailParams),
 }
 
 impl Command {
@@ -54,6 +74,12 @@ impl Command {
             Command::Echo { .. } => "Echo",
             Command::WaitAsyncTasks {} => "WaitAsyncTasks",
             Command::GcCollect {} => "GcCollect",
+            Command::LoadGainRef(_) => "LoadGainRef",
+            Command::LoadStack(_) => "LoadStack",
+            Command::MovieProcessMovement(_) => "MovieProcessMovement",
+            Command::MovieProcessCtf(_) => "MovieProcessCTF",
+            Command::MovieExportMovie(_) => "MovieExportMovie",
+            Command::MovieCreateThumbnail(_) => "MovieCreateThumbnail",
         }
     }
 
@@ -65,6 +91,12 @@ impl Command {
         "Echo",
         "WaitAsyncTasks",
         "GcCollect",
+        "LoadGainRef",
+        "LoadStack",
+        "MovieProcessMovement",
+        "MovieProcessCTF",
+        "MovieExportMovie",
+        "MovieCreateThumbnail",
     ];
 
     /// Shorthand for an [`Command::Exec`] of `argv` with default options.
@@ -92,9 +124,116 @@ impl Command {
                 }
                 Ok(())
             }
-            _ => Ok(()),
+            Command::LoadGainRef(p) => non_empty("LoadGainRef path", &p.path),
+            Command::LoadStack(p) => {
+                non_empty("LoadStack path", &p.path)?;
+                if !(p.scale_factor > 0.0 && p.scale_factor <= 1.0) {
+                    return Err(format!(
+                        "LoadStack scale_factor must be in (0, 1], got {}",
+                        p.scale_factor
+                    ));
+                }
+                if p.eer_group_frames != 0 {
+                    return Err("LoadStack eer_group_frames: EER is not supported yet".into());
+                }
+                if let Some(a) = p.angpix {
+                    positive("LoadStack angpix", a)?;
+                }
+                Ok(())
+            }
+            Command::MovieProcessMovement(p) => {
+                positive("MovieProcessMovement range_max_a", p.range_max_a)?;
+                if !(p.range_min_a > p.range_max_a) {
+                    return Err(format!(
+                        "MovieProcessMovement range_min_a ({}) must be larger than range_max_a ({})",
+                        p.range_min_a, p.range_max_a
+                    ));
+                }
+                if !p.bfactor_a2.is_finite() {
+                    return Err("MovieProcessMovement bfactor_a2 must be finite".into());
+                }
+                if let Some(a) = p.patch_a {
+                    positive("MovieProcessMovement patch_a", a)?;
+                }
+                Ok(())
+            }
+            Command::MovieProcessCtf(p) => {
+                positive("MovieProcessCTF voltage_kv", p.voltage_kv)?;
+                if !(p.cs_mm.is_finite() && p.cs_mm >= 0.0) {
+                    return Err(format!(
+                        "MovieProcessCTF cs_mm must be ≥ 0, got {}",
+                        p.cs_mm
+                    ));
+                }
+                if !(0.0..1.0).contains(&p.amplitude_contrast) {
+                    return Err(format!(
+                        "MovieProcessCTF amplitude_contrast must be in [0, 1), got {}",
+                        p.amplitude_contrast
+                    ));
+                }
+                if !(64..=8192).contains(&p.window) {
+                    return Err(format!(
+                        "MovieProcessCTF window must be 64 to 8192 px, got {}",
+                        p.window
+                    ));
+                }
+                positive("MovieProcessCTF range_max_a", p.range_max_a)?;
+                if !(p.range_min_a > p.range_max_a) {
+                    return Err(format!(
+                        "MovieProcessCTF range_min_a ({}) must be larger than range_max_a ({})",
+                        p.range_min_a, p.range_max_a
+                    ));
+                }
+                positive("MovieProcessCTF defocus_min_um", p.defocus_min_um)?;
+                if !(p.defocus_max_um > p.defocus_min_um && p.defocus_max_um <= 100.0) {
+                    return Err(format!(
+                        "MovieProcessCTF defocus range {}–{} µm is empty or absurd",
+                        p.defocus_min_um, p.defocus_max_um
+                    ));
+                }
+                Ok(())
+            }
+            Command::MovieExportMovie(p) => {
+                non_empty("MovieExportMovie output_path", &p.output_path)?;
+                if !(p.dose_per_frame.is_finite() && p.dose_per_frame >= 0.0) {
+                    return Err(format!(
+                        "MovieExportMovie dose_per_frame must be ≥ 0, got {}",
+                        p.dose_per_frame
+                    ));
+                }
+                positive("MovieExportMovie voltage_kv", p.voltage_kv)
+            }
+            Command::MovieCreateThumbnail(p) => {
+                non_empty("MovieCreateThumbnail output_path", &p.output_path)?;
+                if p.size == 0 || p.size > 65_535 {
+                    return Err(format!(
+                        "MovieCreateThumbnail size must be 1 to 65535, got {}",
+                        p.size
+                    ));
+                }
+                positive("MovieCreateThumbnail range", p.range as f64)
+            }
+            Command::Sleep { .. }
+            | Command::Fail { .. }
+            | Command::Echo { .. }
+            | Command::WaitAsyncTasks {}
+            | Command::GcCollect {} => Ok(()),
         }
     }
+}
+
+fn non_empty(what: &str, v: &str) -> Result<(), String> {
+    if v.is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    Ok(())
+}
+
+fn positive(what: &str, v: f64) -> Result<(), String> {
+    if !(v.is_finite() && v > 0.0) {
+        return Err(format!("{what} must be a positive number, got {v}"));
+    }
+    Ok(())
 }
 
 /// Parameters of [`Command::Exec`].
@@ -184,11 +323,54 @@ mod tests {
             Command::Echo { value: json!(1) },
             Command::WaitAsyncTasks {},
             Command::GcCollect {},
+            Command::LoadGainRef(LoadGainRefParams {
+                path: "g.mrc".into(),
+                flip_x: false,
+                flip_y: true,
+                transpose: false,
+                defects_path: None,
+            }),
+            Command::MovieProcessMovement(MovementParams::default()),
+            Command::MovieProcessCtf(CtfParams::default()),
         ] {
             assert!(Command::NAMES.contains(&c.name()));
             let v = serde_json::to_value(&c).unwrap();
             assert_eq!(v["name"], c.name());
         }
+    }
+
+    #[test]
+    fn preprocessing_defaults_follow_warp_and_validation_names_the_parameter() {
+        let c: Command =
+            serde_json::from_value(json!({"name": "LoadStack", "params": {"path": "m.tif"}}))
+                .unwrap();
+        let Command::LoadStack(p) = &c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            (p.scale_factor, p.correct_gain, p.angpix),
+            (1.0, true, None)
+        );
+        let c: Command =
+            serde_json::from_value(json!({"name": "MovieProcessCTF", "params": {}})).unwrap();
+        assert_eq!(c, Command::MovieProcessCtf(CtfParams::default()));
+        assert_eq!(c.name(), "MovieProcessCTF");
+        let bad: Command = serde_json::from_value(
+            json!({"name": "MovieProcessCTF", "params": {"defocus_min_um": 3, "defocus_max_um": 1}}),
+        )
+        .unwrap();
+        let err = bad.validate().unwrap_err();
+        assert!(err.contains("defocus"), "{err}");
+        let bad: Command = serde_json::from_value(
+            json!({"name": "LoadStack", "params": {"path": "m.mrc", "scale_factor": 0}}),
+        )
+        .unwrap();
+        assert!(bad.validate().unwrap_err().contains("scale_factor"));
+        assert!(
+            serde_json::from_value::<Command>(json!({"name": "MovieExportMovie", "params": {}}))
+                .is_err(),
+            "output_path is required"
+        );
     }
 
     #[test]

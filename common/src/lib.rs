@@ -3,12 +3,14 @@
 //! * [`protocol`]: every request and response body of the HTTP pull protocol, once.
 //! * [`console`]: the bounded, numbered log-line buffer of workers and controller.
 //! * [`commands`]: the typed command set a worker can be asked to run (Warp's names).
+//! * [`preprocessing`]: parameters and results of the preprocessing commands.
 //! * [`PROTOCOL_VERSION`]: checked at registration; a mismatch is refused loudly.
 //!
 //! This crate does no I/O: no sockets, no files, no clocks, no processes.
 
 pub mod commands;
 pub mod console;
+pub mod preprocessing;
 pub mod protocol;
 
 /// Version of the wire protocol in [`protocol`]. Bump it on any incompatible change of a body or

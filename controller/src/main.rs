@@ -23,6 +23,12 @@ Usage:
   warp-controller submit [options] (--exec -- ARGV... | --json FILE)
   warp-controller status|workers|tasks [--json] [options]
   warp-controller cancel TASK_ID [options]
+  warp-controller preprocess --input 'GLOB' --output DIR [options]
+                                         preprocess movies over local or remote workers
+  warp-controller simulate --output DIR [options]
+                                         synthetic movies with known motion and CTF
+  warp-controller compare --truth DIR --output DIR
+                                         compare preprocess results with simulated truth
   warp-controller help | --help | --version
 
 Each subcommand has --help. Tokens come from --token-file FILE or the WARP_TOKEN environment
@@ -77,6 +83,13 @@ fn main() -> ExitCode {
         Some("submit") => submit(&args[1..]),
         Some(cmd @ ("status" | "workers" | "tasks")) => monitor(cmd, &args[1..]),
         Some("cancel") => cancel(&args[1..]),
+        Some("preprocess") => preprocess(&args[1..]),
+        Some("simulate") => {
+            warp_controller::simulate::run_cli(&args[1..]).map_err(usage_or_failure)
+        }
+        Some("compare") => {
+            warp_controller::simulate::run_compare_cli(&args[1..]).map_err(usage_or_failure)
+        }
         Some(other) => Err(Failure::Usage(format!(
             "unknown subcommand '{other}'; see warp-controller --help"
         ))),
@@ -91,6 +104,14 @@ fn main() -> ExitCode {
             eprintln!("warp-controller: error: {m}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Maps a library CLI error to an exit code: messages starting with "usage: " are usage errors.
+fn usage_or_failure(m: String) -> Failure {
+    match m.strip_prefix("usage: ") {
+        Some(rest) => Failure::Usage(rest.to_string()),
+        None => Failure::Failed(m),
     }
 }
 
@@ -725,4 +746,254 @@ mod erased {
             serde_json::to_string_pretty(self).expect("serialisable")
         }
     }
+}
+
+fn preprocess(args: &[String]) -> Outcome {
+    use warp_common::preprocessing::{CtfParams, LoadGainRefParams, MovementParams};
+    use warp_controller::preprocess::{self as job, PreprocessOptions, Workers};
+
+    let mut opts = Options::new();
+    opts.optflag("h", "help", "print this help");
+    opts.optopt(
+        "i",
+        "input",
+        "movies to process (wildcards in the file name: 'data/*.tif')",
+        "GLOB",
+    );
+    opts.optopt("o", "output", "output directory (created)", "DIR");
+    opts.optopt(
+        "",
+        "workers",
+        "local workers to start, one per device 0..N-1 (default 1)",
+        "N",
+    );
+    opts.optopt(
+        "",
+        "devices",
+        "local workers on these devices, e.g. 0,1",
+        "LIST",
+    );
+    opts.optopt(
+        "",
+        "port",
+        "start no local workers: serve on PORT and wait for remote ones",
+        "P",
+    );
+    opts.optopt("", "bind", "address for --port (default 0.0.0.0)", "ADDR");
+    opts.optopt(
+        "",
+        "token-file",
+        "enrollment token for remote workers (created 0600 if missing; default: WARP_TOKEN)",
+        "FILE",
+    );
+    opts.optopt(
+        "",
+        "angpix",
+        "pixel size in Å (default: from the file header)",
+        "A",
+    );
+    opts.optopt(
+        "",
+        "scale",
+        "Fourier-crop factor in (0, 1] (default 1)",
+        "F",
+    );
+    opts.optopt(
+        "",
+        "voltage",
+        "acceleration voltage in kV (default 300)",
+        "KV",
+    );
+    opts.optopt("", "cs", "spherical aberration in mm (default 2.7)", "MM");
+    opts.optopt("", "amp", "amplitude contrast (default 0.07)", "F");
+    opts.optopt(
+        "",
+        "dose-per-frame",
+        "exposure per frame in e/Å², enables dose weighting (default 0: off)",
+        "D",
+    );
+    opts.optopt("", "gain", "gain reference (MRC or TIFF)", "FILE");
+    opts.optflag("", "gain-flip-x", "mirror the gain reference along x");
+    opts.optflag("", "gain-flip-y", "mirror the gain reference along y");
+    opts.optflag(
+        "",
+        "gain-transpose",
+        "transpose the gain reference (after the flips)",
+    );
+    opts.optopt(
+        "",
+        "defects",
+        "defect map (non-zero = defect), same size as the gain",
+        "FILE",
+    );
+    opts.optopt("", "window", "CTF spectrum tile in px (default 512)", "N");
+    opts.optopt(
+        "",
+        "range-min",
+        "CTF fit low-resolution limit in Å (default 30)",
+        "A",
+    );
+    opts.optopt(
+        "",
+        "range-max",
+        "CTF fit high-resolution limit in Å (default 4)",
+        "A",
+    );
+    opts.optopt(
+        "",
+        "defocus-min",
+        "smallest defocus searched in µm (default 0.5)",
+        "UM",
+    );
+    opts.optopt(
+        "",
+        "defocus-max",
+        "largest defocus searched in µm (default 5)",
+        "UM",
+    );
+    opts.optflag("", "fit-phase", "also fit a phase shift (phase plate)");
+    opts.optopt(
+        "",
+        "motion-range-max",
+        "motion high-resolution limit in Å (default 10)",
+        "A",
+    );
+    opts.optflag("", "no-local-motion", "skip the patch (local) motion");
+    opts.optflag("", "float16", "write float16 averages (MRC mode 12)");
+    opts.optflag("", "odd-even", "also write odd/even half averages");
+    opts.optopt(
+        "",
+        "thumbnail-size",
+        "thumbnail long side in px (default 512)",
+        "PX",
+    );
+    opts.optopt(
+        "",
+        "task-timeout",
+        "seconds one movie may take before it is retried (default 1800)",
+        "S",
+    );
+    let brief = "Usage: warp-controller preprocess --input 'GLOB' --output DIR [options]\n\n\
+        Preprocesses every movie matching GLOB (MRC or TIFF): gain correction, motion (global\n\
+        and local), dose-weighted average, CTF, thumbnail. Runs an embedded controller with\n\
+        local workers (--workers/--devices) or waits for remote ones (--port). Writes\n\
+        DIR/<name>.json, DIR/average/, DIR/powerspectrum/, DIR/thumbnails/,\n\
+        DIR/micrographs_ctf.star, DIR/processed_items.json and DIR/failed_items.json.\n\
+        Re-running skips processed movies and retries failed ones.";
+    let Some(m) = parse(&opts, args, brief)? else {
+        return Ok(());
+    };
+    let input = m
+        .opt_str("input")
+        .map_or_else(|| usage("--input GLOB is required; see --help"), Ok)?;
+    let output = m
+        .opt_str("output")
+        .map_or_else(|| usage("--output DIR is required; see --help"), Ok)?;
+    let workers = if let Some(p) = m.opt_str("port") {
+        if m.opt_present("workers") || m.opt_present("devices") {
+            return usage(
+                "--port (remote workers only) cannot be combined with --workers or --devices",
+            );
+        }
+        let port: u16 = p
+            .parse()
+            .map_err(|_| Failure::Usage(format!("--port: '{p}' is not a port")))?;
+        let token_file = m.opt_str("token-file").map(PathBuf::from);
+        let token = auth::resolve_token(token_file.as_deref(), true).map_err(Failure::Failed)?;
+        Workers::Remote {
+            bind: m.opt_str("bind").unwrap_or_else(|| "0.0.0.0".into()),
+            port,
+            token,
+        }
+    } else if let Some(list) = m.opt_str("devices") {
+        if m.opt_present("workers") {
+            return usage("give --workers N or --devices LIST, not both");
+        }
+        let devices: Result<Vec<i32>, _> =
+            list.split(',').map(|d| d.trim().parse::<i32>()).collect();
+        match devices {
+            Ok(d) if !d.is_empty() && d.iter().all(|&x| x >= 0) => Workers::Local(d),
+            _ => {
+                return usage(format!(
+                    "--devices: '{list}' is not a list of device ids like 0,1"
+                ));
+            }
+        }
+    } else {
+        let n: i32 = number(&m, "workers", 1)?;
+        if !(1..=256).contains(&n) {
+            return usage(format!("--workers must be 1 to 256, got {n}"));
+        }
+        Workers::Local((0..n).collect())
+    };
+    let defaults = CtfParams::default();
+    let ctf = CtfParams {
+        voltage_kv: number(&m, "voltage", defaults.voltage_kv)?,
+        cs_mm: number(&m, "cs", defaults.cs_mm)?,
+        amplitude_contrast: number(&m, "amp", defaults.amplitude_contrast)?,
+        window: number(&m, "window", defaults.window)?,
+        range_min_a: number(&m, "range-min", defaults.range_min_a)?,
+        range_max_a: number(&m, "range-max", defaults.range_max_a)?,
+        defocus_min_um: number(&m, "defocus-min", defaults.defocus_min_um)?,
+        defocus_max_um: number(&m, "defocus-max", defaults.defocus_max_um)?,
+        fit_phase: m.opt_present("fit-phase"),
+        spectrum_path: None,
+    };
+    let movement = MovementParams {
+        range_max_a: number(
+            &m,
+            "motion-range-max",
+            MovementParams::default().range_max_a,
+        )?,
+        local: !m.opt_present("no-local-motion"),
+        ..MovementParams::default()
+    };
+    let gain = m.opt_str("gain").map(|path| LoadGainRefParams {
+        path,
+        flip_x: m.opt_present("gain-flip-x"),
+        flip_y: m.opt_present("gain-flip-y"),
+        transpose: m.opt_present("gain-transpose"),
+        defects_path: m.opt_str("defects"),
+    });
+    if gain.is_none() && m.opt_present("defects") {
+        return usage("--defects needs --gain");
+    }
+    let angpix = match m.opt_str("angpix") {
+        None => None,
+        Some(_) => Some(number(&m, "angpix", 0.0f64)?),
+    };
+    let po = PreprocessOptions {
+        input,
+        output: PathBuf::from(output),
+        workers,
+        angpix,
+        scale_factor: number(&m, "scale", 1.0)?,
+        gain,
+        dose_per_frame: number(&m, "dose-per-frame", 0.0)?,
+        movement,
+        ctf,
+        float16: m.opt_present("float16"),
+        odd_even: m.opt_present("odd-even"),
+        thumbnail_size: number(&m, "thumbnail-size", 512)?,
+        task_timeout: seconds(&m, "task-timeout", Duration::from_secs(1800))?,
+        progress_every: Duration::from_secs(5),
+    };
+    // Check every command's parameters once, before starting anything.
+    po.validate().map_err(Failure::Usage)?;
+    install_signal_handlers();
+    let summary = job::run(&po, &STOP, &mut |line| eprintln!("{line}")).map_err(Failure::Failed)?;
+    println!("{}", job::summary_table(&summary));
+    if summary.interrupted {
+        return Err(Failure::Failed(
+            "interrupted; run the same command again to continue".into(),
+        ));
+    }
+    if !summary.failed.is_empty() {
+        return Err(Failure::Failed(format!(
+            "{} movie(s) failed (listed in {}/failed_items.json); run again to retry them",
+            summary.failed.len(),
+            po.output.display()
+        )));
+    }
+    Ok(())
 }

@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::Value;
 use warp_common::commands::{Command, ExecResult};
+use warp_common::preprocessing::{
+    CtfParams, CtfResult, ExportParams, ExportResult, GainRefLoaded, LoadGainRefParams,
+    LoadStackParams, MovementParams, MovementResult, StackLoaded, ThumbnailParams, ThumbnailResult,
+};
 use warp_common::protocol::{
     ControllerStatus, InitPart, Target, TaskDetail, TaskResult, TaskSpec, TaskState, WorkerId,
     WorkerInfo,
@@ -118,6 +122,46 @@ pub trait WorkerCommands {
     fn gc_collect(&self) -> Result<(), WrapperError> {
         self.execute(vec![Command::GcCollect {}]).map(|_| ())
     }
+
+    /// Warp's `LoadGainRef`: the gain reference later stacks are corrected with.
+    fn load_gain_ref(&self, p: LoadGainRefParams) -> Result<GainRefLoaded, WrapperError> {
+        run_typed(self, Command::LoadGainRef(p))
+    }
+
+    /// Warp's `LoadStack`: loads a movie on the worker (replacing the previous one).
+    fn load_stack(&self, p: LoadStackParams) -> Result<StackLoaded, WrapperError> {
+        run_typed(self, Command::LoadStack(p))
+    }
+
+    /// Warp's `MovieProcessMovement` on the loaded movie.
+    fn movie_process_movement(&self, p: MovementParams) -> Result<MovementResult, WrapperError> {
+        run_typed(self, Command::MovieProcessMovement(p))
+    }
+
+    /// Warp's `MovieProcessCTF` on the loaded movie.
+    fn movie_process_ctf(&self, p: CtfParams) -> Result<CtfResult, WrapperError> {
+        run_typed(self, Command::MovieProcessCtf(p))
+    }
+
+    /// Warp's `MovieExportMovie`: writes the aligned, dose-weighted average.
+    fn movie_export_movie(&self, p: ExportParams) -> Result<ExportResult, WrapperError> {
+        run_typed(self, Command::MovieExportMovie(p))
+    }
+
+    /// Warp's `MovieCreateThumbnail`: writes a PNG of the average.
+    fn movie_create_thumbnail(&self, p: ThumbnailParams) -> Result<ThumbnailResult, WrapperError> {
+        run_typed(self, Command::MovieCreateThumbnail(p))
+    }
+}
+
+/// Runs one command on `w` and decodes its result as `T`.
+fn run_typed<T: serde::de::DeserializeOwned>(
+    w: &(impl WorkerCommands + ?Sized),
+    c: Command,
+) -> Result<T, WrapperError> {
+    let name = c.name();
+    let v = w.execute(vec![c])?.remove(0);
+    serde_json::from_value(v).map_err(|e| WrapperError::Direct(format!("bad {name} result: {e}")))
 }
 
 /// Finds the `warp-worker` binary: `$WARP_WORKER_BIN`, then beside the running executable (and
@@ -166,6 +210,9 @@ pub struct WrapperOptions {
     pub worker_args: Vec<String>,
     /// How long dropped workers get to exit after SIGTERM before SIGKILL.
     pub stop_grace: Duration,
+    /// Enrollment token of the embedded controller; a fresh random one when `None`. Set it
+    /// when remote workers must enroll (they need to know it).
+    pub token: Option<String>,
 }
 
 impl Default for WrapperOptions {
@@ -181,6 +228,7 @@ impl Default for WrapperOptions {
             silent_workers: false,
             worker_args: Vec::new(),
             stop_grace: Duration::from_secs(5),
+            token: None,
         }
     }
 }
@@ -256,8 +304,11 @@ impl ControllerBasedWorkerWrapper {
         if let Some(c) = &self.controller {
             return Ok(c.port());
         }
-        let token = crate::auth::random_token()
-            .map_err(|e| WrapperError::Spawn(format!("no token: {e}")))?;
+        let token = match &self.opts.token {
+            Some(t) => t.clone(),
+            None => crate::auth::random_token()
+                .map_err(|e| WrapperError::Spawn(format!("no token: {e}")))?,
+        };
         let mut cfg = ControllerConfig::new(token);
         cfg.bind = self.opts.bind.clone();
         cfg.port = port;

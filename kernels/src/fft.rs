@@ -217,22 +217,35 @@ impl Fft2d {
 pub fn shift_spectrum(spectrum: &mut [Complex32], nx: usize, ny: usize, dx: f64, dy: f64) {
     let nxh = nx / 2 + 1;
     assert_eq!(spectrum.len(), nxh * ny, "shift_spectrum: spectrum length");
-    let tau = std::f64::consts::TAU;
-    for j in 0..ny {
-        let fy = signed_freq(j, ny) as f64 / ny as f64;
-        let y_nyq = ny.is_multiple_of(2) && j == ny / 2;
-        for i in 0..nxh {
-            let idx = j * nxh + i;
-            if y_nyq || (nx.is_multiple_of(2) && i == nx / 2) {
-                spectrum[idx] = Complex32::new(0.0, 0.0);
-                continue;
-            }
-            let fx = i as f64 / nx as f64;
-            let phase = -tau * (fx * dx + fy * dy);
-            let ramp = Complex32::new(phase.cos() as f32, phase.sin() as f32);
-            spectrum[idx] *= ramp;
+    // The ramp is separable: exp(−2πi·fx·dx)·exp(−2πi·fy·dy), one table per axis.
+    let ramp_x = ramp(nxh, nx, dx, |i, _| i as f64);
+    let ramp_y = ramp(ny, ny, dy, |j, n| signed_freq(j, n) as f64);
+    let x_nyq = nx.is_multiple_of(2).then_some(nx / 2);
+    let y_nyq = ny.is_multiple_of(2).then_some(ny / 2);
+    for (j, row) in spectrum.chunks_exact_mut(nxh).enumerate() {
+        if Some(j) == y_nyq {
+            row.fill(Complex32::new(0.0, 0.0));
+            continue;
+        }
+        let ry = ramp_y[j];
+        for (v, rx) in row.iter_mut().zip(&ramp_x) {
+            *v *= *rx * ry;
+        }
+        if let Some(i) = x_nyq {
+            row[i] = Complex32::new(0.0, 0.0);
         }
     }
+}
+
+/// `exp(−2πi·f(idx)·d/n)` for `idx` in `0..len`, computed in f64.
+fn ramp(len: usize, n: usize, d: f64, f: impl Fn(usize, usize) -> f64) -> Vec<Complex32> {
+    let tau = std::f64::consts::TAU;
+    (0..len)
+        .map(|idx| {
+            let phase = -tau * f(idx, n) * d / n as f64;
+            Complex32::new(phase.cos() as f32, phase.sin() as f32)
+        })
+        .collect()
 }
 
 /// Displaces `image` (`nx × ny`) by `(dx, dy)` pixels by a Fourier phase ramp (periodic wrap);
@@ -267,21 +280,73 @@ pub fn fourier_crop(image: &[f32], nx: usize, ny: usize, new_nx: usize, new_ny: 
         "fourier_crop: new size {new_nx}×{new_ny} larger than {nx}×{ny}"
     );
     let spec = Fft2d::new(nx, ny).forward(image);
+    Fft2d::new(new_nx, new_ny).inverse(&crop_spectrum(&spec, nx, ny, new_nx, new_ny))
+}
+
+/// The half-complex spectrum of the [`fourier_crop`] of an image, taken from the image's own
+/// half-complex spectrum `spectrum` (`nx × ny` image): the same frequencies kept, scaled by
+/// `new_nx·new_ny/(nx·ny)` so that the unnormalised forward transforms of [`Fft2d`] stay
+/// consistent (the inverse on the small grid gives the cropped image).
+///
+/// # Panics
+/// If `spectrum.len() != (nx/2+1)·ny`, or a new size is zero, odd, or larger than the old one.
+pub fn crop_spectrum(
+    spectrum: &[Complex32],
+    nx: usize,
+    ny: usize,
+    new_nx: usize,
+    new_ny: usize,
+) -> Vec<Complex32> {
     let (nxh, new_nxh) = (nx / 2 + 1, new_nx / 2 + 1);
+    assert_eq!(spectrum.len(), nxh * ny, "crop_spectrum: spectrum length");
+    assert!(
+        new_nx > 0 && new_ny > 0 && new_nx.is_multiple_of(2) && new_ny.is_multiple_of(2),
+        "crop_spectrum: new size {new_nx}×{new_ny} must be even and non-zero"
+    );
+    assert!(
+        new_nx <= nx && new_ny <= ny,
+        "crop_spectrum: new size {new_nx}×{new_ny} larger than {nx}×{ny}"
+    );
     let scale = (new_nx * new_ny) as f32 / (nx * ny) as f32;
     let mut small = vec![Complex32::new(0.0, 0.0); new_nxh * new_ny];
-    for jn in 0..new_ny {
+    for (jn, out) in small.chunks_exact_mut(new_nxh).enumerate() {
         let f = signed_freq(jn, new_ny);
         let j = if f >= 0 {
             f as usize
         } else {
             (ny as i64 + f) as usize
         };
-        for i in 0..new_nxh {
-            small[jn * new_nxh + i] = spec[j * nxh + i] * scale;
+        for (o, v) in out.iter_mut().zip(&spectrum[j * nxh..j * nxh + new_nxh]) {
+            *o = *v * scale;
         }
     }
-    Fft2d::new(new_nx, new_ny).inverse(&small)
+    small
+}
+
+/// One [`Fft2d`] per rayon thread for `nx × ny` images, so parallel loops over frames reuse
+/// plans and scratch buffers instead of planning per frame.
+#[derive(Debug)]
+pub struct FftPool {
+    plans: Vec<std::sync::Mutex<Fft2d>>,
+}
+
+impl FftPool {
+    /// Plans for `nx × ny`, one per thread of the current rayon pool.
+    pub fn new(nx: usize, ny: usize) -> FftPool {
+        let n = rayon::current_num_threads().max(1);
+        FftPool {
+            plans: (0..n)
+                .map(|_| std::sync::Mutex::new(Fft2d::new(nx, ny)))
+                .collect(),
+        }
+    }
+
+    /// Runs `f` with the calling thread's plan (uncontended inside the pool's threads).
+    pub fn with<R>(&self, f: impl FnOnce(&mut Fft2d) -> R) -> R {
+        let i = rayon::current_thread_index().unwrap_or(0) % self.plans.len();
+        let mut plan = self.plans[i].lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut plan)
+    }
 }
 
 #[cfg(test)]

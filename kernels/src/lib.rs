@@ -1,12 +1,20 @@
-//! Compute side of warp: file formats and, later, the preprocessing kernels.
+//! Compute side of warp: file formats, the preprocessing algorithms and the compute backend.
 //!
-//! This crate owns the file formats the preprocessing reads and writes (MRC now; TIFF and PNG
-//! output later) and, in time, the `Backend` trait with its CPU and CUDA implementations, the
-//! preprocessing algorithms and the synthetic data generator.
+//! * [`io`]: MRC, TIFF movies, PNG and STAR files.
+//! * [`gain`]: gain references and defect maps.
+//! * [`fft`]: 2D real FFTs, phase-ramp shifts, Fourier cropping.
+//! * [`movie`]: a movie held as its frames' spectra, and its aligned (dose-weighted) averages.
+//! * [`motion`]: global and local motion estimation.
+//! * [`ctf`], [`ctf_fit`]: the CTF model and its estimation from a power spectrum.
+//! * [`dose`]: exposure weighting.
+//! * [`thumbnail`]: 8-bit previews.
+//! * [`backend`]: the `Backend` trait the worker calls, and its CPU implementation.
+//! * [`sim`]: synthetic movies with known motion and CTF.
 //!
 //! It knows nothing of the network: no sockets, no HTTP, no controller or worker types. The
 //! worker calls into it; it never calls out.
 
+pub mod backend;
 pub mod ctf;
 pub mod ctf_fit;
 pub mod dose;
@@ -14,7 +22,9 @@ pub mod fft;
 pub mod gain;
 pub mod io;
 pub mod motion;
+pub mod movie;
 pub mod sim;
+pub mod thumbnail;
 
 #[cfg(test)]
 mod test_util;

@@ -46,7 +46,9 @@
 
 use rustfft::num_complex::Complex32;
 
-use crate::fft::{Fft2d, fourier_crop, shift_spectrum, signed_freq};
+use rayon::prelude::*;
+
+use crate::fft::{Fft2d, FftPool, crop_spectrum, shift_spectrum, signed_freq};
 
 /// Settings of the motion estimator; the defaults follow Warp (500 → 10 Å, B = −500 Å²), with
 /// a quartic trajectory regulariser (chosen on simulated 16–24-frame movies at 1 e⁻/px/frame,
@@ -128,7 +130,25 @@ pub fn estimate_global(
     pixel_size_a: f64,
     opts: &MotionOptions,
 ) -> MotionResult {
-    let (shifts_px, iterations, final_update_px) = align_stack(frames, nx, ny, pixel_size_a, opts);
+    estimate_global_spectra(&frame_spectra(frames, nx, ny), nx, ny, pixel_size_a, opts)
+}
+
+/// [`estimate_global`] from the frames' full-size half-complex spectra ([`Fft2d::forward`] of
+/// each frame), as [`crate::movie::Movie`] holds them: no full-size transform is repeated.
+///
+/// # Panics
+/// As [`estimate_global`], or if a spectrum's length is not `(nx/2+1)·ny`.
+pub fn estimate_global_spectra(
+    spectra: &[Vec<Complex32>],
+    nx: usize,
+    ny: usize,
+    pixel_size_a: f64,
+    opts: &MotionOptions,
+) -> MotionResult {
+    let (cx, cy) = working_grid(nx, ny, pixel_size_a, opts);
+    let cropped = crop_all(spectra, nx, ny, cx, cy);
+    let (shifts_px, iterations, final_update_px) =
+        align_spectra(&cropped, nx, ny, cx, cy, pixel_size_a, opts);
     let shifts_a = to_angstrom(&shifts_px, pixel_size_a);
     MotionResult {
         shifts_px,
@@ -136,6 +156,58 @@ pub fn estimate_global(
         iterations,
         final_update_px,
     }
+}
+
+/// The working grid `(cx, cy)` of the estimator for an `nx × ny` movie: pixels of about a
+/// quarter of `range_max_a` (module docs, step 1), never finer than the input.
+pub fn working_grid(
+    nx: usize,
+    ny: usize,
+    pixel_size_a: f64,
+    opts: &MotionOptions,
+) -> (usize, usize) {
+    assert!(
+        pixel_size_a > 0.0 && opts.range_max_a > 0.0 && opts.range_min_a > 0.0,
+        "motion: pixel size and resolution limits must be positive"
+    );
+    let target = opts.range_max_a / 4.0;
+    (
+        working_size(nx, pixel_size_a, target),
+        working_size(ny, pixel_size_a, target),
+    )
+}
+
+/// Full-size spectra of `frames`, in parallel.
+fn frame_spectra(frames: &[Vec<f32>], nx: usize, ny: usize) -> Vec<Vec<Complex32>> {
+    for f in frames {
+        assert_eq!(f.len(), nx * ny, "motion: frame length");
+    }
+    let pool = FftPool::new(nx, ny);
+    frames
+        .par_iter()
+        .map(|f| pool.with(|fft| fft.forward(f)))
+        .collect()
+}
+
+/// Each spectrum cropped to `cx × cy` (a copy when the size is unchanged).
+fn crop_all(
+    spectra: &[Vec<Complex32>],
+    nx: usize,
+    ny: usize,
+    cx: usize,
+    cy: usize,
+) -> Vec<Vec<Complex32>> {
+    spectra
+        .par_iter()
+        .map(|s| {
+            assert_eq!(s.len(), (nx / 2 + 1) * ny, "motion: spectrum length");
+            if cx == nx && cy == ny {
+                s.clone()
+            } else {
+                crop_spectrum(s, nx, ny, cx, cy)
+            }
+        })
+        .collect()
 }
 
 /// Estimates patch-wise motion on top of `global` (from [`estimate_global`] on the same
@@ -154,56 +226,99 @@ pub fn estimate_local(
     patch_px: usize,
     opts: &MotionOptions,
 ) -> LocalMotion {
-    assert_eq!(global.shifts_px.len(), frames.len(), "motion: frame count");
+    let spectra = frame_spectra(frames, nx, ny);
+    estimate_local_spectra(&spectra, nx, ny, pixel_size_a, global, patch_px, opts)
+}
+
+/// [`estimate_local`] from the frames' full-size spectra (see [`estimate_global_spectra`]).
+///
+/// The globally aligned frames are formed on the estimator's working grid
+/// ([`working_grid`]), which holds every frequency the estimator uses, so the patches cost a
+/// fraction of the movie's memory; patch positions and shifts are reported in input pixels.
+///
+/// # Panics
+/// As [`estimate_local`].
+pub fn estimate_local_spectra(
+    spectra: &[Vec<Complex32>],
+    nx: usize,
+    ny: usize,
+    pixel_size_a: f64,
+    global: &MotionResult,
+    patch_px: usize,
+    opts: &MotionOptions,
+) -> LocalMotion {
+    assert_eq!(global.shifts_px.len(), spectra.len(), "motion: frame count");
     assert!(patch_px >= 16, "motion: patch size {patch_px} too small");
     let patch = patch_px.min(nx).min(ny) & !1;
     let grid = |n: usize| ((n as f64 / patch as f64).round() as usize).max(1);
     let (grid_x, grid_y) = (grid(nx), grid(ny));
     let origin = |n: usize, g: usize, i: usize| {
         if g == 1 {
-            (n - patch) / 2
+            (n - patch) as f64 / 2.0
         } else {
-            ((n - patch) as f64 * i as f64 / (g - 1) as f64).round() as usize
+            ((n - patch) as f64 * i as f64 / (g - 1) as f64).round()
         }
     };
 
-    // Globally aligned frames.
-    let mut fft = Fft2d::new(nx, ny);
-    let aligned: Vec<Vec<f32>> = frames
-        .iter()
+    // Globally aligned frames on the working grid, and the patch side on it.
+    let (cx, cy) = working_grid(nx, ny, pixel_size_a, opts);
+    let (sx, sy) = (cx as f64 / nx as f64, cy as f64 / ny as f64);
+    let pool = FftPool::new(cx, cy);
+    let aligned: Vec<Vec<f32>> = spectra
+        .par_iter()
         .zip(&global.shifts_px)
-        .map(|(f, s)| {
-            let mut spec = fft.forward(f);
-            shift_spectrum(&mut spec, nx, ny, -s[0] as f64, -s[1] as f64);
-            fft.inverse(&spec)
+        .map(|(spec, s)| {
+            let mut small = if cx == nx && cy == ny {
+                spec.clone()
+            } else {
+                crop_spectrum(spec, nx, ny, cx, cy)
+            };
+            shift_spectrum(&mut small, cx, cy, -s[0] as f64 * sx, -s[1] as f64 * sy);
+            pool.with(|fft| fft.inverse(&small))
         })
         .collect();
+    let cpatch = (((patch as f64 * sx.min(sy)).round() as usize) & !1)
+        .max(16)
+        .min(cx.min(cy) & !1);
+    let work_px = pixel_size_a / sx.min(sy);
 
-    let taper = taper_1d(patch);
+    let taper = taper_1d(cpatch);
     let mut patch_centres = Vec::with_capacity(grid_x * grid_y);
-    let mut shifts_px = Vec::with_capacity(grid_x * grid_y);
+    let mut origins = Vec::with_capacity(grid_x * grid_y);
     for iy in 0..grid_y {
         let y0 = origin(ny, grid_y, iy);
         for ix in 0..grid_x {
             let x0 = origin(nx, grid_x, ix);
+            patch_centres.push([
+                (x0 + patch as f64 / 2.0) as f32,
+                (y0 + patch as f64 / 2.0) as f32,
+            ]);
+            // The patch on the working grid, centred where the full-size patch is.
+            let place = |c: f64, s: f64, n: usize| {
+                ((c * s - cpatch as f64 / 2.0).round().max(0.0) as usize).min(n - cpatch)
+            };
+            origins.push((
+                place(x0 + patch as f64 / 2.0, sx, cx),
+                place(y0 + patch as f64 / 2.0, sy, cy),
+            ));
+        }
+    }
+    let shifts_px = origins
+        .par_iter()
+        .map(|&(x0, y0)| {
             let stack: Vec<Vec<f32>> = aligned
                 .iter()
-                .map(|img| cut_patch(img, nx, x0, y0, patch, &taper))
+                .map(|img| cut_patch(img, cx, x0, y0, cpatch, &taper))
                 .collect();
-            let (residual, _, _) = align_stack(&stack, patch, patch, pixel_size_a, opts);
-            let total: Vec<[f32; 2]> = global
+            let (residual, _, _) = align_stack(&stack, cpatch, cpatch, work_px, opts);
+            global
                 .shifts_px
                 .iter()
                 .zip(&residual)
-                .map(|(g, r)| [g[0] + r[0], g[1] + r[1]])
-                .collect();
-            patch_centres.push([
-                x0 as f32 + patch as f32 / 2.0,
-                y0 as f32 + patch as f32 / 2.0,
-            ]);
-            shifts_px.push(total);
-        }
-    }
+                .map(|(g, r)| [g[0] + r[0] / sx as f32, g[1] + r[1] / sy as f32])
+                .collect()
+        })
+        .collect();
     LocalMotion {
         grid_x,
         grid_y,
@@ -257,7 +372,8 @@ fn working_size(n: usize, pixel_size_a: f64, target_px_a: f64) -> usize {
     want.clamp(2, (n & !1).max(2)).min(n)
 }
 
-/// Core estimator: returns (shifts in input pixels with mean zero, rounds, last update).
+/// Core estimator on real frames: returns (shifts in input pixels with mean zero, rounds,
+/// last update).
 fn align_stack(
     frames: &[Vec<f32>],
     nx: usize,
@@ -266,35 +382,38 @@ fn align_stack(
     opts: &MotionOptions,
 ) -> (Vec<[f32; 2]>, usize, f64) {
     assert!(nx > 0 && ny > 0, "motion: empty size {nx}×{ny}");
-    assert!(
-        pixel_size_a > 0.0 && opts.range_max_a > 0.0 && opts.range_min_a > 0.0,
-        "motion: pixel size and resolution limits must be positive"
-    );
-    for f in frames {
-        assert_eq!(f.len(), nx * ny, "motion: frame length");
-    }
-    let nf = frames.len();
-    if nf < 2 {
-        return (vec![[0.0, 0.0]; nf], 0, 0.0);
-    }
-
-    // Working grid and the frames' spectra on it.
-    let target = opts.range_max_a / 4.0;
-    let (cx, cy) = (
-        working_size(nx, pixel_size_a, target),
-        working_size(ny, pixel_size_a, target),
-    );
-    let mut fft = Fft2d::new(cx, cy);
-    let spectra: Vec<Vec<Complex32>> = frames
+    let (cx, cy) = working_grid(nx, ny, pixel_size_a, opts);
+    let mut fft = Fft2d::new(nx, ny);
+    let cropped: Vec<Vec<Complex32>> = frames
         .iter()
         .map(|f| {
+            assert_eq!(f.len(), nx * ny, "motion: frame length");
+            let s = fft.forward(f);
             if cx == nx && cy == ny {
-                fft.forward(f)
+                s
             } else {
-                fft.forward(&fourier_crop(f, nx, ny, cx, cy))
+                crop_spectrum(&s, nx, ny, cx, cy)
             }
         })
         .collect();
+    align_spectra(&cropped, nx, ny, cx, cy, pixel_size_a, opts)
+}
+
+/// Core estimator on the frames' spectra already cropped to the working grid `cx × cy` of an
+/// `nx × ny` movie; returns (shifts in input pixels with mean zero, rounds, last update).
+fn align_spectra(
+    spectra: &[Vec<Complex32>],
+    nx: usize,
+    ny: usize,
+    cx: usize,
+    cy: usize,
+    pixel_size_a: f64,
+    opts: &MotionOptions,
+) -> (Vec<[f32; 2]>, usize, f64) {
+    let nf = spectra.len();
+    if nf < 2 {
+        return (vec![[0.0, 0.0]; nf], 0, 0.0);
+    }
     let (sx, sy) = (cx as f64 / nx as f64, cy as f64 / ny as f64);
 
     // Band-limited B-factor weight; physical frequencies are unchanged by the crop.
@@ -320,16 +439,21 @@ fn align_stack(
     let mut shifts = vec![[0.0f64; 2]; nf];
     let mut aligned = vec![vec![Complex32::new(0.0, 0.0); cxh * cy]; nf];
     let mut sum = vec![Complex32::new(0.0, 0.0); cxh * cy];
-    let mut cc = vec![Complex32::new(0.0, 0.0); cxh * cy];
-    let mut map = vec![0.0f32; cx * cy];
+    let pool = FftPool::new(cx, cy);
     let mut rounds = 0;
     let mut last_update = 0.0;
     while rounds < opts.iterations.max(1) {
         rounds += 1;
         sum.fill(Complex32::new(0.0, 0.0));
-        for ((a, s), sh) in aligned.iter_mut().zip(&spectra).zip(&shifts) {
-            a.copy_from_slice(s);
-            shift_spectrum(a, cx, cy, -sh[0] * sx, -sh[1] * sy);
+        aligned
+            .par_iter_mut()
+            .zip(spectra)
+            .zip(&shifts)
+            .for_each(|((a, s), sh)| {
+                a.copy_from_slice(s);
+                shift_spectrum(a, cx, cy, -sh[0] * sx, -sh[1] * sy);
+            });
+        for a in &aligned {
             for (t, v) in sum.iter_mut().zip(a.iter()) {
                 *t += *v;
             }
@@ -338,12 +462,20 @@ fn align_stack(
         // Against the mean of the other frames a frame's measured residual is n/(n−1) times
         // its residual relative to the mean of all frames (for residuals with mean zero).
         let gain = (nf - 1) as f64 / nf as f64;
-        for (a, up) in aligned.iter().zip(updated.iter_mut()) {
-            for (((c, v), t), w) in cc.iter_mut().zip(a).zip(&sum).zip(&weight) {
-                *c = *v * (*t - *v).conj() * *w;
-            }
-            fft.inverse_into(&cc, &mut map);
-            let (dx, dy) = find_peak(&map, cx, cy, rx, ry);
+        let peaks: Vec<(f64, f64)> = aligned
+            .par_iter()
+            .map(|a| {
+                let cc: Vec<Complex32> = a
+                    .iter()
+                    .zip(&sum)
+                    .zip(&weight)
+                    .map(|((v, t), w)| *v * (*t - *v).conj() * *w)
+                    .collect();
+                let map = pool.with(|fft| fft.inverse(&cc));
+                find_peak(&map, cx, cy, rx, ry)
+            })
+            .collect();
+        for (up, (dx, dy)) in updated.iter_mut().zip(peaks) {
             up[0] += gain * dx / sx;
             up[1] += gain * dy / sy;
         }

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use warp_common::commands::{Command, EXEC_TAIL_BYTES, ExecParams, ExecResult};
 use warp_common::protocol::{Assignment, TaskResult};
 
+use crate::preprocess::Preprocessor;
+
 /// How much of stderr an Exec failure message quotes.
 const ERROR_TAIL_BYTES: usize = 2048;
 
@@ -57,10 +59,12 @@ impl CancelFlag {
     }
 }
 
-/// Runs commands and holds the worker's state between tasks.
+/// Runs commands and holds the worker's state between tasks: the init fingerprint and the
+/// preprocessing state ([`Preprocessor`]: gain reference, loaded movie).
 #[derive(Debug, Default)]
 pub struct Executor {
     held: Option<String>,
+    pre: Preprocessor,
 }
 
 impl Executor {
@@ -77,6 +81,9 @@ impl Executor {
     /// Runs one command; the error is a message for the task's error history.
     pub fn run_command(&mut self, cmd: &Command, cancel: &CancelFlag) -> Result<Value, String> {
         cmd.validate()?;
+        if let Some(r) = self.pre.run(cmd) {
+            return r;
+        }
         match cmd {
             Command::Exec(p) => run_exec(p, cancel).map(|r| json!(r)),
             Command::Sleep { ms } => {
@@ -90,9 +97,18 @@ impl Executor {
             }
             Command::Fail { message } => Err(message.clone()),
             Command::Echo { value } => Ok(json!({ "value": value })),
+            Command::LoadGainRef(_)
+            | Command::LoadStack(_)
+            | Command::MovieProcessMovement(_)
+            | Command::MovieProcessCtf(_)
+            | Command::MovieExportMovie(_)
+            | Command::MovieCreateThumbnail(_) => {
+                unreachable!("preprocessing commands are run by the Preprocessor above")
+            }
             // No command runs in the background yet; once one does, this waits on that pool.
             Command::WaitAsyncTasks {} => Ok(json!({ "waited_ms": 0, "pending": 0 })),
             Command::GcCollect {} => {
+                self.pre.release_movie();
                 #[cfg(all(target_os = "linux", target_env = "gnu"))]
                 // SAFETY: malloc_trim only returns free heap pages to the kernel.
                 unsafe {
@@ -117,6 +133,7 @@ impl Executor {
         {
             // The old state is being replaced: a failure below leaves none.
             self.held = None;
+            self.pre.clear();
             for (i, c) in init.commands.iter().enumerate() {
                 check_cancel(cancel)?;
                 self.run_command(c, cancel)

@@ -16,6 +16,7 @@
 //! | [`pull`] | the main loop: register, poll, execute, report, reconnect |
 //! | [`heartbeat`] | the heartbeat thread: liveness, `running`/progress reports, cancels |
 //! | [`exec`] | command execution and the held (init) state |
+//! | [`preprocess`] | the preprocessing commands and the movie/gain state they share |
 //! | [`console`] | the logger and its numbered ring buffer |
 //! | [`direct`] | the direct mode server (tiny_http) |
 //! | [`signals`] | SIGTERM/SIGINT and stop requests |
@@ -28,6 +29,7 @@ pub mod console;
 pub mod direct;
 pub mod exec;
 pub mod heartbeat;
+pub mod preprocess;
 pub mod pull;
 pub mod signals;
 

@@ -3,7 +3,12 @@
 //! - [`mrc`]: MRC2014 images, stacks and volumes (read modes 0, 1, 2, 6, 12, 101; write float32,
 //!   float16, int16).
 //! - [`f16`]: IEEE 754 binary16 conversion used by MRC mode 12.
+//! - [`tiff`]: multi-page TIFF movies, and [`tiff::open_movie`] for either format.
+//! - [`png`]: 8-bit grayscale PNG (thumbnails).
+//! - [`star`]: STAR tables (RELION).
 
 pub mod f16;
 pub mod mrc;
+pub mod png;
+pub mod star;
 pub mod tiff;

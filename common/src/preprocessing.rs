@@ -1,0 +1,343 @@
+//! Parameters and results of the preprocessing commands (Warp's `LoadGainRef`, `LoadStack`,
+//! `MovieProcessMovement`, `MovieProcessCTF`, `MovieExportMovie`, `MovieCreateThumbnail`).
+//!
+//! The worker holds state between these commands, as Warp's workers do: a gain reference
+//! (from `LoadGainRef`, usually a work package's init part), the loaded movie (`LoadStack`),
+//! its motion, and its aligned averages. A command that needs state that is not there fails
+//! with a message saying which command to run first.
+//!
+//! Units follow DESIGN.md §6: Å, µm of defocus (positive underfocus), degrees, kV, mm, e⁻/Å².
+//! Every parameter but the paths has Warp's default.
+
+use serde::{Deserialize, Serialize};
+
+fn yes() -> bool {
+    true
+}
+fn one() -> f64 {
+    1.0
+}
+fn range_min_motion() -> f64 {
+    500.0
+}
+fn range_max_motion() -> f64 {
+    10.0
+}
+fn bfactor_motion() -> f64 {
+    -500.0
+}
+fn voltage() -> f64 {
+    300.0
+}
+fn cs() -> f64 {
+    2.7
+}
+fn amp() -> f64 {
+    0.07
+}
+fn window() -> usize {
+    512
+}
+fn range_min_ctf() -> f64 {
+    30.0
+}
+fn range_max_ctf() -> f64 {
+    4.0
+}
+fn defocus_min() -> f64 {
+    0.5
+}
+fn defocus_max() -> f64 {
+    5.0
+}
+fn thumb_size() -> usize {
+    512
+}
+fn thumb_range() -> f32 {
+    2.5
+}
+
+/// `LoadGainRef`: loads a gain reference (MRC or TIFF), oriented as Warp does (flip x, then
+/// flip y, then transpose), normalised by its mean (zeros become 1), with an optional defect
+/// map (non-zero pixels are defects, replaced from good neighbours).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadGainRefParams {
+    /// Gain reference file.
+    pub path: String,
+    /// Mirror along x.
+    #[serde(default)]
+    pub flip_x: bool,
+    /// Mirror along y.
+    #[serde(default)]
+    pub flip_y: bool,
+    /// Swap x and y (after the flips).
+    #[serde(default)]
+    pub transpose: bool,
+    /// Defect map, same size as the gain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defects_path: Option<String>,
+}
+
+/// Result of `LoadGainRef`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GainRefLoaded {
+    /// The gain file.
+    pub path: String,
+    /// Width after orientation.
+    pub width: usize,
+    /// Height after orientation.
+    pub height: usize,
+    /// Defect pixels.
+    pub defects: usize,
+}
+
+/// `LoadStack`: reads a movie (MRC or TIFF; EER is refused), applies the loaded gain reference
+/// and optionally Fourier-crops it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadStackParams {
+    /// The movie.
+    pub path: String,
+    /// Fourier-crop factor in `(0, 1]` (1: none); the result has even sizes.
+    #[serde(default = "one")]
+    pub scale_factor: f64,
+    /// EER frame grouping (Warp's parameter; EER is not supported yet, so it must be 0).
+    #[serde(default)]
+    pub eer_group_frames: u32,
+    /// Apply the loaded gain reference, if one is loaded (the result's `gain_corrected` says
+    /// whether it was).
+    #[serde(default = "yes")]
+    pub correct_gain: bool,
+    /// Pixel size of the file in Å; overrides the MRC header (needed for TIFF).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub angpix: Option<f64>,
+}
+
+/// Result of `LoadStack`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StackLoaded {
+    /// The movie.
+    pub path: String,
+    /// Frames.
+    pub frames: usize,
+    /// Width after any crop.
+    pub width: usize,
+    /// Height after any crop.
+    pub height: usize,
+    /// Width in the file.
+    pub file_width: usize,
+    /// Height in the file.
+    pub file_height: usize,
+    /// Pixel size after any crop, Å.
+    pub angpix: f64,
+    /// Whether the gain reference was applied.
+    pub gain_corrected: bool,
+    /// The worker's compute backend (`"cpu"` or `"cuda"`).
+    pub backend: String,
+    /// Wall time, ms.
+    pub ms: f64,
+}
+
+/// `MovieProcessMovement`: global trajectory, then local motion on an automatic patch grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MovementParams {
+    /// Low-resolution limit, Å.
+    #[serde(default = "range_min_motion")]
+    pub range_min_a: f64,
+    /// High-resolution limit, Å.
+    #[serde(default = "range_max_motion")]
+    pub range_max_a: f64,
+    /// B-factor of the correlation weighting, Å².
+    #[serde(default = "bfactor_motion")]
+    pub bfactor_a2: f64,
+    /// Also estimate local (patch) motion.
+    #[serde(default = "yes")]
+    pub local: bool,
+    /// Patch side in Å for local motion (the grid follows from it); default 1000 Å, at least
+    /// 128 px.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch_a: Option<f64>,
+}
+
+impl Default for MovementParams {
+    fn default() -> Self {
+        MovementParams {
+            range_min_a: range_min_motion(),
+            range_max_a: range_max_motion(),
+            bfactor_a2: bfactor_motion(),
+            local: true,
+            patch_a: None,
+        }
+    }
+}
+
+/// Local motion in a `MovieProcessMovement` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalMotionResult {
+    /// Patches along x and y.
+    pub grid: [usize; 2],
+    /// Patch side, px of the loaded movie.
+    pub patch_px: usize,
+    /// Patch centres `[x, y]`, px, x fastest.
+    pub centres_px: Vec<[f32; 2]>,
+    /// Per patch, per frame shifts `[x, y]`, px (global plus residual).
+    pub shifts_px: Vec<Vec<[f32; 2]>>,
+}
+
+/// Result of `MovieProcessMovement`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MovementResult {
+    /// Per-frame shifts `[x, y]` in px of the loaded movie (DESIGN.md §6), mean zero.
+    pub shifts_px: Vec<[f32; 2]>,
+    /// The same in Å.
+    #[serde(rename = "shifts_A")]
+    pub shifts_a: Vec<[f32; 2]>,
+    /// Alignment rounds of the global estimate.
+    pub iterations: usize,
+    /// Local motion, when requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalMotionResult>,
+    /// Wall time, ms.
+    pub ms: f64,
+}
+
+/// `MovieProcessCTF`: CTF of the loaded movie's aligned average (plain average of the frames
+/// shifted by the motion, or unshifted when no motion was estimated).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CtfParams {
+    /// Acceleration voltage, kV.
+    #[serde(default = "voltage")]
+    pub voltage_kv: f64,
+    /// Spherical aberration, mm.
+    #[serde(default = "cs")]
+    pub cs_mm: f64,
+    /// Amplitude contrast, fraction.
+    #[serde(default = "amp")]
+    pub amplitude_contrast: f64,
+    /// Tile size of the averaged power spectrum, px.
+    #[serde(default = "window")]
+    pub window: usize,
+    /// Low-resolution end of the fit, Å.
+    #[serde(default = "range_min_ctf")]
+    pub range_min_a: f64,
+    /// High-resolution end of the fit, Å (clamped to Nyquist).
+    #[serde(default = "range_max_ctf")]
+    pub range_max_a: f64,
+    /// Smallest defocus searched, µm.
+    #[serde(default = "defocus_min")]
+    pub defocus_min_um: f64,
+    /// Largest defocus searched, µm.
+    #[serde(default = "defocus_max")]
+    pub defocus_max_um: f64,
+    /// Fit a phase shift (phase plate).
+    #[serde(default)]
+    pub fit_phase: bool,
+    /// Where to write the power spectrum (MRC, centred `window × window`, float32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spectrum_path: Option<String>,
+}
+
+impl Default for CtfParams {
+    fn default() -> Self {
+        CtfParams {
+            voltage_kv: voltage(),
+            cs_mm: cs(),
+            amplitude_contrast: amp(),
+            window: window(),
+            range_min_a: range_min_ctf(),
+            range_max_a: range_max_ctf(),
+            defocus_min_um: defocus_min(),
+            defocus_max_um: defocus_max(),
+            fit_phase: false,
+            spectrum_path: None,
+        }
+    }
+}
+
+/// Result of `MovieProcessCTF`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CtfResult {
+    /// Defocus along U (major axis), µm.
+    pub defocus_u_um: f64,
+    /// Defocus along V, µm.
+    pub defocus_v_um: f64,
+    /// Angle of U from +x, degrees, `[0, 180)`.
+    pub astig_angle_deg: f64,
+    /// Phase shift, units of π.
+    pub phase_shift_pi: f64,
+    /// Resolution to which the fit agrees with the spectrum, Å.
+    #[serde(rename = "fit_resolution_A")]
+    pub fit_resolution_a: f64,
+    /// Correlation of the fitted model with the spectrum.
+    pub score: f64,
+    /// Pixel size the fit used, Å.
+    pub angpix: f64,
+    /// Tiles averaged into the spectrum.
+    pub tiles: usize,
+    /// Whether the average was aligned with estimated motion.
+    pub aligned: bool,
+    /// Wall time, ms.
+    pub ms: f64,
+}
+
+/// `MovieExportMovie`: writes the aligned average, dose-weighted when `dose_per_frame > 0`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportParams {
+    /// Output MRC path of the average.
+    pub output_path: String,
+    /// Exposure per frame, e⁻/Å²; 0 disables dose weighting.
+    #[serde(default)]
+    pub dose_per_frame: f64,
+    /// Acceleration voltage, kV (dose weighting).
+    #[serde(default = "voltage")]
+    pub voltage_kv: f64,
+    /// Write float16 (mode 12) instead of float32.
+    #[serde(default)]
+    pub float16: bool,
+    /// Also write odd/even half averages beside the average (`<name>_odd.mrc`,
+    /// `<name>_even.mrc`).
+    #[serde(default)]
+    pub odd_even: bool,
+}
+
+/// Result of `MovieExportMovie`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportResult {
+    /// Paths written: the average first, then odd and even when requested.
+    pub written: Vec<String>,
+    /// Whether the average is dose-weighted.
+    pub dose_weighted: bool,
+    /// Wall time, ms.
+    pub ms: f64,
+}
+
+/// `MovieCreateThumbnail`: an 8-bit PNG of the average (the exported one when there is one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThumbnailParams {
+    /// Output PNG path.
+    pub output_path: String,
+    /// Longer side, px (never upscaled).
+    #[serde(default = "thumb_size")]
+    pub size: usize,
+    /// Contrast range: mean ± `range` standard deviations map to black and white.
+    #[serde(default = "thumb_range")]
+    pub range: f32,
+}
+
+/// Result of `MovieCreateThumbnail`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThumbnailResult {
+    /// The PNG.
+    pub path: String,
+    /// Width, px.
+    pub width: usize,
+    /// Height, px.
+    pub height: usize,
+    /// Wall time, ms.
+    pub ms: f64,
+}

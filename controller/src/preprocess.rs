@@ -1,0 +1,775 @@
+//! The main job: preprocess a folder of movies over local or remote workers
+//! (`warp-controller preprocess`).
+//!
+//! One work package per movie: the init part loads the gain reference (so a worker that
+//! already holds it skips it), the main part runs `LoadStack`, `MovieProcessMovement`,
+//! `MovieExportMovie`, `MovieProcessCTF`, `MovieCreateThumbnail` and `GcCollect`. The export
+//! runs before the CTF so that one pass over the frames makes both the dose-weighted average
+//! and the plain aligned average the CTF is fitted to (the worker caches the averages).
+//!
+//! Output layout under `DIR`:
+//! * `<name>.json`: everything measured for the movie (see [`MovieRecord`]).
+//! * `average/<name>.mrc` (+ `_odd`/`_even` with `--odd-even`), `powerspectrum/<name>.mrc`,
+//!   `thumbnails/<name>.png`: written by the workers.
+//! * `micrographs_ctf.star`: RELION's micrograph table of every processed movie.
+//! * `processed_items.json`, `failed_items.json`: bookkeeping, rewritten after every movie, so
+//!   an interrupted job loses nothing. A re-run skips processed movies whose `<name>.json`
+//!   exists and retries the failed ones.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use warp_common::commands::Command;
+use warp_common::preprocessing::{
+    CtfParams, CtfResult, ExportParams, ExportResult, LoadGainRefParams, LoadStackParams,
+    LocalMotionResult, MovementParams, MovementResult, StackLoaded, ThumbnailParams,
+    ThumbnailResult,
+};
+use warp_common::protocol::{InitPart, TaskDetail, TaskSpec, TaskState};
+use warp_kernels::io::star::{StarTable, StarValue, write_star};
+
+use crate::wrapper::{ControllerBasedWorkerWrapper, WrapperOptions};
+
+/// Where the workers come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Workers {
+    /// Spawn one local worker per device id.
+    Local(Vec<i32>),
+    /// Serve on this address and port and wait for remote workers (none spawned).
+    Remote {
+        /// Address to bind.
+        bind: String,
+        /// Port.
+        port: u16,
+        /// Enrollment token the workers present.
+        token: String,
+    },
+}
+
+/// Everything `preprocess` needs.
+#[derive(Debug, Clone)]
+pub struct PreprocessOptions {
+    /// Glob of the input movies (wildcards `*` and `?` in the file name only).
+    pub input: String,
+    /// Output directory.
+    pub output: PathBuf,
+    /// Workers.
+    pub workers: Workers,
+    /// Pixel size override, Å (default: the file header).
+    pub angpix: Option<f64>,
+    /// Fourier-crop factor of `LoadStack`.
+    pub scale_factor: f64,
+    /// Gain reference and its orientation.
+    pub gain: Option<LoadGainRefParams>,
+    /// Exposure per frame, e⁻/Å² (0: no dose weighting).
+    pub dose_per_frame: f64,
+    /// Motion settings.
+    pub movement: MovementParams,
+    /// CTF settings (`spectrum_path` is filled in per movie).
+    pub ctf: CtfParams,
+    /// Write float16 averages.
+    pub float16: bool,
+    /// Also write odd/even half averages.
+    pub odd_even: bool,
+    /// Thumbnail size, px.
+    pub thumbnail_size: usize,
+    /// Per-task timeout.
+    pub task_timeout: Duration,
+    /// Print a progress line at least this often.
+    pub progress_every: Duration,
+}
+
+/// The `<name>.json` of a processed movie.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MovieRecord {
+    /// Input path.
+    pub movie: String,
+    /// Frames.
+    pub frames: usize,
+    /// Width of the processed frames, px.
+    pub width: usize,
+    /// Height, px.
+    pub height: usize,
+    /// Pixel size of the processed frames, Å.
+    pub angpix: f64,
+    /// Motion.
+    pub motion: MotionRecord,
+    /// CTF.
+    pub ctf: CtfRecord,
+    /// Files written, relative to the output directory.
+    pub outputs: BTreeMap<String, String>,
+    /// Per-stage wall times, ms (`load`, `motion`, `export`, `ctf`, `thumbnail`, `total`).
+    pub timings_ms: BTreeMap<String, f64>,
+    /// Compute backend of the worker.
+    pub backend: String,
+    /// Worker that processed it.
+    pub worker: String,
+}
+
+/// Motion part of [`MovieRecord`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MotionRecord {
+    /// Per-frame shifts, px.
+    pub shifts_px: Vec<[f32; 2]>,
+    /// Per-frame shifts, Å.
+    #[serde(rename = "shifts_A")]
+    pub shifts_a: Vec<[f32; 2]>,
+    /// Local motion, when estimated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalMotionResult>,
+}
+
+/// CTF part of [`MovieRecord`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CtfRecord {
+    /// Defocus U, µm.
+    pub defocus_u_um: f64,
+    /// Defocus V, µm.
+    pub defocus_v_um: f64,
+    /// Astigmatism angle, degrees.
+    pub astig_angle_deg: f64,
+    /// Phase shift, π.
+    pub phase_shift_pi: f64,
+    /// Fit resolution, Å.
+    #[serde(rename = "fit_resolution_A")]
+    pub fit_resolution_a: f64,
+    /// Fit score.
+    pub score: f64,
+    /// Voltage used, kV.
+    pub voltage_kv: f64,
+    /// Cs used, mm.
+    pub cs_mm: f64,
+    /// Amplitude contrast used.
+    pub amplitude_contrast: f64,
+}
+
+/// One entry of `processed_items.json` / `failed_items.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    /// Output name (the input's file stem).
+    pub name: String,
+    /// Input path.
+    pub movie: String,
+    /// Why it failed (failed items only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ItemList {
+    items: Vec<Item>,
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Movies matched by the glob.
+    pub matched: usize,
+    /// Skipped because an earlier run processed them.
+    pub skipped: usize,
+    /// Processed now.
+    pub processed: Vec<(String, MovieRecord)>,
+    /// Failed now, with reasons.
+    pub failed: Vec<Item>,
+    /// Whether the run was interrupted (SIGINT/SIGTERM).
+    pub interrupted: bool,
+}
+
+/// Expands `pattern`: wildcards (`*`, `?`) are allowed in the last path component only.
+/// Returns the matching regular files, sorted.
+pub fn expand_glob(pattern: &str) -> Result<Vec<PathBuf>, String> {
+    let path = Path::new(pattern);
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(d), Some(n)) => (d, n.to_string_lossy().into_owned()),
+        _ => return Err(format!("--input '{pattern}' names no file pattern")),
+    };
+    let dir_s = dir.to_string_lossy();
+    if dir_s.contains(['*', '?', '[']) {
+        return Err(format!(
+            "--input '{pattern}': wildcards are supported in the file name only, not in '{dir_s}'"
+        ));
+    }
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("--input '{pattern}': cannot list {}: {e}", dir.display()))?;
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let fname = e.file_name().to_string_lossy().into_owned();
+        if wildcard_match(&name, &fname) && e.path().is_file() {
+            out.push(if dir == Path::new(".") && !pattern.starts_with("./") {
+                PathBuf::from(&fname)
+            } else {
+                dir.join(&fname)
+            });
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `*` matches any run of characters, `?` one character; everything else literally.
+pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Output name of a movie: its file stem.
+fn movie_name(path: &Path) -> String {
+    path.file_stem()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn write_json_atomic<T: Serialize>(path: &Path, v: &T) -> Result<(), String> {
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_string_pretty(v).map_err(|e| e.to_string())?;
+    std::fs::write(&tmp, text + "\n")
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn read_items(path: &Path) -> Result<Vec<Item>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => serde_json::from_str::<ItemList>(&t)
+            .map(|l| l.items)
+            .map_err(|e| {
+                format!(
+                    "{} is damaged ({e}); move it away to reprocess everything",
+                    path.display()
+                )
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Reads a `<name>.json`.
+pub fn read_record(path: &Path) -> Result<MovieRecord, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn path_string(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+impl PreprocessOptions {
+    /// Checks every parameter the workers would check, so a typo fails before any work.
+    pub fn validate(&self) -> Result<(), String> {
+        let spec = self.package(Path::new("movie.mrc"), "movie");
+        spec.validate()?;
+        if self.thumbnail_size == 0 {
+            return Err("--thumbnail-size must be at least 1".into());
+        }
+        if let Some(a) = self.angpix
+            && !(a.is_finite() && a > 0.0)
+        {
+            return Err(format!("--angpix must be positive, got {a}"));
+        }
+        Ok(())
+    }
+
+    /// The work package of one movie.
+    fn package(&self, movie: &Path, name: &str) -> TaskSpec {
+        let out = &self.output;
+        let mut ctf = self.ctf.clone();
+        ctf.spectrum_path = Some(path_string(
+            &out.join("powerspectrum").join(format!("{name}.mrc")),
+        ));
+        let commands = vec![
+            Command::LoadStack(LoadStackParams {
+                path: path_string(movie),
+                scale_factor: self.scale_factor,
+                eer_group_frames: 0,
+                correct_gain: self.gain.is_some(),
+                angpix: self.angpix,
+            }),
+            Command::MovieProcessMovement(self.movement.clone()),
+            Command::MovieExportMovie(ExportParams {
+                output_path: path_string(&out.join("average").join(format!("{name}.mrc"))),
+                dose_per_frame: self.dose_per_frame,
+                voltage_kv: self.ctf.voltage_kv,
+                float16: self.float16,
+                odd_even: self.odd_even,
+            }),
+            Command::MovieProcessCtf(ctf),
+            Command::MovieCreateThumbnail(ThumbnailParams {
+                output_path: path_string(&out.join("thumbnails").join(format!("{name}.png"))),
+                size: self.thumbnail_size,
+                range: 2.5,
+            }),
+            Command::GcCollect {},
+        ];
+        let init = match &self.gain {
+            Some(g) => InitPart {
+                fingerprint: format!(
+                    "gain:{}:{}{}{}:{}",
+                    g.path,
+                    u8::from(g.flip_x),
+                    u8::from(g.flip_y),
+                    u8::from(g.transpose),
+                    g.defects_path.as_deref().unwrap_or("")
+                ),
+                commands: vec![Command::LoadGainRef(g.clone())],
+            },
+            // An empty init still clears a gain held from another job.
+            None => InitPart {
+                fingerprint: "no-gain".into(),
+                commands: Vec::new(),
+            },
+        };
+        let mut spec = TaskSpec::new(commands);
+        spec.init = Some(init);
+        spec.label = Some(name.to_string());
+        spec.timeout_s = Some(self.task_timeout.as_secs_f64());
+        spec
+    }
+
+    /// Builds the record of a finished package from its results.
+    fn record(&self, movie: &Path, detail: &TaskDetail) -> Result<MovieRecord, String> {
+        let results = detail
+            .result
+            .as_ref()
+            .and_then(|r| r.get("results"))
+            .and_then(Value::as_array)
+            .ok_or("the task finished without results")?;
+        fn part<T: serde::de::DeserializeOwned>(
+            r: &[Value],
+            i: usize,
+            what: &str,
+        ) -> Result<T, String> {
+            let v = r
+                .get(i)
+                .cloned()
+                .ok_or_else(|| format!("no {what} result"))?;
+            serde_json::from_value(v).map_err(|e| format!("bad {what} result: {e}"))
+        }
+        let load: StackLoaded = part(results, 0, "LoadStack")?;
+        let motion: MovementResult = part(results, 1, "MovieProcessMovement")?;
+        let export: ExportResult = part(results, 2, "MovieExportMovie")?;
+        let ctf: CtfResult = part(results, 3, "MovieProcessCTF")?;
+        let thumb: ThumbnailResult = part(results, 4, "MovieCreateThumbnail")?;
+        let name = movie_name(movie);
+        let mut outputs = BTreeMap::new();
+        outputs.insert("average".into(), format!("average/{name}.mrc"));
+        if self.odd_even {
+            outputs.insert("odd".into(), format!("average/{name}_odd.mrc"));
+            outputs.insert("even".into(), format!("average/{name}_even.mrc"));
+        }
+        outputs.insert("powerspectrum".into(), format!("powerspectrum/{name}.mrc"));
+        outputs.insert("thumbnail".into(), format!("thumbnails/{name}.png"));
+        let mut timings = BTreeMap::new();
+        timings.insert("load".into(), load.ms);
+        timings.insert("motion".into(), motion.ms);
+        timings.insert("export".into(), export.ms);
+        timings.insert("ctf".into(), ctf.ms);
+        timings.insert("thumbnail".into(), thumb.ms);
+        timings.insert(
+            "total".into(),
+            load.ms + motion.ms + export.ms + ctf.ms + thumb.ms,
+        );
+        Ok(MovieRecord {
+            movie: path_string(movie),
+            frames: load.frames,
+            width: load.width,
+            height: load.height,
+            angpix: load.angpix,
+            motion: MotionRecord {
+                shifts_px: motion.shifts_px,
+                shifts_a: motion.shifts_a,
+                local: motion.local,
+            },
+            ctf: CtfRecord {
+                defocus_u_um: ctf.defocus_u_um,
+                defocus_v_um: ctf.defocus_v_um,
+                astig_angle_deg: ctf.astig_angle_deg,
+                phase_shift_pi: ctf.phase_shift_pi,
+                fit_resolution_a: ctf.fit_resolution_a,
+                score: ctf.score,
+                voltage_kv: self.ctf.voltage_kv,
+                cs_mm: self.ctf.cs_mm,
+                amplitude_contrast: self.ctf.amplitude_contrast,
+            },
+            outputs,
+            timings_ms: timings,
+            backend: load.backend,
+            worker: detail.worker_id.map(|w| w.to_string()).unwrap_or_default(),
+        })
+    }
+}
+
+/// Writes `micrographs_ctf.star` from the records of `names` (read from their JSON files).
+pub fn write_micrographs_star(output: &Path, names: &[String]) -> Result<usize, String> {
+    let columns = [
+        "rlnMicrographName",
+        "rlnDefocusU",
+        "rlnDefocusV",
+        "rlnDefocusAngle",
+        "rlnCtfMaxResolution",
+        "rlnCtfFigureOfMerit",
+        "rlnVoltage",
+        "rlnSphericalAberration",
+        "rlnAmplitudeContrast",
+        "rlnMicrographPixelSize",
+    ];
+    let mut rows = Vec::with_capacity(names.len());
+    for name in names {
+        let r = read_record(&output.join(format!("{name}.json")))?;
+        rows.push(vec![
+            StarValue::Str(format!("average/{name}.mrc")),
+            StarValue::Num(r.ctf.defocus_u_um * 1e4),
+            StarValue::Num(r.ctf.defocus_v_um * 1e4),
+            StarValue::Num(r.ctf.astig_angle_deg),
+            StarValue::Num(r.ctf.fit_resolution_a),
+            StarValue::Num(r.ctf.score),
+            StarValue::Num(r.ctf.voltage_kv),
+            StarValue::Num(r.ctf.cs_mm),
+            StarValue::Num(r.ctf.amplitude_contrast),
+            StarValue::Num(r.angpix),
+        ]);
+    }
+    let table = StarTable {
+        block: "micrographs".into(),
+        columns: columns.iter().map(|c| c.to_string()).collect(),
+        rows,
+    };
+    let n = table.rows.len();
+    write_star(output.join("micrographs_ctf.star"), &[table]).map_err(|e| e.to_string())?;
+    Ok(n)
+}
+
+fn eta(done: usize, left: usize, elapsed: Duration) -> String {
+    if done == 0 || left == 0 {
+        return "-".into();
+    }
+    let s = elapsed.as_secs_f64() / done as f64 * left as f64;
+    if s >= 3600.0 {
+        format!("{:.1} h", s / 3600.0)
+    } else if s >= 60.0 {
+        format!("{:.1} min", s / 60.0)
+    } else {
+        format!("{s:.0} s")
+    }
+}
+
+/// Runs the job (module docs). Progress and per-movie lines go to `log`. Returns what was
+/// done; an `Err` means the job could not run at all (bad options, unwritable output, no
+/// workers).
+pub fn run(
+    opts: &PreprocessOptions,
+    stop: &AtomicBool,
+    log: &mut dyn FnMut(&str),
+) -> Result<Summary, String> {
+    let movies = expand_glob(&opts.input)?;
+    if movies.is_empty() {
+        return Err(format!("--input '{}' matches no file", opts.input));
+    }
+    let mut seen = BTreeMap::new();
+    for m in &movies {
+        if let Some(other) = seen.insert(movie_name(m), m.clone()) {
+            return Err(format!(
+                "{} and {} would both be written as '{}'; process them in separate runs",
+                other.display(),
+                m.display(),
+                movie_name(m)
+            ));
+        }
+    }
+    for sub in ["", "average", "powerspectrum", "thumbnails"] {
+        let d = opts.output.join(sub);
+        std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    }
+    let processed_path = opts.output.join("processed_items.json");
+    let failed_path = opts.output.join("failed_items.json");
+    let mut processed: Vec<Item> = read_items(&processed_path)?;
+    let previously_failed: BTreeSet<String> = read_items(&failed_path)?
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    processed.retain(|i| opts.output.join(format!("{}.json", i.name)).is_file());
+    let done: BTreeSet<String> = processed.iter().map(|i| i.name.clone()).collect();
+
+    let mut summary = Summary {
+        matched: movies.len(),
+        ..Summary::default()
+    };
+    let todo: Vec<PathBuf> = movies
+        .iter()
+        .filter(|m| !done.contains(&movie_name(m)))
+        .cloned()
+        .collect();
+    summary.skipped = movies.len() - todo.len();
+    let retried = todo
+        .iter()
+        .filter(|m| previously_failed.contains(&movie_name(m)))
+        .count();
+    log(&format!(
+        "{} movie(s) matched; {} already processed, {} to process{}",
+        movies.len(),
+        summary.skipped,
+        todo.len(),
+        if retried > 0 {
+            format!(" ({retried} failed last time, retrying)")
+        } else {
+            String::new()
+        }
+    ));
+    let mut failed: Vec<Item> = Vec::new();
+    if todo.is_empty() {
+        write_json_atomic(&failed_path, &ItemList { items: Vec::new() })?;
+        let names: Vec<String> = processed.iter().map(|i| i.name.clone()).collect();
+        write_micrographs_star(&opts.output, &names)?;
+        return Ok(summary);
+    }
+
+    // Controller and workers.
+    let mut wopts = WrapperOptions {
+        task_timeout: opts.task_timeout,
+        silent_workers: true,
+        ..WrapperOptions::default()
+    };
+    let port = match &opts.workers {
+        Workers::Local(_) => 0,
+        Workers::Remote { bind, port, token } => {
+            wopts.bind = bind.clone();
+            wopts.token = Some(token.clone());
+            *port
+        }
+    };
+    let mut wrapper = ControllerBasedWorkerWrapper::with_options(wopts);
+    let port = wrapper
+        .start_controller(port)
+        .map_err(|e| format!("cannot start the controller: {e}"))?;
+    match &opts.workers {
+        Workers::Local(devices) => {
+            for &d in devices {
+                wrapper
+                    .add_worker(d)
+                    .map_err(|e| format!("cannot start a local worker for device {d}: {e}"))?;
+            }
+            log(&format!("{} local worker(s) started", devices.len()));
+        }
+        Workers::Remote { bind, .. } => log(&format!(
+            "controller listening on {bind}:{port}; start workers with: warp-worker --controller http://<this host>:{port} (token in WARP_TOKEN or --token-file)"
+        )),
+    }
+    let controller = wrapper.controller().map_err(|e| e.to_string())?;
+
+    // Submit every package, then collect results as they come.
+    let mut pending: Vec<(PathBuf, String, Receiver<TaskDetail>)> = Vec::with_capacity(todo.len());
+    for m in &todo {
+        let name = movie_name(m);
+        let (_, rx) = controller
+            .submit_watch(opts.package(m, &name))
+            .map_err(|e| format!("the controller refused the package of {}: {e}", m.display()))?;
+        pending.push((m.clone(), name, rx));
+    }
+    let start = Instant::now();
+    let total = pending.len();
+    let mut last_progress = Instant::now();
+    while !pending.is_empty() {
+        if stop.load(Ordering::SeqCst) {
+            summary.interrupted = true;
+            log("interrupted: cancelling the remaining movies (they will be processed next run)");
+            for t in controller.tasks() {
+                if !t.state.is_terminal() {
+                    let _ = controller.cancel(t.id);
+                }
+            }
+            break;
+        }
+        let got = {
+            let mut sel = Select::new();
+            for (_, _, rx) in &pending {
+                sel.recv(rx);
+            }
+            match sel.select_timeout(Duration::from_millis(250)) {
+                Ok(op) => {
+                    let i = op.index();
+                    Some((i, op.recv(&pending[i].2)))
+                }
+                Err(_) => None,
+            }
+        };
+        let ready = got.is_some();
+        if let Some((i, detail)) = got {
+            let (movie, name, _) = pending.swap_remove(i);
+            let outcome = match detail {
+                Ok(d) if d.state == TaskState::Completed => opts.record(&movie, &d),
+                Ok(d) => Err(d.error.unwrap_or_else(|| format!("task {:?}", d.state))),
+                Err(_) => Err("the controller stopped".into()),
+            };
+            match outcome {
+                Ok(rec) => {
+                    write_json_atomic(&opts.output.join(format!("{name}.json")), &rec)?;
+                    log(&format!(
+                        "done   {name}: defocus {:.3}/{:.3} µm, fit to {:.1} Å, {:.1} s",
+                        rec.ctf.defocus_u_um,
+                        rec.ctf.defocus_v_um,
+                        rec.ctf.fit_resolution_a,
+                        rec.timings_ms["total"] / 1e3
+                    ));
+                    processed.retain(|i| i.name != name);
+                    processed.push(Item {
+                        name: name.clone(),
+                        movie: path_string(&movie),
+                        error: None,
+                    });
+                    write_json_atomic(
+                        &processed_path,
+                        &ItemList {
+                            items: processed.clone(),
+                        },
+                    )?;
+                    summary.processed.push((name, rec));
+                }
+                Err(error) => {
+                    log(&format!("FAILED {name}: {error}"));
+                    failed.push(Item {
+                        name,
+                        movie: path_string(&movie),
+                        error: Some(error),
+                    });
+                    write_json_atomic(
+                        &failed_path,
+                        &ItemList {
+                            items: failed.clone(),
+                        },
+                    )?;
+                }
+            }
+        }
+        if ready || last_progress.elapsed() >= opts.progress_every {
+            last_progress = Instant::now();
+            let status = controller.status();
+            let finished = summary.processed.len() + failed.len();
+            let elapsed = start.elapsed();
+            log(&format!(
+                "progress: {finished}/{total} ({} done, {} failed), {} running, {} workers; {:.1} movies/h; ETA {}",
+                summary.processed.len(),
+                failed.len(),
+                status.tasks.running + status.tasks.assigned,
+                status.workers.idle + status.workers.busy,
+                finished as f64 / elapsed.as_secs_f64().max(1e-9) * 3600.0,
+                eta(finished, total - finished, elapsed)
+            ));
+        }
+    }
+    write_json_atomic(
+        &failed_path,
+        &ItemList {
+            items: failed.clone(),
+        },
+    )?;
+    let names: Vec<String> = processed.iter().map(|i| i.name.clone()).collect();
+    write_micrographs_star(&opts.output, &names)?;
+    summary.failed = failed;
+    drop(wrapper);
+    Ok(summary)
+}
+
+/// The summary table printed at the end.
+pub fn summary_table(s: &Summary) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "{:<24} {:>6} {:>9} {:>9} {:>7} {:>8} {:>6} {:>10} {:>8}\n",
+        "movie", "frames", "dfU µm", "dfV µm", "angle°", "res Å", "score", "max shift", "time s"
+    ));
+    for (name, r) in &s.processed {
+        let max_shift = r
+            .motion
+            .shifts_px
+            .iter()
+            .map(|s| s[0].hypot(s[1]))
+            .fold(0.0f32, f32::max);
+        out.push_str(&format!(
+            "{:<24} {:>6} {:>9.3} {:>9.3} {:>7.1} {:>8.2} {:>6.3} {:>8.2}px {:>8.1}\n",
+            name,
+            r.frames,
+            r.ctf.defocus_u_um,
+            r.ctf.defocus_v_um,
+            r.ctf.astig_angle_deg,
+            r.ctf.fit_resolution_a,
+            r.ctf.score,
+            max_shift,
+            r.timings_ms.get("total").copied().unwrap_or(0.0) / 1e3
+        ));
+    }
+    for f in &s.failed {
+        out.push_str(&format!(
+            "{:<24} FAILED: {}\n",
+            f.name,
+            f.error.as_deref().unwrap_or("")
+        ));
+    }
+    out.push_str(&format!(
+        "{} matched, {} skipped (done before), {} processed, {} failed{}\n",
+        s.matched,
+        s.skipped,
+        s.processed.len(),
+        s.failed.len(),
+        if s.interrupted { ", interrupted" } else { "" }
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_like_a_shell() {
+        assert!(wildcard_match("*.mrc", "a.mrc"));
+        assert!(wildcard_match("*.mrc", ".mrc"));
+        assert!(!wildcard_match("*.mrc", "a.mrcs"));
+        assert!(wildcard_match("sim_??.t*f", "sim_01.tiff"));
+        assert!(!wildcard_match("sim_??.tif", "sim_1.tif"));
+        assert!(wildcard_match("*a*b*", "xxaYYbzz"));
+        assert!(!wildcard_match("*a*b", "xxaYYbzz"));
+        assert!(wildcard_match("*", ""));
+    }
+
+    #[test]
+    fn glob_lists_files_sorted_and_refuses_wildcard_directories() {
+        let dir = std::env::temp_dir().join(format!("warp-glob-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub.mrc")).unwrap();
+        for f in ["b.mrc", "a.mrc", "c.tif"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        let got = expand_glob(&format!("{}/*.mrc", dir.display())).unwrap();
+        assert_eq!(got, vec![dir.join("a.mrc"), dir.join("b.mrc")]);
+        let err = expand_glob(&format!("{}/*/x.mrc", dir.display())).unwrap_err();
+        assert!(err.contains("file name only"), "{err}");
+        let err = expand_glob("/nonexistent-warp-dir/*.mrc").unwrap_err();
+        assert!(err.contains("nonexistent-warp-dir"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
