@@ -1,0 +1,329 @@
+//! The main job end to end: `warp-controller simulate`, then `warp-controller preprocess` over
+//! two local `warp-worker` processes, the outputs read back (our readers, and `mrcfile` /
+//! `starfile` through `tests/reference/check_preprocess.py`), bad movies, and re-runs.
+//!
+//! The job's own controller spawns the workers; they stop with it (WARP_PARENT_PID), and the
+//! job process is killed on drop if a test fails.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use warp_tests::{Proc, TempDir, bin};
+
+/// Runs `warp-controller ARGS`, waits up to `limit`, returns (exit code, stdout, stderr).
+fn controller(dir: &Path, args: &[&str], limit: Duration) -> (i32, String, String) {
+    let out_log = dir.join(format!("stdout-{}.log", uuid::Uuid::new_v4()));
+    let mut cmd = Command::new(bin("warp-controller"));
+    cmd.args(args)
+        .stdout(Stdio::from(std::fs::File::create(&out_log).unwrap()));
+    // The worker binary is found beside the controller.
+    let log = dir.join(format!("stderr-{}.log", uuid::Uuid::new_v4()));
+    let mut p = Proc::spawn(cmd, &format!("warp-controller {}", args[0]), log);
+    let code = p.wait_exit(limit).unwrap_or_else(|| {
+        panic!(
+            "warp-controller {args:?} did not finish within {limit:?}:\n{}",
+            p.stderr()
+        )
+    });
+    let stdout = std::fs::read_to_string(&out_log).unwrap_or_default();
+    (code.unwrap_or(-1), stdout, p.stderr())
+}
+
+fn json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn names(list: &Value) -> Vec<String> {
+    let mut v: Vec<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Runs the reference-reader check; skipped (with a message) when mrcfile/starfile are missing,
+/// unless `WARP_REQUIRE_REFERENCE_READERS=1` (CI) makes that a failure.
+fn reference_check(out: &Path, flags: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/check_preprocess.py");
+    let have = Command::new("python3")
+        .args(["-c", "import mrcfile, starfile"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !have {
+        assert!(
+            std::env::var("WARP_REQUIRE_REFERENCE_READERS").as_deref() != Ok("1"),
+            "mrcfile/starfile are required (WARP_REQUIRE_REFERENCE_READERS=1): pip install mrcfile starfile"
+        );
+        eprintln!("SKIP reference readers: python3 with mrcfile and starfile not found");
+        return;
+    }
+    let o = Command::new("python3")
+        .arg(&script)
+        .arg(out)
+        .args(flags)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "check_preprocess.py failed:\n{text}");
+    assert!(text.contains("PASS"), "{text}");
+}
+
+#[test]
+fn preprocess_writes_every_output_reports_bad_movies_and_resumes() {
+    let tmp = TempDir::new("preprocess");
+    let dir = tmp.path();
+    let sim = dir.join("sim");
+    let out = dir.join("out");
+    let sim_s = sim.to_str().unwrap();
+    let out_s = out.to_str().unwrap();
+    let (code, _, err) = controller(
+        dir,
+        &[
+            "simulate",
+            "--output",
+            sim_s,
+            "--count",
+            "3",
+            "--size",
+            "256",
+            "--frames",
+            "8",
+            "--dose-per-frame",
+            "2",
+        ],
+        Duration::from_secs(120),
+    );
+    assert_eq!(code, 0, "simulate failed:\n{err}");
+
+    // Two bad movies beside the good ones: a truncated copy and a text file.
+    let good = std::fs::read(sim.join("sim_0001.mrc")).unwrap();
+    std::fs::write(sim.join("bad_truncated.mrc"), &good[..good.len() / 2]).unwrap();
+    std::fs::write(sim.join("bad_text.mrc"), b"this is not an MRC file\n").unwrap();
+
+    let input = format!("{sim_s}/*.mrc");
+    let job = [
+        "preprocess",
+        "--input",
+        &input,
+        "--output",
+        out_s,
+        "--workers",
+        "2",
+        "--dose-per-frame",
+        "2",
+        "--odd-even",
+        "--window",
+        "128",
+        "--thumbnail-size",
+        "64",
+    ];
+    let (code, stdout, err) = controller(dir, &job, Duration::from_secs(300));
+    assert_eq!(code, 1, "two movies fail, so the job exits 1:\n{err}");
+    assert!(err.contains("2 movie(s) failed"), "{err}");
+    assert!(err.contains("progress: 5/5"), "progress lines:\n{err}");
+    assert!(stdout.contains("3 processed, 2 failed"), "{stdout}");
+
+    // The good movies: records with the documented fields, every file.
+    assert_eq!(
+        names(&json(&out.join("processed_items.json"))),
+        ["sim_0001", "sim_0002", "sim_0003"]
+    );
+    for n in ["sim_0001", "sim_0002", "sim_0003"] {
+        let rec = json(&out.join(format!("{n}.json")));
+        assert_eq!(rec["frames"], 8, "{rec}");
+        assert_eq!(
+            (rec["width"].as_u64(), rec["height"].as_u64()),
+            (Some(256), Some(256))
+        );
+        assert_eq!(rec["angpix"], 1.0);
+        assert_eq!(rec["backend"], "cpu");
+        assert_eq!(rec["motion"]["shifts_px"].as_array().unwrap().len(), 8);
+        assert_eq!(rec["motion"]["shifts_A"].as_array().unwrap().len(), 8);
+        let df = rec["ctf"]["defocus_u_um"].as_f64().unwrap();
+        assert!(df > 0.5 && df < 5.0, "{rec}");
+        for k in ["load", "motion", "export", "ctf", "thumbnail", "total"] {
+            assert!(rec["timings_ms"][k].as_f64().unwrap() >= 0.0, "{k}: {rec}");
+        }
+        for f in [
+            format!("average/{n}.mrc"),
+            format!("average/{n}_odd.mrc"),
+            format!("average/{n}_even.mrc"),
+            format!("powerspectrum/{n}.mrc"),
+        ] {
+            let (h, _) = warp_kernels::io::mrc::read_mrc(out.join(&f)).unwrap();
+            assert_eq!(h.nz, 1, "{f}");
+        }
+        let (px, w, h) =
+            warp_kernels::io::png::read_png_gray8(out.join(format!("thumbnails/{n}.png"))).unwrap();
+        assert_eq!((w, h, px.len()), (64, 64, 64 * 64));
+    }
+
+    // The bad ones: listed with reasons naming the file; the workers survived them.
+    let failed = json(&out.join("failed_items.json"));
+    assert_eq!(names(&failed), ["bad_text", "bad_truncated"]);
+    for item in failed["items"].as_array().unwrap() {
+        let e = item["error"].as_str().unwrap();
+        let name = item["name"].as_str().unwrap();
+        assert!(
+            e.contains(&format!("{name}.mrc")),
+            "error must name the file: {e}"
+        );
+    }
+
+    // The STAR table in our reader, then both files in the reference readers.
+    let star = warp_kernels::io::star::read_star(out.join("micrographs_ctf.star")).unwrap();
+    assert_eq!(star.len(), 1);
+    assert_eq!(star[0].rows.len(), 3);
+    assert_eq!(star[0].columns[0], "rlnMicrographName");
+    reference_check(&out, &["--odd-even"]);
+
+    // Re-run after fixing one bad movie and removing the other: only that one is processed.
+    std::fs::remove_file(sim.join("bad_text.mrc")).unwrap();
+    std::fs::copy(sim.join("sim_0002.mrc"), sim.join("bad_truncated.mrc")).unwrap();
+    let (code, stdout, err) = controller(dir, &job, Duration::from_secs(300));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("3 already processed, 1 to process (1 failed last time, retrying)"),
+        "{err}"
+    );
+    assert!(stdout.contains("1 processed, 0 failed"), "{stdout}");
+    assert_eq!(names(&json(&out.join("failed_items.json"))).len(), 0);
+    assert_eq!(names(&json(&out.join("processed_items.json"))).len(), 4);
+    let star = warp_kernels::io::star::read_star(out.join("micrographs_ctf.star")).unwrap();
+    assert_eq!(star[0].rows.len(), 4);
+
+    // Nothing left to do: no workers are even started.
+    let (code, _, err) = controller(dir, &job, Duration::from_secs(60));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("4 already processed, 0 to process"), "{err}");
+    assert!(!err.contains("worker(s) started"), "{err}");
+}
+
+#[test]
+fn preprocess_refuses_bad_options_before_starting_anything() {
+    let tmp = TempDir::new("preprocess-usage");
+    let dir = tmp.path();
+    let out = dir.join("out");
+    let out_s = out.to_str().unwrap();
+    for (args, want) in [
+        (vec!["preprocess", "--output", out_s], "--input"),
+        (
+            vec![
+                "preprocess",
+                "--input",
+                "/nonexistent-warp/*.mrc",
+                "--output",
+                out_s,
+            ],
+            "nonexistent-warp",
+        ),
+        (
+            vec![
+                "preprocess",
+                "--input",
+                "x/*.mrc",
+                "--output",
+                out_s,
+                "--defocus-min",
+                "4",
+                "--defocus-max",
+                "1",
+            ],
+            "defocus",
+        ),
+        (
+            vec![
+                "preprocess",
+                "--input",
+                "x/*.mrc",
+                "--output",
+                out_s,
+                "--scale",
+                "2",
+            ],
+            "scale_factor",
+        ),
+        (
+            vec![
+                "preprocess",
+                "--input",
+                "x/*.mrc",
+                "--output",
+                out_s,
+                "--port",
+                "1",
+                "--workers",
+                "2",
+            ],
+            "--port",
+        ),
+    ] {
+        let (code, _, err) = controller(dir, &args, Duration::from_secs(30));
+        assert!(code == 1 || code == 2, "{args:?}: exit {code}\n{err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    assert!(!out.join("processed_items.json").exists());
+}
+
+/// The accuracy targets of the issue through the whole job: 1024² movies, 24 frames,
+/// 1 e⁻/px/frame, compared with the simulator's truth by `warp-controller compare`. Slow in a
+/// debug build; CI runs it in release (`cargo test --release -p warp-tests --test preprocess
+/// -- --include-ignored`).
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "slow in debug builds; CI runs it with --release"
+)]
+fn preprocess_meets_the_accuracy_targets_on_simulated_movies() {
+    let tmp = TempDir::new("preprocess-accuracy");
+    let dir = tmp.path();
+    let (sim, out) = (dir.join("sim"), dir.join("out"));
+    let (sim_s, out_s) = (sim.to_str().unwrap(), out.to_str().unwrap());
+    // Seed 11 was never used while tuning the estimators.
+    let (code, _, err) = controller(
+        dir,
+        &[
+            "simulate", "--output", sim_s, "--count", "3", "--size", "1024", "--frames", "24",
+            "--seed", "11",
+        ],
+        Duration::from_secs(300),
+    );
+    assert_eq!(code, 0, "{err}");
+    let input = format!("{sim_s}/*.mrc");
+    let (code, _, err) = controller(
+        dir,
+        &[
+            "preprocess",
+            "--input",
+            &input,
+            "--output",
+            out_s,
+            "--workers",
+            "2",
+            "--dose-per-frame",
+            "1",
+        ],
+        Duration::from_secs(600),
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, table, err) = controller(
+        dir,
+        &["compare", "--truth", sim_s, "--output", out_s],
+        Duration::from_secs(60),
+    );
+    eprintln!("{table}");
+    assert_eq!(code, 0, "a movie misses a target:\n{table}\n{err}");
+    assert!(table.contains("3/3 movies within all targets"), "{table}");
+}
