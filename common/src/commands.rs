@@ -143,7 +143,7 @@ impl Command {
             }
             Command::MovieProcessMovement(p) => {
                 positive("MovieProcessMovement range_max_a", p.range_max_a)?;
-                if !(p.range_min_a > p.range_max_a) {
+                if p.range_min_a.is_nan() || p.range_min_a <= p.range_max_a {
                     return Err(format!(
                         "MovieProcessMovement range_min_a ({}) must be larger than range_max_a ({})",
                         p.range_min_a, p.range_max_a
@@ -178,7 +178,7 @@ impl Command {
                     ));
                 }
                 positive("MovieProcessCTF range_max_a", p.range_max_a)?;
-                if !(p.range_min_a > p.range_max_a) {
+                if p.range_min_a.is_nan() || p.range_min_a <= p.range_max_a {
                     return Err(format!(
                         "MovieProcessCTF range_min_a ({}) must be larger than range_max_a ({})",
                         p.range_min_a, p.range_max_a
