@@ -161,3 +161,209 @@ fn worker_stops_when_its_spawning_process_dies() {
         || warp_tests::pid_exited(pid).then_some(()),
     );
 }
+
+/// A 256² × 8 synthetic movie `movie.mrc` and the same movie divided by a gain reference
+/// (`raw.mrc` + `gain.mrc`), so that gain correction must give back the first one.
+fn write_movies(dir: &std::path::Path) {
+    use warp_kernels::ctf::CtfParams;
+    use warp_kernels::io::mrc::{WriteMode, write_mrc};
+    use warp_kernels::sim::{SimParams, SplitMix64, simulate};
+    let (nx, ny, nf) = (256, 256, 8);
+    let movie = simulate(&SimParams {
+        nx,
+        ny,
+        frames: nf,
+        pixel_size_a: 1.0,
+        dose_per_px_per_frame: 2.0,
+        ctf: CtfParams {
+            voltage_kv: 300.0,
+            cs_mm: 2.7,
+            amplitude_contrast: 0.07,
+            pixel_size_a: 1.0,
+            defocus_u_um: 1.6,
+            defocus_v_um: 1.4,
+            astig_angle_deg: 30.0,
+            phase_shift_pi: 0.0,
+        },
+        seed: 3,
+        max_shift_px: 4.0,
+    });
+    let flat: Vec<f32> = movie.frames.iter().flatten().copied().collect();
+    write_mrc(
+        dir.join("movie.mrc"),
+        &flat,
+        nx,
+        ny,
+        nf,
+        WriteMode::Float32,
+        1.0,
+    )
+    .unwrap();
+    // Gain in [0.5, 1.5] with mean 1 (as normalised), the raw movie divided by it.
+    let mut rng = SplitMix64::new(9);
+    let mut gain: Vec<f32> = (0..nx * ny).map(|_| 0.5 + rng.uniform() as f32).collect();
+    let mean = gain.iter().map(|&g| g as f64).sum::<f64>() / gain.len() as f64;
+    for g in &mut gain {
+        *g /= mean as f32;
+    }
+    let raw: Vec<f32> = flat
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v / gain[i % (nx * ny)])
+        .collect();
+    write_mrc(
+        dir.join("raw.mrc"),
+        &raw,
+        nx,
+        ny,
+        nf,
+        WriteMode::Float32,
+        1.0,
+    )
+    .unwrap();
+    write_mrc(
+        dir.join("gain.mrc"),
+        &gain,
+        nx,
+        ny,
+        1,
+        WriteMode::Float32,
+        1.0,
+    )
+    .unwrap();
+}
+
+/// The preprocessing calls through both wrappers: the same results from a pull worker and a
+/// direct-mode worker, gain correction undoing a known gain, and errors that name the missing
+/// step or file without taking the worker down.
+#[test]
+fn preprocessing_calls_through_both_wrappers() {
+    use warp_common::preprocessing::*;
+    let tmp = warp_tests::TempDir::new("wrapper-pre");
+    let dir = tmp.path();
+    write_movies(dir);
+    let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let stack = |name: &str| LoadStackParams {
+        path: p(name),
+        scale_factor: 1.0,
+        eer_group_frames: 0,
+        correct_gain: true,
+        angpix: None,
+    };
+    let ctf = CtfParams {
+        window: 128,
+        ..CtfParams::default()
+    };
+
+    let mut w = ControllerBasedWorkerWrapper::with_options(options());
+    w.start_controller(0).unwrap();
+    let a = w.add_worker(0).unwrap();
+    let worker = w.on(a);
+
+    // Before LoadStack: an error naming the missing step; the worker stays up.
+    let err = worker
+        .movie_process_ctf(ctf.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("run LoadStack before MovieProcessCTF"),
+        "{err}"
+    );
+    let err = worker
+        .load_stack(stack("missing.mrc"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("missing.mrc"), "{err}");
+
+    let loaded = worker.load_stack(stack("movie.mrc")).unwrap();
+    assert_eq!((loaded.frames, loaded.width, loaded.angpix), (8, 256, 1.0));
+    assert!(!loaded.gain_corrected);
+    let motion = worker
+        .movie_process_movement(MovementParams::default())
+        .unwrap();
+    assert_eq!(motion.shifts_px.len(), 8);
+    let fit = worker.movie_process_ctf(ctf.clone()).unwrap();
+    assert!(fit.aligned);
+    let out = p("avg.mrc");
+    let export = worker
+        .movie_export_movie(ExportParams {
+            output_path: out.clone(),
+            dose_per_frame: 2.0,
+            voltage_kv: 300.0,
+            float16: true,
+            odd_even: false,
+        })
+        .unwrap();
+    assert_eq!(export.written, vec![out.clone()]);
+    let (h, _) = warp_kernels::io::mrc::read_mrc(&out).unwrap();
+    assert_eq!((h.nx, h.ny, h.mode.code()), (256, 256, 12));
+    let thumb = worker
+        .movie_create_thumbnail(ThumbnailParams {
+            output_path: p("t.png"),
+            size: 100,
+            range: 2.5,
+        })
+        .unwrap();
+    assert_eq!((thumb.width, thumb.height), (100, 100));
+
+    // The gained raw movie, corrected, gives the same motion.
+    worker
+        .load_gain_ref(LoadGainRefParams {
+            path: p("gain.mrc"),
+            flip_x: false,
+            flip_y: false,
+            transpose: false,
+            defects_path: None,
+        })
+        .unwrap();
+    let corrected = worker.load_stack(stack("raw.mrc")).unwrap();
+    assert!(corrected.gain_corrected);
+    let motion_raw = worker
+        .movie_process_movement(MovementParams::default())
+        .unwrap();
+    for (s, t) in motion_raw.shifts_px.iter().zip(&motion.shifts_px) {
+        assert!(
+            (s[0] - t[0]).abs() < 1e-3 && (s[1] - t[1]).abs() < 1e-3,
+            "{s:?} vs {t:?}"
+        );
+    }
+    // Without correction the gain's fixed pattern (the same in every frame) correlates at zero
+    // shift and pulls the estimate away from the true motion.
+    let uncorrected = worker
+        .load_stack(LoadStackParams {
+            correct_gain: false,
+            ..stack("raw.mrc")
+        })
+        .unwrap();
+    assert!(!uncorrected.gain_corrected);
+    let motion_bad = worker
+        .movie_process_movement(MovementParams::default())
+        .unwrap();
+    let worst = motion_bad
+        .shifts_px
+        .iter()
+        .zip(&motion.shifts_px)
+        .map(|(s, t)| (s[0] - t[0]).hypot(s[1] - t[1]))
+        .fold(0.0f32, f32::max);
+    eprintln!("uncorrected gain: worst shift difference {worst} px");
+    assert!(worst > 0.1, "{worst}");
+
+    // The same sequence in direct mode gives the same numbers.
+    let d = DirectWorkerWrapper::spawn(0, true).unwrap();
+    d.load_stack(stack("movie.mrc")).unwrap();
+    let motion_d = d.movie_process_movement(MovementParams::default()).unwrap();
+    let fit_d = d.movie_process_ctf(ctf).unwrap();
+    assert_eq!(motion_d.shifts_px, motion.shifts_px);
+    assert_eq!(
+        (fit_d.defocus_u_um, fit_d.defocus_v_um),
+        (fit.defocus_u_um, fit.defocus_v_um)
+    );
+    let err = d
+        .load_stack(LoadStackParams {
+            scale_factor: 0.0,
+            ..stack("movie.mrc")
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("scale_factor"), "{err}");
+}
