@@ -57,7 +57,7 @@ fn usage() -> String {
 fn parse_args() -> Result<Args, String> {
     let mut movie = None;
     let mut angpix = None;
-    let mut dose = 0.0;
+    let mut dose: f64 = 0.0;
     let mut repeat = 1;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
