@@ -158,34 +158,55 @@ impl Movie {
         };
 
         let pool = FftPool::new(file_nx, file_ny);
+        let chunk = chunk_frames();
         let mut spectra = Vec::with_capacity(n);
-        let mut start = 0;
-        while start < n {
-            let end = (start + chunk_frames()).min(n);
-            let mut frames = Vec::with_capacity(end - start);
-            for i in start..end {
-                frames.push(reader.read_frame(i)?);
-            }
-            let done: Vec<Result<Vec<Complex32>, GainError>> = frames
-                .into_par_iter()
-                .map(|mut f| {
-                    if let Some(g) = gain {
-                        g.correct(&mut f)?;
+        // A reader thread decodes frames while the pool transforms the previous chunk, so
+        // reading overlaps the FFTs; the channel bounds the frames in flight to two chunks.
+        std::thread::scope(|scope| -> Result<(), LoadError> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<f32>, MovieError>>(chunk);
+            let reader = &mut reader;
+            scope.spawn(move || {
+                for i in 0..n {
+                    let frame = reader.read_frame(i);
+                    let failed = frame.is_err();
+                    if tx.send(frame).is_err() || failed {
+                        return;
                     }
-                    let s = pool.with(|fft| fft.forward(&f));
-                    drop(f);
-                    Ok(if (nx, ny) == (file_nx, file_ny) {
-                        s
-                    } else {
-                        crop_spectrum(&s, file_nx, file_ny, nx, ny)
+                }
+            });
+            let mut start = 0;
+            while start < n {
+                let end = (start + chunk).min(n);
+                let mut frames = Vec::with_capacity(end - start);
+                for _ in start..end {
+                    let frame = rx.recv().map_err(|_| LoadError::Invalid {
+                        path: path.to_path_buf(),
+                        reason: "the frame reader stopped unexpectedly".into(),
+                    })?;
+                    frames.push(frame?);
+                }
+                let done: Vec<Result<Vec<Complex32>, GainError>> = frames
+                    .into_par_iter()
+                    .map(|mut f| {
+                        if let Some(g) = gain {
+                            g.correct(&mut f)?;
+                        }
+                        let s = pool.with(|fft| fft.forward(&f));
+                        drop(f);
+                        Ok(if (nx, ny) == (file_nx, file_ny) {
+                            s
+                        } else {
+                            crop_spectrum(&s, file_nx, file_ny, nx, ny)
+                        })
                     })
-                })
-                .collect();
-            for s in done {
-                spectra.push(s?);
+                    .collect();
+                for s in done {
+                    spectra.push(s?);
+                }
+                start = end;
             }
-            start = end;
-        }
+            Ok(())
+        })?;
         Ok(Movie {
             path: path.to_path_buf(),
             nx,
