@@ -207,55 +207,7 @@ fn serve(args: &[String]) -> Outcome {
     o.optopt("", "threads", "request handler threads (default 4)", "N");
     o.optflag("v", "verbose", "log debug lines (or WARP_LOG=debug)");
     o.optflag("q", "quiet", "log warnings and errors only");
-    o.optopt(
-        "",
-        "provision",
-        "submit worker jobs while work is queued: slurm",
-        "MODE",
-    );
-    o.optopt("", "provision-template", "job script template with placeholders in double braces (see scripts/slurm/warp-workers.provision.sbatch)", "FILE");
-    o.optmulti(
-        "",
-        "provision-var",
-        "value of a template placeholder (repeatable)",
-        "NAME=VALUE",
-    );
-    o.optopt(
-        "",
-        "provision-dir",
-        "where the rendered job script goes (default ./warp-provision)",
-        "DIR",
-    );
-    o.optopt(
-        "",
-        "max-workers",
-        "provisioning: at most N workers (default 4)",
-        "N",
-    );
-    o.optopt(
-        "",
-        "workers-per-job",
-        "provisioning: workers each job starts (default 1)",
-        "N",
-    );
-    o.optopt(
-        "",
-        "max-submissions",
-        "provisioning: at most N job submissions in all (default 100)",
-        "N",
-    );
-    o.optopt(
-        "",
-        "submit-cmd",
-        "provisioning: command instead of sbatch, e.g. 'sbatch -p gpu'",
-        "CMD",
-    );
-    o.optopt(
-        "",
-        "advertise-url",
-        "provisioning: controller URL the jobs use (default http://HOST:PORT)",
-        "URL",
-    );
+    provision_options(&mut o);
     let brief = "Usage: warp-controller serve [options]\n\nSeconds accept fractions (0.5). With --provision slurm the controller submits worker jobs\nfrom --provision-template while work is queued (policy: controller/src/provision/policy.rs;\nWARP_PROVISION_* variables override its timings) and cancels them when the queue drains or\nthe controller stops. Placeholders always filled: controller_url, token_file, job_name,\nprovision_dir.";
     let Some(m) = parse(&o, args, brief)? else {
         return Ok(());
@@ -326,6 +278,59 @@ fn serve(args: &[String]) -> Outcome {
     }
     controller.shutdown();
     Ok(())
+}
+
+/// The `--provision` options, shared by `serve` and `preprocess --port`.
+fn provision_options(o: &mut Options) {
+    o.optopt(
+        "",
+        "provision",
+        "submit worker jobs while work is queued: slurm",
+        "MODE",
+    );
+    o.optopt("", "provision-template", "job script template with placeholders in double braces (see scripts/slurm/warp-workers.provision.sbatch)", "FILE");
+    o.optmulti(
+        "",
+        "provision-var",
+        "value of a template placeholder (repeatable)",
+        "NAME=VALUE",
+    );
+    o.optopt(
+        "",
+        "provision-dir",
+        "where the rendered job script goes (default ./warp-provision)",
+        "DIR",
+    );
+    o.optopt(
+        "",
+        "max-workers",
+        "provisioning: at most N workers (default 4)",
+        "N",
+    );
+    o.optopt(
+        "",
+        "workers-per-job",
+        "provisioning: workers each job starts (default 1)",
+        "N",
+    );
+    o.optopt(
+        "",
+        "max-submissions",
+        "provisioning: at most N job submissions in all (default 100)",
+        "N",
+    );
+    o.optopt(
+        "",
+        "submit-cmd",
+        "provisioning: command instead of sbatch, e.g. 'sbatch -p gpu'",
+        "CMD",
+    );
+    o.optopt(
+        "",
+        "advertise-url",
+        "provisioning: controller URL the jobs use (default http://HOST:PORT)",
+        "URL",
+    );
 }
 
 fn start_provisioner(
@@ -873,13 +878,21 @@ fn preprocess(args: &[String]) -> Outcome {
         "seconds one movie may take before it is retried (default 1800)",
         "S",
     );
+    provision_options(&mut opts);
+    opts.optflag(
+        "v",
+        "verbose",
+        "also log the embedded controller's info lines",
+    );
     let brief = "Usage: warp-controller preprocess --input 'GLOB' --output DIR [options]\n\n\
         Preprocesses every movie matching GLOB (MRC or TIFF): gain correction, motion (global\n\
         and local), dose-weighted average, CTF, thumbnail. Runs an embedded controller with\n\
         local workers (--workers/--devices) or waits for remote ones (--port). Writes\n\
         DIR/<name>.json, DIR/average/, DIR/powerspectrum/, DIR/thumbnails/,\n\
         DIR/micrographs_ctf.star, DIR/processed_items.json and DIR/failed_items.json.\n\
-        Re-running skips processed movies and retries failed ones.";
+        Re-running skips processed movies and retries failed ones. With --port and\n\
+        --provision slurm the job submits worker jobs itself while movies are queued (see\n\
+        warp-controller serve --help and docs/hpc.md).";
     let Some(m) = parse(&opts, args, brief)? else {
         return Ok(());
     };
@@ -889,6 +902,10 @@ fn preprocess(args: &[String]) -> Outcome {
     let output = m
         .opt_str("output")
         .map_or_else(|| usage("--output DIR is required; see --help"), Ok)?;
+    if m.opt_present("provision") && !m.opt_present("port") {
+        return usage("--provision needs --port: provisioned workers are remote workers");
+    }
+    let token_file = m.opt_str("token-file").map(PathBuf::from);
     let workers = if let Some(p) = m.opt_str("port") {
         if m.opt_present("workers") || m.opt_present("devices") {
             return usage(
@@ -898,7 +915,6 @@ fn preprocess(args: &[String]) -> Outcome {
         let port: u16 = p
             .parse()
             .map_err(|_| Failure::Usage(format!("--port: '{p}' is not a port")))?;
-        let token_file = m.opt_str("token-file").map(PathBuf::from);
         let token = auth::resolve_token(token_file.as_deref(), true).map_err(Failure::Failed)?;
         Workers::Remote {
             bind: m.opt_str("bind").unwrap_or_else(|| "0.0.0.0".into()),
@@ -980,8 +996,39 @@ fn preprocess(args: &[String]) -> Outcome {
     };
     // Check every command's parameters once, before starting anything.
     po.validate().map_err(Failure::Usage)?;
+    // The embedded controller's own log: warnings only, unless -v.
+    logging::init(if m.opt_present("verbose") {
+        log::LevelFilter::Info
+    } else {
+        log::LevelFilter::Warn
+    });
     install_signal_handlers();
-    let summary = job::run(&po, &STOP, &mut |line| eprintln!("{line}")).map_err(Failure::Failed)?;
+    let bind = match &po.workers {
+        Workers::Remote { bind, .. } => bind.clone(),
+        Workers::Local(_) => String::new(),
+    };
+    let mut provisioner = None;
+    let mut on_started = |c: &Controller| -> Result<(), String> {
+        if let Some(mode) = m.opt_str("provision") {
+            let p =
+                start_provisioner(&m, &mode, c, &bind, token_file.as_deref()).map_err(
+                    |f| match f {
+                        Failure::Usage(e) | Failure::Failed(e) => e,
+                    },
+                )?;
+            provisioner = Some(p);
+            eprintln!(
+                "provisioning: slurm jobs from {} while movies are queued",
+                m.opt_str("provision-template").unwrap_or_default()
+            );
+        }
+        Ok(())
+    };
+    let summary = job::run(&po, &STOP, &mut |line| eprintln!("{line}"), &mut on_started);
+    if let Some(p) = provisioner.take() {
+        p.stop();
+    }
+    let summary = summary.map_err(Failure::Failed)?;
     println!("{}", job::summary_table(&summary));
     if summary.interrupted {
         return Err(Failure::Failed(

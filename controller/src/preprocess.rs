@@ -33,6 +33,7 @@ use warp_common::preprocessing::{
 use warp_common::protocol::{InitPart, TaskDetail, TaskSpec, TaskState};
 use warp_kernels::io::star::{StarTable, StarValue, write_star};
 
+use crate::server::Controller;
 use crate::wrapper::{ControllerBasedWorkerWrapper, WrapperOptions};
 
 /// Where the workers come from.
@@ -480,13 +481,15 @@ fn eta(done: usize, left: usize, elapsed: Duration) -> String {
     }
 }
 
-/// Runs the job (module docs). Progress and per-movie lines go to `log`. Returns what was
-/// done; an `Err` means the job could not run at all (bad options, unwritable output, no
-/// workers).
+/// Runs the job (module docs). Progress and per-movie lines go to `log`; `on_started` is
+/// called once the embedded controller listens (the CLI starts its provisioner there). Returns
+/// what was done; an `Err` means the job could not run at all (bad options, unwritable output,
+/// no workers).
 pub fn run(
     opts: &PreprocessOptions,
     stop: &AtomicBool,
     log: &mut dyn FnMut(&str),
+    on_started: &mut dyn FnMut(&Controller) -> Result<(), String>,
 ) -> Result<Summary, String> {
     let movies = expand_glob(&opts.input)?;
     if movies.is_empty() {
@@ -582,6 +585,7 @@ pub fn run(
         )),
     }
     let controller = wrapper.controller().map_err(|e| e.to_string())?;
+    on_started(controller)?;
 
     // Submit every package, then collect results as they come.
     let mut pending: Vec<(PathBuf, String, Receiver<TaskDetail>)> = Vec::with_capacity(todo.len());

@@ -11,6 +11,8 @@
 #      answers inside the node, but the head node's connection to its port times out.
 #   2. `warp-controller serve --provision slurm` submits worker jobs itself for queued work (none
 #      for an empty queue), and cancels them when the work is done: no job left in squeue;
+#   4. `warp-controller preprocess --port 0 --provision slurm` (the main job) processes simulated
+#      movies on workers it submits itself, then leaves no job behind.
 #
 # Run as root on Debian (installs munge, slurmctld, slurmd, slurm-client, nftables if missing).
 # Cleans up everything it started (EXIT trap: PIDs, namespace) also on failure.
@@ -277,4 +279,28 @@ curl -sS --noproxy '*' --connect-timeout 3 -X POST "http://$NODE:$DP/v1/Service/
 scancel "$D"
 wait_gone "$D" || fail "job $D did not end"
 log "PASS 3: direct mode on the firewalled node answers inside it, but the head node's connection timed out (curl rc 28)"
+# --- 4. the main job on the cluster: preprocess with workers it provisions itself -------------
+[ -z "$(squeue -h -o %i)" ] || fail "jobs left before the preprocess test: $(squeue -h)"
+mkdir -p "$BASE/pre"
+"$BIN/warp-controller" simulate --output "$BASE/pre/movies" --count 3 --size 128 --frames 4 \
+    >"$BASE/log/pre-simulate.log" 2>&1 || fail "simulate failed: $(cat "$BASE/log/pre-simulate.log")"
+rc=0
+WARP_PROVISION_TICK=0.3 WARP_PROVISION_DRAIN_AFTER=2 timeout 300 \
+"$BIN/warp-controller" preprocess --input "$BASE/pre/movies/*.mrc" --output "$BASE/pre/out" \
+    --port 0 --bind $HEAD --token-file "$BASE/token" --window 64 \
+    --provision slurm --provision-template "$repo/scripts/slurm/warp-workers.provision.sbatch" \
+    --provision-dir "$BASE/pre/prov" --provision-var warp_home="$repo" \
+    --provision-var worker_args="-s" --max-workers 2 \
+    >"$BASE/log/pre.out" 2>"$BASE/log/pre.log" || rc=$?
+[ "$rc" = 0 ] || fail "preprocess with provisioned workers exited $rc: $(tail -n 20 "$BASE/log/pre.log")"
+for n in sim_0001 sim_0002 sim_0003; do
+    [ -s "$BASE/pre/out/$n.json" ] && [ -s "$BASE/pre/out/average/$n.mrc" ] \
+        || fail "no output for $n: $(tail -n 20 "$BASE/log/pre.log")"
+done
+grep -q "provisioning: slurm" "$BASE/log/pre.log" || fail "the job did not provision: $(cat "$BASE/log/pre.log")"
+gone=
+for _ in $(seq 200); do [ -z "$(squeue -h -o %i)" ] && { gone=1; break; }; sleep 0.1; done
+[ -n "$gone" ] || fail "jobs left after the preprocess job ended: $(squeue -h)"
+log "PASS 4: preprocess --port --provision slurm processed 3 movies on workers it submitted to the firewalled node, and left no job behind"
+
 log "ALL PASSED"

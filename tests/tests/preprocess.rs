@@ -327,3 +327,70 @@ fn preprocess_meets_the_accuracy_targets_on_simulated_movies() {
     assert_eq!(code, 0, "a movie misses a target:\n{table}\n{err}");
     assert!(table.contains("3/3 movies within all targets"), "{table}");
 }
+
+/// `--port`: no local workers; the job waits for remote ones, which enroll with the token file.
+#[test]
+fn preprocess_with_remote_workers_only() {
+    let tmp = TempDir::new("preprocess-remote");
+    let dir = tmp.path();
+    let (sim, out) = (dir.join("sim"), dir.join("out"));
+    let (sim_s, out_s) = (sim.to_str().unwrap(), out.to_str().unwrap());
+    let (code, _, err) = controller(
+        dir,
+        &[
+            "simulate", "--output", sim_s, "--count", "2", "--size", "128", "--frames", "4",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "{err}");
+    let token_file = dir.join("token");
+    let input = format!("{sim_s}/*.mrc");
+    let mut cmd = Command::new(bin("warp-controller"));
+    cmd.args([
+        "preprocess",
+        "--input",
+        &input,
+        "--output",
+        out_s,
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--window",
+        "64",
+        "--range-max",
+        "3",
+    ])
+    .arg("--token-file")
+    .arg(&token_file)
+    .stdout(Stdio::null());
+    let mut job = Proc::spawn(
+        cmd,
+        "warp-controller preprocess --port",
+        dir.join("job.log"),
+    );
+    // The job says where it listens; nothing runs until a worker comes.
+    let port: u16 = warp_tests::wait_for(Duration::from_secs(20), "the listening line", || {
+        let log = job.stderr();
+        let at = log.find("controller listening on 127.0.0.1:")?;
+        let rest = &log[at + "controller listening on 127.0.0.1:".len()..];
+        rest.split(';').next()?.trim().parse().ok()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!out.join("sim_0001.json").exists());
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let _worker = warp_tests::start_worker(
+        dir,
+        &format!("http://127.0.0.1:{port}"),
+        token.trim(),
+        0,
+        &[],
+    );
+    let code = job
+        .wait_exit(Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("the job did not finish:\n{}", job.stderr()));
+    assert_eq!(code, Some(0), "{}", job.stderr());
+    for n in ["sim_0001", "sim_0002"] {
+        assert!(out.join(format!("{n}.json")).is_file(), "{}", job.stderr());
+    }
+}

@@ -162,19 +162,19 @@ fn worker_stops_when_its_spawning_process_dies() {
     );
 }
 
-/// A 256² × 8 synthetic movie `movie.mrc` and the same movie divided by a gain reference
+/// A 512² × 8 synthetic movie `movie.mrc` and the same movie divided by a gain reference
 /// (`raw.mrc` + `gain.mrc`), so that gain correction must give back the first one.
 fn write_movies(dir: &std::path::Path) {
     use warp_kernels::ctf::CtfParams;
     use warp_kernels::io::mrc::{WriteMode, write_mrc};
     use warp_kernels::sim::{SimParams, SplitMix64, simulate};
-    let (nx, ny, nf) = (256, 256, 8);
+    let (nx, ny, nf) = (512, 512, 8);
     let movie = simulate(&SimParams {
         nx,
         ny,
         frames: nf,
         pixel_size_a: 1.0,
-        dose_per_px_per_frame: 2.0,
+        dose_per_px_per_frame: 6.0,
         ctf: CtfParams {
             voltage_kv: 300.0,
             cs_mm: 2.7,
@@ -251,7 +251,7 @@ fn preprocessing_calls_through_both_wrappers() {
         angpix: None,
     };
     let ctf = CtfParams {
-        window: 128,
+        window: 256,
         ..CtfParams::default()
     };
 
@@ -276,7 +276,7 @@ fn preprocessing_calls_through_both_wrappers() {
     assert!(err.contains("missing.mrc"), "{err}");
 
     let loaded = worker.load_stack(stack("movie.mrc")).unwrap();
-    assert_eq!((loaded.frames, loaded.width, loaded.angpix), (8, 256, 1.0));
+    assert_eq!((loaded.frames, loaded.width, loaded.angpix), (8, 512, 1.0));
     assert!(!loaded.gain_corrected);
     let motion = worker
         .movie_process_movement(MovementParams::default())
@@ -296,7 +296,7 @@ fn preprocessing_calls_through_both_wrappers() {
         .unwrap();
     assert_eq!(export.written, vec![out.clone()]);
     let (h, _) = warp_kernels::io::mrc::read_mrc(&out).unwrap();
-    assert_eq!((h.nx, h.ny, h.mode.code()), (256, 256, 12));
+    assert_eq!((h.nx, h.ny, h.mode.code()), (512, 512, 12));
     let thumb = worker
         .movie_create_thumbnail(ThumbnailParams {
             output_path: p("t.png"),
@@ -305,6 +305,24 @@ fn preprocessing_calls_through_both_wrappers() {
         })
         .unwrap();
     assert_eq!((thumb.width, thumb.height), (100, 100));
+    // A single micrograph (the average just written) is a one-frame movie: no motion, same CTF.
+    let mic = worker
+        .load_stack(LoadStackParams {
+            path: out.clone(),
+            ..stack("movie.mrc")
+        })
+        .unwrap();
+    assert_eq!(mic.frames, 1);
+    let mic_motion = worker
+        .movie_process_movement(MovementParams::default())
+        .unwrap();
+    assert_eq!(mic_motion.shifts_px, vec![[0.0, 0.0]]);
+    let mic_fit = worker.movie_process_ctf(ctf.clone()).unwrap();
+    // Both fits find the simulated mean defocus (1.5 µm).
+    for f in [&fit, &mic_fit] {
+        let mean = (f.defocus_u_um + f.defocus_v_um) / 2.0;
+        assert!((mean - 1.5).abs() < 0.05, "{f:?}");
+    }
 
     // The gained raw movie, corrected, gives the same motion.
     worker
