@@ -94,6 +94,18 @@ fn tukey(w: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Tile origins `(x0, y0)` and the 2D taper's 1D profile of [`power_spectrum`] for tiles of
+/// `w` pixels (shared with the GPU backend so both use the same tiles).
+pub fn tile_layout(nx: usize, ny: usize, w: usize) -> (Vec<(usize, usize)>, Vec<f32>) {
+    let mut origins = Vec::new();
+    for &y0 in &tile_starts(ny, w) {
+        for &x0 in &tile_starts(nx, w) {
+            origins.push((x0, y0));
+        }
+    }
+    (origins, tukey(w))
+}
+
 /// Averaged power spectrum of the `nx × ny` image (x fastest) over tiles of `window` pixels
 /// (clamped to the image's smaller side and made even) overlapping by 50 %; each tile is
 /// mean-subtracted and tapered (module docs, step 1). Pass a micrograph or a sum of frames.

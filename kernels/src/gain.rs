@@ -248,6 +248,19 @@ struct DefectFix {
     from: std::ops::Range<usize>,
 }
 
+/// Defect repairs as index tables (see [`GainRef::defect_table`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DefectTable {
+    /// Defect pixel indices.
+    pub targets: Vec<i32>,
+    /// Start of each defect's neighbours in `from`.
+    pub start: Vec<i32>,
+    /// Number of good neighbours of each defect (0: use the frame's mean of good pixels).
+    pub count: Vec<i32>,
+    /// Neighbour pixel indices.
+    pub from: Vec<i32>,
+}
+
 /// A loaded, oriented, normalised gain reference with an optional defect map.
 #[derive(Debug, Clone)]
 pub struct GainRef {
@@ -384,6 +397,30 @@ impl GainRef {
             });
         }
         Ok(())
+    }
+
+    /// The defect repairs as flat index tables, for the GPU kernel `warp_defects_fill`: pixel
+    /// `targets[d]` becomes the mean of `from[start[d] .. start[d] + count[d]]`, or the mean of
+    /// all good pixels when `count[d]` is 0. `None` when an index does not fit an `i32`.
+    pub fn defect_table(&self) -> Option<DefectTable> {
+        let i = |v: usize| i32::try_from(v).ok();
+        let mut t = DefectTable::default();
+        for fix in &self.fixes {
+            t.targets.push(i(fix.index)?);
+            t.start.push(i(fix.from.start)?);
+            t.count.push(i(fix.from.len())?);
+        }
+        t.from = self
+            .neighbours
+            .iter()
+            .map(|&n| i(n))
+            .collect::<Option<Vec<i32>>>()?;
+        Some(t)
+    }
+
+    /// Whether pixel `k` is a defect (false without a defect map).
+    pub fn is_defect(&self, k: usize) -> bool {
+        self.is_defect.get(k).copied().unwrap_or(false)
     }
 
     /// Multiplies `frame` by the gain and replaces its defect pixels (see the module

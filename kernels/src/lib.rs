@@ -9,6 +9,7 @@
 //! * [`dose`]: exposure weighting.
 //! * [`thumbnail`]: 8-bit previews.
 //! * [`backend`]: the `Backend` trait the worker calls, and its CPU implementation.
+//! * [`gpu`]: the CUDA backend (PTX kernels, cuFFT, dynamic loading, probing, selection).
 //! * [`sim`]: synthetic movies with known motion and CTF.
 //!
 //! It knows nothing of the network: no sockets, no HTTP, no controller or worker types. The
@@ -20,6 +21,7 @@ pub mod ctf_fit;
 pub mod dose;
 pub mod fft;
 pub mod gain;
+pub mod gpu;
 pub mod io;
 pub mod motion;
 pub mod movie;

@@ -106,6 +106,21 @@ pub struct Movie {
     pub spectra: Vec<Vec<Complex32>>,
 }
 
+/// Sizes and gain of a movie being loaded, for [`Movie::load_with`]'s transform.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameGeometry<'a> {
+    /// Frame width in the file.
+    pub file_nx: usize,
+    /// Frame height in the file.
+    pub file_ny: usize,
+    /// Width after the crop (equal to `file_nx` without one).
+    pub nx: usize,
+    /// Height after the crop.
+    pub ny: usize,
+    /// Gain reference to apply, if any (already checked against the movie's size).
+    pub gain: Option<&'a GainRef>,
+}
+
 /// Frames read and transformed together: enough to keep every thread busy, few enough that
 /// the pixels in flight stay a small fraction of the movie.
 fn chunk_frames() -> usize {
@@ -119,6 +134,39 @@ impl Movie {
         path: &Path,
         gain: Option<&GainRef>,
         opts: &LoadOptions,
+    ) -> Result<Movie, LoadError> {
+        let pool = std::sync::OnceLock::new();
+        Movie::load_with(path, gain, opts, &|frames, g| {
+            let pool = pool.get_or_init(|| FftPool::new(g.file_nx, g.file_ny));
+            frames
+                .into_par_iter()
+                .map(|mut f| {
+                    if let Some(gain) = g.gain {
+                        gain.correct(&mut f)?;
+                    }
+                    let s = pool.with(|fft| fft.forward(&f));
+                    drop(f);
+                    Ok(if (g.nx, g.ny) == (g.file_nx, g.file_ny) {
+                        s
+                    } else {
+                        crop_spectrum(&s, g.file_nx, g.file_ny, g.nx, g.ny)
+                    })
+                })
+                .collect::<Result<Vec<_>, GainError>>()
+                .map_err(LoadError::from)
+        })
+    }
+
+    /// [`Movie::load`] with the per-frame work (gain correction, forward FFT, crop) done by
+    /// `transform` on chunks of frames, in order; the GPU backend passes its own.
+    pub fn load_with(
+        path: &Path,
+        gain: Option<&GainRef>,
+        opts: &LoadOptions,
+        transform: &(
+             dyn Fn(Vec<Vec<f32>>, &FrameGeometry<'_>) -> Result<Vec<Vec<Complex32>>, LoadError>
+                 + Sync
+         ),
     ) -> Result<Movie, LoadError> {
         let invalid = |reason: String| LoadError::Invalid {
             path: path.to_path_buf(),
@@ -157,7 +205,13 @@ impl Movie {
             _ => None,
         };
 
-        let pool = FftPool::new(file_nx, file_ny);
+        let geometry = FrameGeometry {
+            file_nx,
+            file_ny,
+            nx,
+            ny,
+            gain,
+        };
         let chunk = chunk_frames();
         let mut spectra = Vec::with_capacity(n);
         // A reader thread decodes frames while the pool transforms the previous chunk, so
@@ -185,24 +239,7 @@ impl Movie {
                     })?;
                     frames.push(frame?);
                 }
-                let done: Vec<Result<Vec<Complex32>, GainError>> = frames
-                    .into_par_iter()
-                    .map(|mut f| {
-                        if let Some(g) = gain {
-                            g.correct(&mut f)?;
-                        }
-                        let s = pool.with(|fft| fft.forward(&f));
-                        drop(f);
-                        Ok(if (nx, ny) == (file_nx, file_ny) {
-                            s
-                        } else {
-                            crop_spectrum(&s, file_nx, file_ny, nx, ny)
-                        })
-                    })
-                    .collect();
-                for s in done {
-                    spectra.push(s?);
-                }
+                spectra.extend(transform(frames, &geometry)?);
                 start = end;
             }
             Ok(())

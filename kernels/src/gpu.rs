@@ -1,0 +1,748 @@
+//! The GPU backend: CUDA kernels (`kernels/cuda/warp.cu`, committed as PTX and embedded here)
+//! and cuFFT, through cudarc with dynamic loading, so the binaries build and run on machines
+//! without the CUDA toolkit or driver.
+//!
+//! **Probing.** cudarc panics when a library it needs cannot be loaded, so nothing here touches
+//! a CUDA API before [`probe`] has checked, in order: the driver library, cuFFT, driver
+//! initialisation, the device index, a context, and a health check (a small FFT round trip on
+//! the device, compared with the input). Every failure is a message naming what is missing and
+//! how to fix it.
+//!
+//! **Selection** ([`select_backend`]): `cpu`; `cuda` (fails with the probe's message); `auto`
+//! (the GPU when the probe passes, else the CPU, with one line saying why).
+//!
+//! **What runs on the GPU so far.** [`CudaBackend`] runs the per-frame steps of `LoadStack`
+//! (gain and defect correction, forward FFT, Fourier crop), the dose-weighted accumulation of
+//! `MovieExportMovie` and the tiled power spectrum of `MovieProcessCTF` on the device. Motion
+//! estimation and the CTF fit itself still call the CPU code; their kernels
+//! (`warp_shift_spectrum`, `warp_cc_product`, `warp_peak_window`, `warp_ctf_score_1d`) are in the
+//! PTX, waiting for the GPU run that can check them. A movie stays on the host as spectra
+//! ([`Movie`]); the device holds one frame and the accumulators at a time, so any GPU has
+//! enough memory.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use cudarc::cufft::{CudaFft, sys::cufftType};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+use rustfft::num_complex::Complex32;
+
+use crate::backend::{Backend, CpuBackend, Optics};
+use crate::ctf_fit::{CtfFit, CtfFitOptions, Spectrum};
+use crate::dose;
+use crate::gain::GainRef;
+use crate::motion::{LocalMotion, MotionOptions, MotionResult};
+use crate::movie::{AccumulateRequest, FrameGeometry, LoadError, LoadOptions, Movie, Sums};
+
+/// The kernels, compiled by `scripts/build-ptx.sh` (NVRTC 11.8: PTX ISA 7.8, drivers from
+/// CUDA 11.8 on).
+pub const PTX: &str = include_str!("../ptx/warp.ptx");
+
+/// A GPU found by [`probe`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuInfo {
+    /// Device index.
+    pub device: usize,
+    /// Name as the driver reports it.
+    pub name: String,
+    /// Total device memory, bytes.
+    pub memory_bytes: u64,
+}
+
+/// Which backend a worker should use (`--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// The GPU when usable, else the CPU.
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// The GPU, or fail.
+    Cuda,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            "cpu" => Ok(BackendChoice::Cpu),
+            "cuda" => Ok(BackendChoice::Cuda),
+            other => Err(format!(
+                "unknown backend '{other}' (expected auto, cpu or cuda)"
+            )),
+        }
+    }
+}
+
+/// Checks that the GPU `device` is usable (module docs) and describes it.
+pub fn probe(device: usize) -> Result<GpuInfo, String> {
+    Ok(Gpu::open(device)?.info)
+}
+
+/// The backend for `choice` on `device` (`< 0`: no GPU, the CPU), and a line for the log
+/// saying what was chosen and, for a fallback, why.
+pub fn select_backend(
+    choice: BackendChoice,
+    device: i32,
+) -> Result<(Box<dyn Backend>, String), String> {
+    if choice == BackendChoice::Cpu {
+        return Ok((Box::new(CpuBackend), "backend: cpu (requested)".into()));
+    }
+    let opened = usize::try_from(device)
+        .map_err(|_| format!("device {device} is the CPU (-d -1); no GPU to use"))
+        .and_then(CudaBackend::new);
+    match (opened, choice) {
+        (Ok(b), _) => {
+            let line = format!(
+                "backend: cuda on GPU {} ({}, {} MiB)",
+                b.gpu.info.device,
+                b.gpu.info.name,
+                b.gpu.info.memory_bytes >> 20
+            );
+            Ok((Box::new(b), line))
+        }
+        (Err(e), BackendChoice::Cuda) => Err(format!("--backend cuda: {e}")),
+        (Err(e), _) => Ok((
+            Box::new(CpuBackend),
+            format!("backend: cpu (no usable GPU: {e})"),
+        )),
+    }
+}
+
+/// The kernels of the PTX, loaded.
+#[derive(Debug)]
+struct Kernels {
+    gain_multiply: CudaFunction,
+    defects_fill: CudaFunction,
+    crop_spectrum: CudaFunction,
+    accumulate: CudaFunction,
+    scale_spectrum: CudaFunction,
+    scale_real: CudaFunction,
+    tiles_prepare: CudaFunction,
+    power_accumulate: CudaFunction,
+}
+
+/// An opened device: context, stream and kernels.
+#[derive(Debug)]
+struct Gpu {
+    info: GpuInfo,
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    _module: Arc<CudaModule>,
+}
+
+fn err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+fn fft_err(what: &str) -> impl Fn(cudarc::cufft::result::CufftError) -> String + '_ {
+    move |e| format!("{what}: {e:?}")
+}
+
+/// `n` elements, 256 threads per block.
+fn cfg_1d(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `w` columns × `h` rows (× `z`), 128 threads along x.
+fn cfg_2d(w: usize, h: usize, z: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (w.div_ceil(128) as u32, h as u32, z as u32),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Views a complex slice as cuFFT's `float2` (same layout: two `f32`, real first).
+fn as_float2(v: &[Complex32]) -> &[cudarc::cufft::sys::float2] {
+    const _: () = assert!(
+        std::mem::size_of::<Complex32>() == std::mem::size_of::<cudarc::cufft::sys::float2>()
+    );
+    // SAFETY: Complex<f32> is #[repr(C)] { re: f32, im: f32 }, float2 is #[repr(C)] { x, y }:
+    // identical size, alignment and field order.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), v.len()) }
+}
+
+fn as_float2_mut(v: &mut [Complex32]) -> &mut [cudarc::cufft::sys::float2] {
+    // SAFETY: as in as_float2.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), v.len()) }
+}
+
+impl Gpu {
+    fn open(device: usize) -> Result<Gpu, String> {
+        // SAFETY: only tries to dlopen the library; no symbol is called.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err("no NVIDIA driver: libcuda.so could not be loaded (install the driver, or add the directory holding libcuda.so.1 to LD_LIBRARY_PATH)".into());
+        }
+        // SAFETY: as above.
+        if !unsafe { cudarc::cufft::sys::is_culib_present() } {
+            return Err("cuFFT not found: libcufft.so could not be loaded (install the CUDA libraries, e.g. `module load cuda`, or add their directory to LD_LIBRARY_PATH)".into());
+        }
+        cudarc::driver::result::init()
+            .map_err(|e| format!("the NVIDIA driver did not initialise: {e}"))?;
+        let count = CudaContext::device_count().map_err(err("cannot count GPUs"))?;
+        if device >= count.max(0) as usize {
+            return Err(format!(
+                "GPU {device} does not exist: the driver sees {count} GPU(s) (-d selects one, from 0)"
+            ));
+        }
+        let ctx = CudaContext::new(device).map_err(err("cannot create a CUDA context"))?;
+        let name = ctx.name().map_err(err("cannot read the GPU name"))?;
+        let memory_bytes = ctx.total_mem().map_err(err("cannot read the GPU memory"))? as u64;
+        let module = ctx.load_module(Ptx::from_src(PTX)).map_err(err(
+            "the driver cannot load the kernels (PTX ISA 7.8 needs a driver from CUDA 11.8 on)",
+        ))?;
+        let f = |n: &str| {
+            module
+                .load_function(n)
+                .map_err(|e| format!("kernel {n} missing from the PTX: {e}"))
+        };
+        let kernels = Kernels {
+            gain_multiply: f("warp_gain_multiply")?,
+            defects_fill: f("warp_defects_fill")?,
+            crop_spectrum: f("warp_crop_spectrum")?,
+            accumulate: f("warp_accumulate")?,
+            scale_spectrum: f("warp_scale_spectrum")?,
+            scale_real: f("warp_scale_real")?,
+            tiles_prepare: f("warp_tiles_prepare")?,
+            power_accumulate: f("warp_power_accumulate")?,
+        };
+        let gpu = Gpu {
+            info: GpuInfo {
+                device,
+                name,
+                memory_bytes,
+            },
+            stream: ctx.default_stream(),
+            kernels,
+            _module: module,
+        };
+        gpu.health_check()?;
+        Ok(gpu)
+    }
+
+    /// A 64 × 48 FFT round trip on the device must give the input back.
+    fn health_check(&self) -> Result<(), String> {
+        let (nx, ny) = (64usize, 48usize);
+        let image: Vec<f32> = (0..nx * ny)
+            .map(|k| ((k * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let spec = self.forward(&image, nx, ny)?;
+        let back = self.inverse(&spec, nx, ny)?;
+        let worst = image
+            .iter()
+            .zip(&back)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        if !(worst < 1e-4) {
+            return Err(format!(
+                "GPU health check failed: an FFT round trip differs by {worst} (expected < 1e-4)"
+            ));
+        }
+        Ok(())
+    }
+
+    fn plan(&self, nx: usize, ny: usize, kind: cufftType) -> Result<CudaFft, String> {
+        // cuFFT's 2D plans take the slowest dimension first.
+        CudaFft::plan_2d(ny as i32, nx as i32, kind, self.stream.clone())
+            .map_err(fft_err("cannot plan a cuFFT transform"))
+    }
+
+    /// Forward FFT of one image, on the device, returning the half-complex spectrum.
+    fn forward(&self, image: &[f32], nx: usize, ny: usize) -> Result<Vec<Complex32>, String> {
+        let s = &self.stream;
+        let d_img = s.clone_htod(image).map_err(err("upload"))?;
+        let mut d_spec = s
+            .alloc_zeros::<cudarc::cufft::sys::float2>((nx / 2 + 1) * ny)
+            .map_err(err("GPU memory"))?;
+        self.plan(nx, ny, cufftType::CUFFT_R2C)?
+            .exec_r2c(&d_img, &mut d_spec)
+            .map_err(fft_err("cuFFT R2C"))?;
+        let mut out = vec![Complex32::new(0.0, 0.0); (nx / 2 + 1) * ny];
+        s.memcpy_dtoh(&d_spec, as_float2_mut(&mut out))
+            .map_err(err("download"))?;
+        Ok(out)
+    }
+
+    /// Normalised inverse FFT (as [`crate::fft::Fft2d::inverse`]).
+    fn inverse(&self, spec: &[Complex32], nx: usize, ny: usize) -> Result<Vec<f32>, String> {
+        let s = &self.stream;
+        let mut d_spec = s.clone_htod(as_float2(spec)).map_err(err("upload"))?;
+        let mut d_img = s.alloc_zeros::<f32>(nx * ny).map_err(err("GPU memory"))?;
+        self.inverse_device(&mut d_spec, &mut d_img, nx, ny)?;
+        s.clone_dtoh(&d_img).map_err(err("download"))
+    }
+
+    /// C2R of `spec` into `img`, scaled by 1/(nx·ny). Overwrites `spec`.
+    fn inverse_device(
+        &self,
+        spec: &mut CudaSlice<cudarc::cufft::sys::float2>,
+        img: &mut CudaSlice<f32>,
+        nx: usize,
+        ny: usize,
+    ) -> Result<(), String> {
+        self.plan(nx, ny, cufftType::CUFFT_C2R)?
+            .exec_c2r(spec, img)
+            .map_err(fft_err("cuFFT C2R"))?;
+        let n = (nx * ny) as i32;
+        let scale = 1.0f32 / (nx * ny) as f32;
+        let mut b = self.stream.launch_builder(&self.kernels.scale_real);
+        b.arg(img).arg(&n).arg(&scale);
+        // SAFETY: warp_scale_real(float*, int, float) with n = the buffer's length.
+        unsafe { b.launch(cfg_1d(nx * ny)) }.map_err(err("warp_scale_real"))?;
+        Ok(())
+    }
+}
+
+/// The GPU backend (module docs).
+#[derive(Debug)]
+pub struct CudaBackend {
+    gpu: Gpu,
+    /// One command at a time on the device.
+    lock: Mutex<()>,
+}
+
+impl CudaBackend {
+    /// Opens GPU `device` ([`probe`]'s checks).
+    pub fn new(device: usize) -> Result<CudaBackend, String> {
+        Ok(CudaBackend {
+            gpu: Gpu::open(device)?,
+            lock: Mutex::new(()),
+        })
+    }
+
+    /// The GPU in use.
+    pub fn info(&self) -> &GpuInfo {
+        &self.gpu.info
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gain/defect correction, forward FFT and crop of a chunk of frames on the device.
+    fn transform_frames(
+        &self,
+        frames: Vec<Vec<f32>>,
+        g: &FrameGeometry<'_>,
+    ) -> Result<Vec<Vec<Complex32>>, String> {
+        let s = &self.gpu.stream;
+        let k = &self.gpu.kernels;
+        let (fnx, fny) = (g.file_nx, g.file_ny);
+        let n = fnx * fny;
+        let (fnxh, nxh) = (fnx / 2 + 1, g.nx / 2 + 1);
+        // Defects whose repair needs the frame's mean are rare; such frames are corrected on the
+        // host (same code as the CPU path) instead.
+        let table = g.gain.and_then(GainRef::defect_table);
+        let host_gain = g.gain.is_some()
+            && table
+                .as_ref()
+                .is_none_or(|t| t.count.iter().any(|&c| c == 0));
+        let d_gain = match g.gain {
+            Some(gr) if !host_gain => Some(s.clone_htod(gr.gain()).map_err(err("upload gain"))?),
+            _ => None,
+        };
+        let d_table = match (&table, host_gain) {
+            (Some(t), false) if !t.targets.is_empty() => Some((
+                s.clone_htod(&t.targets).map_err(err("upload defects"))?,
+                s.clone_htod(&t.start).map_err(err("upload defects"))?,
+                s.clone_htod(&t.count).map_err(err("upload defects"))?,
+                s.clone_htod(&t.from).map_err(err("upload defects"))?,
+                t.targets.len() as i32,
+            )),
+            _ => None,
+        };
+        let forward = self.gpu.plan(fnx, fny, cufftType::CUFFT_R2C)?;
+        let mut d_img = s.alloc_zeros::<f32>(n).map_err(err("GPU memory"))?;
+        let mut d_spec = s
+            .alloc_zeros::<cudarc::cufft::sys::float2>(fnxh * fny)
+            .map_err(err("GPU memory"))?;
+        let cropped = (g.nx, g.ny) != (fnx, fny);
+        let mut d_crop = s
+            .alloc_zeros::<cudarc::cufft::sys::float2>(if cropped { nxh * g.ny } else { 1 })
+            .map_err(err("GPU memory"))?;
+        let mut out = Vec::with_capacity(frames.len());
+        for mut frame in frames {
+            if host_gain && let Some(gr) = g.gain {
+                gr.correct(&mut frame).map_err(|e| e.to_string())?;
+            }
+            s.memcpy_htod(&frame, &mut d_img)
+                .map_err(err("upload frame"))?;
+            drop(frame);
+            if let Some(dg) = &d_gain {
+                let n_i = n as i32;
+                let mut b = s.launch_builder(&k.gain_multiply);
+                b.arg(&mut d_img).arg(dg).arg(&n_i);
+                // SAFETY: warp_gain_multiply(float*, const float*, int); both buffers hold n.
+                unsafe { b.launch(cfg_1d(n)) }.map_err(err("warp_gain_multiply"))?;
+            }
+            if let Some((t, st, c, from, n_fix)) = &d_table {
+                let fallback = 0.0f32; // never used: counts are all > 0 here
+                let mut b = s.launch_builder(&k.defects_fill);
+                b.arg(&mut d_img)
+                    .arg(t)
+                    .arg(st)
+                    .arg(c)
+                    .arg(from)
+                    .arg(n_fix)
+                    .arg(&fallback);
+                // SAFETY: warp_defects_fill's tables have n_fix entries and index inside the frame.
+                unsafe { b.launch(cfg_1d(*n_fix as usize)) }.map_err(err("warp_defects_fill"))?;
+            }
+            forward
+                .exec_r2c(&d_img, &mut d_spec)
+                .map_err(fft_err("cuFFT R2C"))?;
+            let mut spec = vec![Complex32::new(0.0, 0.0); nxh * g.ny];
+            if cropped {
+                let scale = (g.nx * g.ny) as f32 / n as f32;
+                let (a, b_, c_, d_) = (fnxh as i32, fny as i32, nxh as i32, g.ny as i32);
+                let mut b = s.launch_builder(&k.crop_spectrum);
+                b.arg(&d_spec)
+                    .arg(&a)
+                    .arg(&b_)
+                    .arg(&mut d_crop)
+                    .arg(&c_)
+                    .arg(&d_)
+                    .arg(&scale);
+                // SAFETY: warp_crop_spectrum reads fnxh×fny and writes nxh×ny elements.
+                unsafe { b.launch(cfg_2d(nxh, g.ny, 1)) }.map_err(err("warp_crop_spectrum"))?;
+                s.memcpy_dtoh(&d_crop, as_float2_mut(&mut spec))
+                    .map_err(err("download"))?;
+            } else {
+                s.memcpy_dtoh(&d_spec, as_float2_mut(&mut spec))
+                    .map_err(err("download"))?;
+            }
+            out.push(spec);
+        }
+        Ok(out)
+    }
+
+    fn accumulate_gpu(&self, movie: &Movie, req: &AccumulateRequest<'_>) -> Result<Sums, String> {
+        let s = &self.gpu.stream;
+        let k = &self.gpu.kernels;
+        let (nx, ny, nf) = (movie.nx, movie.ny, movie.frames());
+        let nxh = nx / 2 + 1;
+        let n = nxh * ny;
+        // The same radial weight table as the CPU path (movie.rs WeightTable).
+        let (table, inv_dk, n_bins) = match &req.dose {
+            Some(d) => {
+                let dk = 1.0 / (4.0 * nx.max(ny) as f64 * req.pixel_size_a);
+                let k_max = std::f64::consts::SQRT_2 * 0.5 / req.pixel_size_a;
+                let bins = (k_max / dk).ceil() as usize + 2;
+                let mut w = Vec::with_capacity(bins * nf);
+                for b in 0..bins {
+                    w.extend(dose::frame_weights(
+                        b as f64 * dk,
+                        d.dose_per_frame,
+                        nf,
+                        d.voltage_kv,
+                    ));
+                }
+                (Some(w), (1.0 / dk) as f32, bins as i32)
+            }
+            None => (None, 0.0, 0),
+        };
+        let d_weights = match &table {
+            Some(w) => Some(s.clone_htod(w).map_err(err("upload weights"))?),
+            None => None,
+        };
+        let zeros = || {
+            s.alloc_zeros::<cudarc::cufft::sys::float2>(n)
+                .map_err(err("GPU memory"))
+        };
+        let mut avg = zeros()?;
+        let mut weighted = if table.is_some() {
+            Some(zeros()?)
+        } else {
+            None
+        };
+        let mut odd = if req.odd_even { Some(zeros()?) } else { None };
+        let mut even = if req.odd_even { Some(zeros()?) } else { None };
+        let mut d_frame = zeros()?;
+        let null: u64 = 0;
+        for (f, spec) in movie.spectra.iter().enumerate() {
+            s.memcpy_htod(as_float2(spec), &mut d_frame)
+                .map_err(err("upload spectrum"))?;
+            let (sx, sy) = (req.shifts_px[f][0], req.shifts_px[f][1]);
+            let (nx_i, ny_i, nf_i, f_i) = (nx as i32, ny as i32, nf as i32, f as i32);
+            let px = req.pixel_size_a as f32;
+            let mut b = s.launch_builder(&k.accumulate);
+            b.arg(&d_frame).arg(&nx_i).arg(&ny_i).arg(&sx).arg(&sy);
+            match &d_weights {
+                Some(w) => b.arg(w),
+                None => b.arg(&null),
+            };
+            b.arg(&n_bins)
+                .arg(&nf_i)
+                .arg(&f_i)
+                .arg(&inv_dk)
+                .arg(&px)
+                .arg(&mut avg);
+            match &mut weighted {
+                Some(w) => b.arg(w),
+                None => b.arg(&null),
+            };
+            let half = if f % 2 == 1 { &mut odd } else { &mut even };
+            match half {
+                Some(h) => b.arg(h),
+                None => b.arg(&null),
+            };
+            // SAFETY: warp_accumulate's signature, with null for absent optional buffers; every
+            // buffer holds nxh·ny elements and the weight table n_bins·n_frames.
+            unsafe { b.launch(cfg_2d(nxh, ny, 1)) }.map_err(err("warp_accumulate"))?;
+        }
+        drop(d_frame);
+        let n_odd = nf / 2;
+        let n_even = nf - n_odd;
+        let finish = |acc: &mut CudaSlice<cudarc::cufft::sys::float2>,
+                      count: usize|
+         -> Result<Vec<f32>, String> {
+            let scale = 1.0 / count.max(1) as f32;
+            let n_i = n as i32;
+            let mut b = s.launch_builder(&k.scale_spectrum);
+            b.arg(&mut *acc).arg(&n_i).arg(&scale);
+            // SAFETY: warp_scale_spectrum(float2*, int, float) over the n elements.
+            unsafe { b.launch(cfg_1d(n)) }.map_err(err("warp_scale_spectrum"))?;
+            let mut img = s.alloc_zeros::<f32>(nx * ny).map_err(err("GPU memory"))?;
+            self.gpu.inverse_device(acc, &mut img, nx, ny)?;
+            s.clone_dtoh(&img).map_err(err("download"))
+        };
+        let average = finish(&mut avg, nf)?;
+        let weighted = match &mut weighted {
+            Some(w) => Some(finish(w, nf)?),
+            None => None,
+        };
+        let odd = match &mut odd {
+            Some(h) => Some(finish(h, n_odd)?),
+            None => None,
+        };
+        let even = match &mut even {
+            Some(h) => Some(finish(h, n_even)?),
+            None => None,
+        };
+        Ok(Sums {
+            average,
+            weighted,
+            odd,
+            even,
+        })
+    }
+
+    fn power_spectrum_gpu(
+        &self,
+        image: &[f32],
+        nx: usize,
+        ny: usize,
+        window: usize,
+    ) -> Result<Spectrum, String> {
+        let s = &self.gpu.stream;
+        let k = &self.gpu.kernels;
+        let w = window.min(nx).min(ny) & !1;
+        let (origins, taper) = crate::ctf_fit::tile_layout(nx, ny, w);
+        // Tile means on the host (cheap) so the kernel only subtracts.
+        let means: Vec<f32> = origins
+            .iter()
+            .map(|&(x0, y0)| {
+                let mut sum = 0.0f64;
+                for y in 0..w {
+                    sum += image[(y0 + y) * nx + x0..(y0 + y) * nx + x0 + w]
+                        .iter()
+                        .map(|&v| v as f64)
+                        .sum::<f64>();
+                }
+                (sum / (w * w) as f64) as f32
+            })
+            .collect();
+        let flat: Vec<i32> = origins
+            .iter()
+            .flat_map(|&(x, y)| [x as i32, y as i32])
+            .collect();
+        let d_img = s.clone_htod(image).map_err(err("upload"))?;
+        let d_taper = s.clone_htod(&taper).map_err(err("upload"))?;
+        let nxh = w / 2 + 1;
+        let per_tile = nxh * w;
+        let mut acc = s.alloc_zeros::<f64>(per_tile).map_err(err("GPU memory"))?;
+        let mut tile = s.alloc_zeros::<f32>(w * w).map_err(err("GPU memory"))?;
+        let mut spec = s
+            .alloc_zeros::<cudarc::cufft::sys::float2>(per_tile)
+            .map_err(err("GPU memory"))?;
+        let plan = self.gpu.plan(w, w, cufftType::CUFFT_R2C)?;
+        let (nx_i, w_i, per_i, one) = (nx as i32, w as i32, per_tile as i32, 1i32);
+        for (t, _) in origins.iter().enumerate() {
+            let d_origin = s
+                .clone_htod(&flat[2 * t..2 * t + 2])
+                .map_err(err("upload"))?;
+            let d_mean = s.clone_htod(&means[t..t + 1]).map_err(err("upload"))?;
+            let mut b = s.launch_builder(&k.tiles_prepare);
+            b.arg(&d_img)
+                .arg(&nx_i)
+                .arg(&d_origin)
+                .arg(&d_mean)
+                .arg(&d_taper)
+                .arg(&w_i)
+                .arg(&mut tile);
+            // SAFETY: one tile (z = 1) of w×w inside the image.
+            unsafe { b.launch(cfg_2d(w, w, 1)) }.map_err(err("warp_tiles_prepare"))?;
+            plan.exec_r2c(&tile, &mut spec)
+                .map_err(fft_err("cuFFT R2C"))?;
+            let mut b = s.launch_builder(&k.power_accumulate);
+            b.arg(&spec).arg(&per_i).arg(&one).arg(&mut acc);
+            // SAFETY: warp_power_accumulate over per_tile elements of one spectrum.
+            unsafe { b.launch(cfg_1d(per_tile)) }.map_err(err("warp_power_accumulate"))?;
+        }
+        let acc = s.clone_dtoh(&acc).map_err(err("download"))?;
+        let inv = 1.0 / origins.len() as f64;
+        Ok(Spectrum {
+            n: w,
+            data: acc.iter().map(|&v| (v * inv) as f32).collect(),
+            tiles: origins.len(),
+        })
+    }
+}
+
+/// Panics inside the backend are turned into errors by the worker; GPU errors are raised as
+/// panics with the message, since the `Backend` methods do not return `Result` for the
+/// operations that cannot fail on the CPU.
+fn or_panic<T>(r: Result<T, String>) -> T {
+    r.unwrap_or_else(|e| panic!("GPU error: {e}"))
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn load_movie(
+        &self,
+        path: &Path,
+        gain: Option<&GainRef>,
+        opts: &LoadOptions,
+    ) -> Result<Movie, LoadError> {
+        let _g = self.guard();
+        Movie::load_with(path, gain, opts, &|frames, geometry| {
+            self.transform_frames(frames, geometry)
+                .map_err(|reason| LoadError::Invalid {
+                    path: path.to_path_buf(),
+                    reason,
+                })
+        })
+    }
+
+    fn motion_global(
+        &self,
+        movie: &Movie,
+        pixel_size_a: f64,
+        opts: &MotionOptions,
+    ) -> MotionResult {
+        CpuBackend.motion_global(movie, pixel_size_a, opts)
+    }
+
+    fn motion_local(
+        &self,
+        movie: &Movie,
+        pixel_size_a: f64,
+        global: &MotionResult,
+        patch_px: usize,
+        opts: &MotionOptions,
+    ) -> LocalMotion {
+        CpuBackend.motion_local(movie, pixel_size_a, global, patch_px, opts)
+    }
+
+    fn accumulate(&self, movie: &Movie, req: &AccumulateRequest<'_>) -> Sums {
+        let _g = self.guard();
+        or_panic(self.accumulate_gpu(movie, req))
+    }
+
+    fn power_spectrum(&self, image: &[f32], nx: usize, ny: usize, window: usize) -> Spectrum {
+        let _g = self.guard();
+        or_panic(self.power_spectrum_gpu(image, nx, ny, window))
+    }
+
+    fn fit_ctf(
+        &self,
+        spectrum: &Spectrum,
+        pixel_size_a: f64,
+        optics: &Optics,
+        opts: &CtfFitOptions,
+    ) -> CtfFit {
+        CpuBackend.fit_ctf(spectrum, pixel_size_a, optics, opts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_choice_parses_and_names_the_bad_value() {
+        assert_eq!("auto".parse::<BackendChoice>(), Ok(BackendChoice::Auto));
+        assert_eq!("cpu".parse::<BackendChoice>(), Ok(BackendChoice::Cpu));
+        assert_eq!("cuda".parse::<BackendChoice>(), Ok(BackendChoice::Cuda));
+        let e = "gpu".parse::<BackendChoice>().unwrap_err();
+        assert!(
+            e.contains("'gpu'") && e.contains("auto, cpu or cuda"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_embedded_ptx_holds_every_kernel_the_backend_loads() {
+        assert!(
+            PTX.contains(".version 7.8"),
+            "PTX ISA changed: update the driver note"
+        );
+        for k in [
+            "warp_gain_multiply",
+            "warp_defects_fill",
+            "warp_crop_spectrum",
+            "warp_accumulate",
+            "warp_scale_spectrum",
+            "warp_scale_real",
+            "warp_tiles_prepare",
+            "warp_power_accumulate",
+        ] {
+            assert!(
+                PTX.contains(&format!(".entry {k}(")),
+                "{k} missing from kernels/ptx/warp.ptx"
+            );
+        }
+    }
+
+    /// Without a usable GPU, `cpu` and `auto` give the CPU (auto says why), `cuda` fails with
+    /// the reason; with one, `auto` and `cuda` give it. Either way nothing panics.
+    #[test]
+    fn selection_falls_back_or_fails_with_the_reason() {
+        let (cpu, line) = select_backend(BackendChoice::Cpu, 0).unwrap();
+        assert_eq!(cpu.name(), "cpu");
+        assert!(line.contains("requested"), "{line}");
+        let (auto, line) = select_backend(BackendChoice::Auto, -1).unwrap();
+        assert_eq!(auto.name(), "cpu");
+        assert!(line.contains("no usable GPU"), "{line}");
+        assert!(select_backend(BackendChoice::Cuda, -1).is_err());
+        match probe(0) {
+            Ok(info) => {
+                eprintln!("GPU present: {info:?}");
+                let (b, _) = select_backend(BackendChoice::Cuda, 0).unwrap();
+                assert_eq!(b.name(), "cuda");
+            }
+            Err(reason) => {
+                eprintln!("no GPU here ({reason}): checking the fallback only");
+                let (auto, line) = select_backend(BackendChoice::Auto, 0).unwrap();
+                assert_eq!(auto.name(), "cpu");
+                assert!(line.contains(&reason), "{line}");
+                let e = select_backend(BackendChoice::Cuda, 0).err().unwrap();
+                assert!(
+                    e.starts_with("--backend cuda: ") && e.contains(&reason),
+                    "{e}"
+                );
+            }
+        }
+    }
+}
