@@ -241,7 +241,7 @@ impl Gpu {
             .zip(&back)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
-        if !(worst < 1e-4) {
+        if worst.is_nan() || worst >= 1e-4 {
             return Err(format!(
                 "GPU health check failed: an FFT round trip differs by {worst} (expected < 1e-4)"
             ));
@@ -341,10 +341,7 @@ impl CudaBackend {
         // Defects whose repair needs the frame's mean are rare; such frames are corrected on the
         // host (same code as the CPU path) instead.
         let table = g.gain.and_then(GainRef::defect_table);
-        let host_gain = g.gain.is_some()
-            && table
-                .as_ref()
-                .is_none_or(|t| t.count.iter().any(|&c| c == 0));
+        let host_gain = g.gain.is_some() && table.as_ref().is_none_or(|t| t.count.contains(&0));
         let d_gain = match g.gain {
             Some(gr) if !host_gain => Some(s.clone_htod(gr.gain()).map_err(err("upload gain"))?),
             _ => None,

@@ -106,6 +106,10 @@ pub struct Movie {
     pub spectra: Vec<Vec<Complex32>>,
 }
 
+/// The per-chunk work of [`Movie::load_with`]: frames in, their (cropped) spectra out.
+pub type FrameTransform<'t> =
+    dyn Fn(Vec<Vec<f32>>, &FrameGeometry<'_>) -> Result<Vec<Vec<Complex32>>, LoadError> + Sync + 't;
+
 /// Sizes and gain of a movie being loaded, for [`Movie::load_with`]'s transform.
 #[derive(Debug, Clone, Copy)]
 pub struct FrameGeometry<'a> {
@@ -163,10 +167,7 @@ impl Movie {
         path: &Path,
         gain: Option<&GainRef>,
         opts: &LoadOptions,
-        transform: &(
-             dyn Fn(Vec<Vec<f32>>, &FrameGeometry<'_>) -> Result<Vec<Vec<Complex32>>, LoadError>
-                 + Sync
-         ),
+        transform: &FrameTransform<'_>,
     ) -> Result<Movie, LoadError> {
         let invalid = |reason: String| LoadError::Invalid {
             path: path.to_path_buf(),
