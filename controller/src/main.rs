@@ -879,6 +879,12 @@ fn preprocess(args: &[String]) -> Outcome {
         "S",
     );
     provision_options(&mut opts);
+    opts.optopt(
+        "",
+        "backend",
+        "local workers' compute backend: auto (GPU when usable, else CPU), cpu, cuda (default auto)",
+        "KIND",
+    );
     opts.optflag(
         "v",
         "verbose",
@@ -993,6 +999,12 @@ fn preprocess(args: &[String]) -> Outcome {
         thumbnail_size: number(&m, "thumbnail-size", 512)?,
         task_timeout: seconds(&m, "task-timeout", Duration::from_secs(1800))?,
         progress_every: Duration::from_secs(5),
+        backend: match m.opt_str("backend") {
+            Some(b) => b
+                .parse()
+                .map_err(|e| Failure::Usage(format!("--backend: {e}")))?,
+            None => warp_kernels::gpu::BackendChoice::Auto,
+        },
     };
     // Check every command's parameters once, before starting anything.
     po.validate().map_err(Failure::Usage)?;

@@ -31,6 +31,7 @@ use warp_common::preprocessing::{
     ThumbnailResult,
 };
 use warp_common::protocol::{InitPart, TaskDetail, TaskSpec, TaskState};
+use warp_kernels::gpu::{BackendChoice, probe};
 use warp_kernels::io::star::{StarTable, StarValue, write_star};
 
 use crate::server::Controller;
@@ -83,6 +84,8 @@ pub struct PreprocessOptions {
     pub task_timeout: Duration,
     /// Print a progress line at least this often.
     pub progress_every: Duration,
+    /// Compute backend of local workers (`--backend`).
+    pub backend: BackendChoice,
 }
 
 /// The `<name>.json` of a processed movie.
@@ -554,9 +557,21 @@ pub fn run(
     }
 
     // Controller and workers.
+    // With --backend cuda, say which GPU is unusable (and why) before starting anything.
+    if let (BackendChoice::Cuda, Workers::Local(devices)) = (opts.backend, &opts.workers) {
+        for &d in devices {
+            probe(d.max(0) as usize).map_err(|e| format!("--backend cuda: GPU {d}: {e}"))?;
+        }
+    }
+    let backend_arg = match opts.backend {
+        BackendChoice::Auto => "auto",
+        BackendChoice::Cpu => "cpu",
+        BackendChoice::Cuda => "cuda",
+    };
     let mut wopts = WrapperOptions {
         task_timeout: opts.task_timeout,
         silent_workers: true,
+        worker_args: vec!["--backend".into(), backend_arg.into()],
         ..WrapperOptions::default()
     };
     let port = match &opts.workers {

@@ -33,6 +33,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// `"cpu"` or `"cuda"`, as reported in results.
     fn name(&self) -> &'static str;
 
+    /// The GPU it computes on, if any (reported at registration).
+    fn gpu(&self) -> Option<crate::gpu::GpuInfo> {
+        None
+    }
+
     /// Reads, gain-corrects, crops and transforms a movie ([`Movie::load`]).
     fn load_movie(
         &self,

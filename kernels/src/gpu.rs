@@ -616,6 +616,10 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
+    fn gpu(&self) -> Option<GpuInfo> {
+        Some(self.gpu.info.clone())
+    }
+
     fn load_movie(
         &self,
         path: &Path,

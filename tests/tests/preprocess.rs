@@ -394,3 +394,81 @@ fn preprocess_with_remote_workers_only() {
         assert!(out.join(format!("{n}.json")).is_file(), "{}", job.stderr());
     }
 }
+
+/// `--backend cuda` where no GPU is usable fails at once with the probe's reason, for the job
+/// and for a worker; `auto` (the default, used by every other test) falls back to the CPU.
+#[test]
+fn backend_cuda_without_a_gpu_fails_with_the_reason() {
+    let reason = match warp_kernels::gpu::probe(0) {
+        Ok(info) => {
+            eprintln!("SKIP: a GPU is usable here ({info:?}); this test checks the failure path");
+            return;
+        }
+        Err(r) => r,
+    };
+    let tmp = TempDir::new("preprocess-cuda");
+    let dir = tmp.path();
+    let movie = dir.join("m.mrc");
+    warp_kernels::io::mrc::write_mrc(
+        &movie,
+        &vec![1.0; 64 * 64 * 2],
+        64,
+        64,
+        2,
+        warp_kernels::io::mrc::WriteMode::Float32,
+        1.0,
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let input = format!("{}/*.mrc", dir.display());
+    let (code, _, err) = controller(
+        dir,
+        &[
+            "preprocess",
+            "--input",
+            &input,
+            "--output",
+            out.to_str().unwrap(),
+            "--backend",
+            "cuda",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--backend cuda: GPU 0") && err.contains(&reason),
+        "{err}"
+    );
+    let (code, _, err) = controller(
+        dir,
+        &[
+            "preprocess",
+            "--input",
+            &input,
+            "--output",
+            "x",
+            "--backend",
+            "gpu",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--backend"), "{err}");
+
+    // A worker asked for cuda exits 1 with the reason before registering.
+    let mut cmd = Command::new(bin("warp-worker"));
+    cmd.args([
+        "-d",
+        "0",
+        "--backend",
+        "cuda",
+        "--controller",
+        "127.0.0.1:9",
+    ])
+    .env("WARP_TOKEN", "x")
+    .stdout(Stdio::null());
+    let mut w = Proc::spawn(cmd, "warp-worker --backend cuda", dir.join("worker.log"));
+    let code = w.wait_exit(Duration::from_secs(30)).expect("worker exits");
+    assert_eq!(code, Some(1), "{}", w.stderr());
+    assert!(w.stderr().contains(&reason), "{}", w.stderr());
+}

@@ -9,6 +9,7 @@ use crate::signals::StopSignal;
 use std::path::PathBuf;
 use std::time::Duration;
 use warp_common::{normalize_controller_url, parse_seconds};
+use warp_kernels::gpu::BackendChoice;
 
 /// Default `--register-retries`.
 pub const DEFAULT_REGISTER_RETRIES: u32 = 5;
@@ -54,6 +55,8 @@ pub struct PullConfig {
     pub token: String,
     /// Device index (`-d`).
     pub device: i32,
+    /// Compute backend (`--backend`).
+    pub backend: BackendChoice,
     /// Host name sent at registration.
     pub hostname: String,
     /// No log lines on stderr.
@@ -92,6 +95,7 @@ impl PullConfig {
                 .map_err(|e| format!("--controller {e}"))?,
             token: token.to_string(),
             device: 0,
+            backend: BackendChoice::Auto,
             hostname: hostname(),
             silent: false,
             verbose: false,
@@ -146,6 +150,8 @@ impl std::fmt::Debug for PullConfig {
 pub struct DirectConfig {
     /// Device index (`-d`).
     pub device: i32,
+    /// Compute backend (`--backend`).
+    pub backend: BackendChoice,
     /// Port to bind; 0 picks a free one.
     pub port: u16,
     /// Where the bound port is written (a FIFO the parent made, or a file).
@@ -167,6 +173,7 @@ impl DirectConfig {
     pub fn new(port: u16, pipe: impl Into<PathBuf>) -> DirectConfig {
         DirectConfig {
             device: 0,
+            backend: BackendChoice::Auto,
             port,
             pipe: pipe.into(),
             bind: "127.0.0.1".into(),
@@ -197,6 +204,12 @@ fn options() -> getopts::Options {
         "device",
         "device index served by this worker, -1 for CPU (default 0)",
         "N",
+    )
+    .optopt(
+        "",
+        "backend",
+        "compute backend: auto (GPU -d N when usable, else CPU, saying why), cpu, or cuda (fail without a usable GPU); default auto",
+        "KIND",
     )
     .optflag(
         "s",
@@ -379,6 +392,10 @@ pub fn parse_args(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Resu
     }
     let silent = m.opt_present("silent");
     let verbose = m.opt_present("verbose");
+    let backend: BackendChoice = match m.opt_str("backend") {
+        Some(b) => b.parse().map_err(|e| format!("--backend: {e}"))?,
+        None => BackendChoice::Auto,
+    };
     let direct_only = ["pipe", "bind", "pulse-timeout"];
     let pull_only = [
         "controller",
@@ -405,6 +422,7 @@ pub fn parse_args(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Resu
             .ok_or("direct mode (-p/--port) needs --pipe NAME")?;
         let mut c = DirectConfig::new(port, pipe);
         c.device = device;
+        c.backend = backend;
         c.silent = silent;
         c.verbose = verbose;
         if let Some(b) = m.opt_str("bind") {
@@ -439,6 +457,7 @@ pub fn parse_args(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Resu
     }
     let mut c = PullConfig::new(&controller, &token)?;
     c.device = device;
+    c.backend = backend;
     c.silent = silent;
     c.verbose = verbose;
     c.proxy = m.opt_str("proxy");

@@ -75,7 +75,7 @@ pub fn run_direct(cfg: DirectConfig) -> Result<(), WorkerError> {
     info!("listening on {}:{port}", cfg.bind);
     let server = Arc::new(server);
     let st = Arc::new(State {
-        exec: Mutex::new(Executor::new()),
+        exec: Mutex::new(crate::make_executor(cfg.backend, cfg.device)?),
         cancel: Mutex::new(CancelFlag::new()),
         last_pulse: Mutex::new(Instant::now()),
         console: console::global().clone(),

@@ -73,6 +73,19 @@ impl Executor {
         Executor::default()
     }
 
+    /// An executor computing with `backend` (see `warp_kernels::gpu::select_backend`).
+    pub fn with_backend(backend: Box<dyn warp_kernels::backend::Backend>) -> Executor {
+        Executor {
+            held: None,
+            pre: Preprocessor::new(backend),
+        }
+    }
+
+    /// The GPU the preprocessing runs on, if any.
+    pub fn gpu(&self) -> Option<warp_kernels::gpu::GpuInfo> {
+        self.pre.gpu()
+    }
+
     /// Init fingerprint of the state held, if any.
     pub fn held_fingerprint(&self) -> Option<&str> {
         self.held.as_deref()

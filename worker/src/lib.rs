@@ -149,6 +149,22 @@ impl WorkerError {
     }
 }
 
+/// The executor of a worker on `device` with the `backend` asked for, logging the choice (and,
+/// for `auto` without a usable GPU, why). `cuda` without a usable GPU is an error that says
+/// what is missing.
+pub fn make_executor(
+    backend: warp_kernels::gpu::BackendChoice,
+    device: i32,
+) -> Result<exec::Executor, WorkerError> {
+    let (b, line) =
+        warp_kernels::gpu::select_backend(backend, device).map_err(|e| WorkerError::Io {
+            what: "no usable compute backend".into(),
+            error: e,
+        })?;
+    log::info!("{line}");
+    Ok(exec::Executor::with_backend(b))
+}
+
 /// Runs the worker as the binary does: installs the SIGTERM/SIGINT handlers, then runs the mode.
 pub fn run(config: Config) -> Result<(), WorkerError> {
     signals::install().map_err(|e| WorkerError::Io {

@@ -122,6 +122,11 @@ impl Preprocessor {
         }
     }
 
+    /// The GPU of the backend, if it has one.
+    pub fn gpu(&self) -> Option<warp_kernels::gpu::GpuInfo> {
+        self.backend.gpu()
+    }
+
     /// The backend's name (`"cpu"` or `"cuda"`).
     pub fn backend_name(&self) -> &'static str {
         self.backend.name()

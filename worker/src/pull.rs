@@ -32,7 +32,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use warp_common::commands::Command;
-use warp_common::protocol::{Capabilities, RegisterRequest, ReportState, StatusUpdate, TaskId};
+use warp_common::protocol::{
+    Capabilities, GpuInfo, RegisterRequest, ReportState, StatusUpdate, TaskId,
+};
 use warp_common::{PROTOCOL_VERSION, VERSION};
 
 /// Most console lines shipped with one heartbeat or status report.
@@ -152,9 +154,10 @@ pub fn run_pull(cfg: PullConfig) -> Result<(), WorkerError> {
             .spawn(move || watch(&sh, &done))
     };
     let heartbeat = crate::heartbeat::spawn(sh.clone(), wake_rx, done_rx);
+    let exec = crate::make_executor(sh.cfg.backend, sh.cfg.device)?;
     let mut worker = Worker {
         sh: sh.clone(),
-        exec: Executor::new(),
+        exec,
         failures: 0,
         poll_hold: Duration::from_secs(30),
         rng: Rng::new(),
@@ -334,7 +337,10 @@ impl Worker {
             device: cfg.device,
             hostname: cfg.hostname.clone(),
             capabilities: Capabilities {
-                gpu: None,
+                gpu: self.exec.gpu().map(|g| GpuInfo {
+                    name: g.name,
+                    memory_mb: g.memory_bytes >> 20,
+                }),
                 cpu_threads: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
                 commands: Command::NAMES.iter().map(|s| s.to_string()).collect(),
             },
