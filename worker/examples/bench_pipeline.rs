@@ -1,7 +1,7 @@
 //! CPU benchmark of the per-movie preprocessing pipeline against its FFT floor (issue 3).
 //!
 //! ```text
-//! bench_pipeline MOVIE.mrc [--angpix A] [--dose D] [--repeat N]
+//! bench_pipeline MOVIE.mrc [--angpix A] [--dose D] [--repeat N] [--backend cpu|cuda|auto] [-d N]
 //! ```
 //!
 //! **Pipeline.** The commands a worker runs for one movie of `warp-controller preprocess`, in
@@ -44,13 +44,17 @@ struct Args {
     angpix: Option<f64>,
     dose: f64,
     repeat: usize,
+    backend: warp_kernels::gpu::BackendChoice,
+    device: i32,
 }
 
 fn usage() -> String {
-    "usage: bench_pipeline MOVIE.mrc [--angpix A] [--dose D] [--repeat N]\n\
+    "usage: bench_pipeline MOVIE.mrc [--angpix A] [--dose D] [--repeat N] [--backend K] [-d N]\n\
      \x20 --angpix A   pixel size of the file, Å (default: the MRC header)\n\
      \x20 --dose D     exposure per frame, e⁻/Å² (default 0: no dose weighting)\n\
-     \x20 --repeat N   pipeline + floor rounds (default 1); medians are reported"
+     \x20 --repeat N   pipeline + floor rounds (default 1); medians are reported\n\
+     \x20 --backend K  cpu (default), cuda or auto; the floor is always the CPU FFT\n\
+     \x20 -d N         GPU index for cuda/auto (default 0)"
         .into()
 }
 
@@ -59,6 +63,8 @@ fn parse_args() -> Result<Args, String> {
     let mut angpix = None;
     let mut dose: f64 = 0.0;
     let mut repeat = 1;
+    let mut backend = warp_kernels::gpu::BackendChoice::Cpu;
+    let mut device = 0;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = |name: &str| {
@@ -91,6 +97,14 @@ fn parse_args() -> Result<Args, String> {
                     return Err("--repeat must be at least 1".into());
                 }
             }
+            "--backend" => {
+                backend = value("--backend")?
+                    .parse()
+                    .map_err(|e| format!("--backend: {e}"))?;
+            }
+            "-d" => {
+                device = value("-d")?.parse().map_err(|e| format!("-d: {e}"))?;
+            }
             "-h" | "--help" => return Err(usage()),
             s if s.starts_with('-') => return Err(format!("unknown option {s}\n{}", usage())),
             s => {
@@ -106,6 +120,8 @@ fn parse_args() -> Result<Args, String> {
         angpix,
         dose,
         repeat,
+        backend,
+        device,
     })
 }
 
@@ -289,7 +305,9 @@ fn bench(args: &Args) -> Result<(), String> {
     );
     let rss_start_kib = proc_status_kib("VmRSS");
 
-    let mut pre = Preprocessor::default();
+    let (backend, line) = warp_kernels::gpu::select_backend(args.backend, args.device)?;
+    println!("{line}");
+    let mut pre = Preprocessor::new(backend);
     let mut pipelines: Vec<PipelineRun> = Vec::new();
     let mut floors: Vec<(f64, f64)> = Vec::new();
     let mut floor_state: Option<(FftPool, Vec<Vec<f32>>, f64)> = None;
