@@ -13,10 +13,11 @@
 //!
 //! **What runs on the GPU so far.** [`CudaBackend`] runs the per-frame steps of `LoadStack`
 //! (gain and defect correction, forward FFT, Fourier crop), the dose-weighted accumulation of
-//! `MovieExportMovie` and the tiled power spectrum of `MovieProcessCTF` on the device. Motion
-//! estimation and the CTF fit itself still call the CPU code; their kernels
-//! (`warp_shift_spectrum`, `warp_cc_product`, `warp_peak_window`, `warp_ctf_score_1d`) are in the
-//! PTX, waiting for the GPU run that can check them. A movie stays on the host as spectra
+//! `MovieExportMovie`, the tiled power spectrum of `MovieProcessCTF`, and the rounds of global
+//! motion estimation (phase shifts, sums, cross-power spectra, inverse FFTs and peak windows,
+//! through [`motion::align_with`], which shares the rest of the estimator with the CPU) on the
+//! device. Local motion (small patches) and the CTF fit itself still call the CPU code; the
+//! kernel for the fit's defocus search (`warp_ctf_score_1d`) is in the PTX but not yet wired. A movie stays on the host as spectra
 //! ([`Movie`]); the device holds one frame and the accumulators at a time, so any GPU has
 //! enough memory.
 
@@ -34,7 +35,9 @@ use crate::backend::{Backend, CpuBackend, Optics};
 use crate::ctf_fit::{CtfFit, CtfFitOptions, Spectrum};
 use crate::dose;
 use crate::gain::GainRef;
-use crate::motion::{LocalMotion, MotionOptions, MotionResult};
+use crate::motion::{
+    self, AlignSetup, CorrelationEngine, LocalMotion, MotionOptions, MotionResult,
+};
 use crate::movie::{AccumulateRequest, FrameGeometry, LoadError, LoadOptions, Movie, Sums};
 
 /// The kernels, compiled by `scripts/build-ptx.sh` (NVRTC 11.8: PTX ISA 7.8, drivers from
@@ -123,6 +126,10 @@ struct Kernels {
     scale_real: CudaFunction,
     tiles_prepare: CudaFunction,
     power_accumulate: CudaFunction,
+    shift_spectrum: CudaFunction,
+    add_spectrum: CudaFunction,
+    cc_product: CudaFunction,
+    peak_window: CudaFunction,
 }
 
 /// An opened device: context, stream and kernels.
@@ -213,6 +220,10 @@ impl Gpu {
             scale_real: f("warp_scale_real")?,
             tiles_prepare: f("warp_tiles_prepare")?,
             power_accumulate: f("warp_power_accumulate")?,
+            shift_spectrum: f("warp_shift_spectrum")?,
+            add_spectrum: f("warp_add_spectrum")?,
+            cc_product: f("warp_cc_product")?,
+            peak_window: f("warp_peak_window")?,
         };
         let gpu = Gpu {
             info: GpuInfo {
@@ -604,6 +615,129 @@ impl CudaBackend {
     }
 }
 
+/// The GPU [`CorrelationEngine`] of motion estimation: the cropped spectra stay on the device
+/// for all rounds; each round downloads only the peak windows.
+struct GpuCorrelation<'a> {
+    gpu: &'a Gpu,
+    setup: &'a AlignSetup,
+    n_frames: usize,
+    spectra: CudaSlice<cudarc::cufft::sys::float2>,
+    aligned: CudaSlice<cudarc::cufft::sys::float2>,
+    sum: CudaSlice<cudarc::cufft::sys::float2>,
+    cc: CudaSlice<cudarc::cufft::sys::float2>,
+    map: CudaSlice<f32>,
+    window: CudaSlice<f32>,
+    weight: CudaSlice<f32>,
+    plan: CudaFft,
+    /// The first device error of a round (the trait cannot return one); checked after.
+    error: Option<String>,
+}
+
+impl<'a> GpuCorrelation<'a> {
+    fn new(
+        gpu: &'a Gpu,
+        cropped: &[Vec<Complex32>],
+        setup: &'a AlignSetup,
+    ) -> Result<GpuCorrelation<'a>, String> {
+        let s = &gpu.stream;
+        let n = (setup.cx / 2 + 1) * setup.cy;
+        let flat: Vec<Complex32> = cropped.iter().flatten().copied().collect();
+        let spectra = s
+            .clone_htod(as_float2(&flat))
+            .map_err(err("upload spectra"))?;
+        drop(flat);
+        let zeros = |len: usize| {
+            s.alloc_zeros::<cudarc::cufft::sys::float2>(len)
+                .map_err(err("GPU memory"))
+        };
+        Ok(GpuCorrelation {
+            gpu,
+            setup,
+            n_frames: cropped.len(),
+            spectra,
+            aligned: zeros(n * cropped.len())?,
+            sum: zeros(n)?,
+            cc: zeros(n)?,
+            map: s
+                .alloc_zeros::<f32>(setup.cx * setup.cy)
+                .map_err(err("GPU memory"))?,
+            window: s
+                .alloc_zeros::<f32>((2 * setup.hx + 1) * (2 * setup.hy + 1))
+                .map_err(err("GPU memory"))?,
+            weight: s.clone_htod(&setup.weight).map_err(err("upload weight"))?,
+            plan: gpu.plan(setup.cx, setup.cy, cufftType::CUFFT_C2R)?,
+            error: None,
+        })
+    }
+
+    fn try_round(&mut self, shifts: &[[f64; 2]]) -> Result<Vec<Vec<f32>>, String> {
+        let s = &self.gpu.stream;
+        let k = &self.gpu.kernels;
+        let (cx, cy) = (self.setup.cx, self.setup.cy);
+        let cxh = cx / 2 + 1;
+        let n = cxh * cy;
+        let (cx_i, cy_i, n_i) = (cx as i32, cy as i32, n as i32);
+        s.memcpy_dtod(&self.spectra, &mut self.aligned)
+            .map_err(err("copy spectra"))?;
+        s.memset_zeros(&mut self.sum).map_err(err("clear"))?;
+        for (f, sh) in shifts.iter().enumerate().take(self.n_frames) {
+            let mut a = self.aligned.slice_mut(f * n..(f + 1) * n);
+            let (dx, dy) = (-sh[0] as f32, -sh[1] as f32);
+            let mut b = s.launch_builder(&k.shift_spectrum);
+            b.arg(&mut a).arg(&cx_i).arg(&cy_i).arg(&dx).arg(&dy);
+            // SAFETY: warp_shift_spectrum over one cxh×cy spectrum.
+            unsafe { b.launch(cfg_2d(cxh, cy, 1)) }.map_err(err("warp_shift_spectrum"))?;
+            let mut b = s.launch_builder(&k.add_spectrum);
+            b.arg(&mut self.sum).arg(&mut a).arg(&n_i);
+            // SAFETY: warp_add_spectrum over n elements of both.
+            unsafe { b.launch(cfg_1d(n)) }.map_err(err("warp_add_spectrum"))?;
+        }
+        let (hx, hy) = (self.setup.hx as i32, self.setup.hy as i32);
+        let (wx, wy) = (2 * self.setup.hx + 1, 2 * self.setup.hy + 1);
+        let mut windows = Vec::with_capacity(self.n_frames);
+        for f in 0..self.n_frames {
+            let a = self.aligned.slice(f * n..(f + 1) * n);
+            let mut b = s.launch_builder(&k.cc_product);
+            b.arg(&a)
+                .arg(&self.sum)
+                .arg(&self.weight)
+                .arg(&mut self.cc)
+                .arg(&n_i);
+            // SAFETY: warp_cc_product over n elements of each buffer.
+            unsafe { b.launch(cfg_1d(n)) }.map_err(err("warp_cc_product"))?;
+            self.plan
+                .exec_c2r(&mut self.cc, &mut self.map)
+                .map_err(fft_err("cuFFT C2R"))?;
+            let mut b = s.launch_builder(&k.peak_window);
+            b.arg(&self.map)
+                .arg(&cx_i)
+                .arg(&cy_i)
+                .arg(&hx)
+                .arg(&hy)
+                .arg(&mut self.window);
+            // SAFETY: warp_peak_window writes wx×wy values, reads inside the cx×cy map.
+            unsafe { b.launch(cfg_2d(wx, wy, 1)) }.map_err(err("warp_peak_window"))?;
+            windows.push(s.clone_dtoh(&self.window).map_err(err("download"))?);
+        }
+        Ok(windows)
+    }
+}
+
+impl CorrelationEngine for GpuCorrelation<'_> {
+    fn round(&mut self, shifts: &[[f64; 2]]) -> Vec<Vec<f32>> {
+        match self.try_round(shifts) {
+            Ok(w) => w,
+            Err(e) => {
+                // Flat windows: the estimator sees no update and stops; the caller panics
+                // with the error afterwards.
+                self.error.get_or_insert(e);
+                let len = (2 * self.setup.hx + 1) * (2 * self.setup.hy + 1);
+                vec![vec![0.0; len]; self.n_frames]
+            }
+        }
+    }
+}
+
 /// Panics inside the backend are turned into errors by the worker; GPU errors are raised as
 /// panics with the message, since the `Backend` methods do not return `Result` for the
 /// operations that cannot fail on the CPU.
@@ -642,7 +776,24 @@ impl Backend for CudaBackend {
         pixel_size_a: f64,
         opts: &MotionOptions,
     ) -> MotionResult {
-        CpuBackend.motion_global(movie, pixel_size_a, opts)
+        let _g = self.guard();
+        let (nx, ny) = (movie.nx, movie.ny);
+        let setup = motion::align_setup(nx, ny, pixel_size_a, opts);
+        let cropped = motion::crop_spectra(&movie.spectra, nx, ny, setup.cx, setup.cy);
+        let mut engine = or_panic(GpuCorrelation::new(&self.gpu, &cropped, &setup));
+        drop(cropped);
+        let (shifts_px, iterations, final_update_px) =
+            motion::align_with(&mut engine, movie.frames(), nx, ny, &setup, opts);
+        if let Some(e) = engine.error.take() {
+            panic!("GPU error: {e}");
+        }
+        let p = pixel_size_a as f32;
+        MotionResult {
+            shifts_a: shifts_px.iter().map(|s| [s[0] * p, s[1] * p]).collect(),
+            shifts_px,
+            iterations,
+            final_update_px,
+        }
     }
 
     fn motion_local(
@@ -708,6 +859,10 @@ mod tests {
             "warp_scale_real",
             "warp_tiles_prepare",
             "warp_power_accumulate",
+            "warp_shift_spectrum",
+            "warp_add_spectrum",
+            "warp_cc_product",
+            "warp_peak_window",
         ] {
             assert!(
                 PTX.contains(&format!(".entry {k}(")),

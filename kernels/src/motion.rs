@@ -145,10 +145,9 @@ pub fn estimate_global_spectra(
     pixel_size_a: f64,
     opts: &MotionOptions,
 ) -> MotionResult {
-    let (cx, cy) = working_grid(nx, ny, pixel_size_a, opts);
-    let cropped = crop_all(spectra, nx, ny, cx, cy);
-    let (shifts_px, iterations, final_update_px) =
-        align_spectra(&cropped, nx, ny, cx, cy, pixel_size_a, opts);
+    let setup = align_setup(nx, ny, pixel_size_a, opts);
+    let cropped = crop_spectra(spectra, nx, ny, setup.cx, setup.cy);
+    let (shifts_px, iterations, final_update_px) = align_spectra(&cropped, nx, ny, &setup, opts);
     let shifts_a = to_angstrom(&shifts_px, pixel_size_a);
     MotionResult {
         shifts_px,
@@ -189,8 +188,8 @@ fn frame_spectra(frames: &[Vec<f32>], nx: usize, ny: usize) -> Vec<Vec<Complex32
         .collect()
 }
 
-/// Each spectrum cropped to `cx × cy` (a copy when the size is unchanged).
-fn crop_all(
+/// Each spectrum cropped to `cx × cy` (a copy when the size is unchanged), in parallel.
+pub fn crop_spectra(
     spectra: &[Vec<Complex32>],
     nx: usize,
     ny: usize,
@@ -382,7 +381,8 @@ fn align_stack(
     opts: &MotionOptions,
 ) -> (Vec<[f32; 2]>, usize, f64) {
     assert!(nx > 0 && ny > 0, "motion: empty size {nx}×{ny}");
-    let (cx, cy) = working_grid(nx, ny, pixel_size_a, opts);
+    let setup = align_setup(nx, ny, pixel_size_a, opts);
+    let (cx, cy) = (setup.cx, setup.cy);
     let mut fft = Fft2d::new(nx, ny);
     let cropped: Vec<Vec<Complex32>> = frames
         .iter()
@@ -396,26 +396,34 @@ fn align_stack(
             }
         })
         .collect();
-    align_spectra(&cropped, nx, ny, cx, cy, pixel_size_a, opts)
+    align_spectra(&cropped, nx, ny, &setup, opts)
 }
 
-/// Core estimator on the frames' spectra already cropped to the working grid `cx × cy` of an
-/// `nx × ny` movie; returns (shifts in input pixels with mean zero, rounds, last update).
-fn align_spectra(
-    spectra: &[Vec<Complex32>],
-    nx: usize,
-    ny: usize,
-    cx: usize,
-    cy: usize,
-    pixel_size_a: f64,
-    opts: &MotionOptions,
-) -> (Vec<[f32; 2]>, usize, f64) {
-    let nf = spectra.len();
-    if nf < 2 {
-        return (vec![[0.0, 0.0]; nf], 0, 0.0);
-    }
-    let (sx, sy) = (cx as f64 / nx as f64, cy as f64 / ny as f64);
+/// What one alignment round needs besides the spectra: the working grid, the band-limited
+/// B-factor weight on it, the search radius and the window of the correlation map that holds
+/// every candidate peak and its neighbours ([`align_setup`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlignSetup {
+    /// Working grid width.
+    pub cx: usize,
+    /// Working grid height.
+    pub cy: usize,
+    /// `(cx/2+1)·cy` weights `exp(B·k²/4)` inside the band, 0 outside.
+    pub weight: Vec<f32>,
+    /// Search radius along x, working pixels.
+    pub rx: f64,
+    /// Search radius along y, working pixels.
+    pub ry: f64,
+    /// Half-width of the map window a [`CorrelationEngine`] returns: `floor(rx) + 1`.
+    pub hx: usize,
+    /// Half-height of the window: `floor(ry) + 1`.
+    pub hy: usize,
+}
 
+/// The setup of the estimator for an `nx × ny` movie with pixel size `pixel_size_a`.
+pub fn align_setup(nx: usize, ny: usize, pixel_size_a: f64, opts: &MotionOptions) -> AlignSetup {
+    let (cx, cy) = working_grid(nx, ny, pixel_size_a, opts);
+    let (sx, sy) = (cx as f64 / nx as f64, cy as f64 / ny as f64);
     // Band-limited B-factor weight; physical frequencies are unchanged by the crop.
     let cxh = cx / 2 + 1;
     let (k_lo, k_hi) = (1.0 / opts.range_min_a, 1.0 / opts.range_max_a);
@@ -431,51 +439,132 @@ fn align_spectra(
             }
         }
     }
-
     // Search radius in working pixels.
     let rx = (opts.max_shift_px * sx).min(cx as f64 / 4.0).max(1.0);
     let ry = (opts.max_shift_px * sy).min(cy as f64 / 4.0).max(1.0);
+    AlignSetup {
+        cx,
+        cy,
+        weight,
+        rx,
+        ry,
+        hx: rx.floor() as usize + 1,
+        hy: ry.floor() as usize + 1,
+    }
+}
 
-    let mut shifts = vec![[0.0f64; 2]; nf];
-    let mut aligned = vec![vec![Complex32::new(0.0, 0.0); cxh * cy]; nf];
-    let mut sum = vec![Complex32::new(0.0, 0.0); cxh * cy];
-    let pool = FftPool::new(cx, cy);
-    let mut rounds = 0;
-    let mut last_update = 0.0;
-    while rounds < opts.iterations.max(1) {
-        rounds += 1;
-        sum.fill(Complex32::new(0.0, 0.0));
-        aligned
+/// The per-frame work of one alignment round (module docs, step 2), on the CPU
+/// ([`CpuCorrelation`]) or a GPU: undo the current shifts with phase ramps, sum the frames,
+/// cross-correlate every frame with the sum of the others under the weight, and return for
+/// each frame the `(2·hx+1) × (2·hy+1)` window of its correlation map around zero shift
+/// (row-major, offset `(−hx, −hy)` first; any positive scale). The rest of the estimator
+/// ([`align_with`]) is shared, so both give the same shifts up to rounding.
+pub trait CorrelationEngine {
+    /// One round for `shifts` (working pixels, per frame).
+    fn round(&mut self, shifts: &[[f64; 2]]) -> Vec<Vec<f32>>;
+}
+
+/// The CPU [`CorrelationEngine`]: rayon over frames, one FFT plan per thread.
+pub struct CpuCorrelation<'a> {
+    spectra: &'a [Vec<Complex32>],
+    setup: &'a AlignSetup,
+    aligned: Vec<Vec<Complex32>>,
+    sum: Vec<Complex32>,
+    pool: FftPool,
+}
+
+impl<'a> CpuCorrelation<'a> {
+    /// An engine over `spectra` cropped to the setup's working grid.
+    pub fn new(spectra: &'a [Vec<Complex32>], setup: &'a AlignSetup) -> CpuCorrelation<'a> {
+        let n = (setup.cx / 2 + 1) * setup.cy;
+        CpuCorrelation {
+            spectra,
+            setup,
+            aligned: vec![vec![Complex32::new(0.0, 0.0); n]; spectra.len()],
+            sum: vec![Complex32::new(0.0, 0.0); n],
+            pool: FftPool::new(setup.cx, setup.cy),
+        }
+    }
+}
+
+impl CorrelationEngine for CpuCorrelation<'_> {
+    fn round(&mut self, shifts: &[[f64; 2]]) -> Vec<Vec<f32>> {
+        let (cx, cy) = (self.setup.cx, self.setup.cy);
+        self.sum.fill(Complex32::new(0.0, 0.0));
+        self.aligned
             .par_iter_mut()
-            .zip(spectra)
-            .zip(&shifts)
+            .zip(self.spectra)
+            .zip(shifts)
             .for_each(|((a, s), sh)| {
                 a.copy_from_slice(s);
-                shift_spectrum(a, cx, cy, -sh[0] * sx, -sh[1] * sy);
+                shift_spectrum(a, cx, cy, -sh[0], -sh[1]);
             });
-        for a in &aligned {
-            for (t, v) in sum.iter_mut().zip(a.iter()) {
+        for a in &self.aligned {
+            for (t, v) in self.sum.iter_mut().zip(a.iter()) {
                 *t += *v;
             }
         }
-        let mut updated = shifts.clone();
-        // Against the mean of the other frames a frame's measured residual is n/(n−1) times
-        // its residual relative to the mean of all frames (for residuals with mean zero).
-        let gain = (nf - 1) as f64 / nf as f64;
-        let peaks: Vec<(f64, f64)> = aligned
+        let (sum, weight, pool) = (&self.sum, &self.setup.weight, &self.pool);
+        let (hx, hy) = (self.setup.hx, self.setup.hy);
+        self.aligned
             .par_iter()
             .map(|a| {
                 let cc: Vec<Complex32> = a
                     .iter()
-                    .zip(&sum)
-                    .zip(&weight)
+                    .zip(sum)
+                    .zip(weight)
                     .map(|((v, t), w)| *v * (*t - *v).conj() * *w)
                     .collect();
                 let map = pool.with(|fft| fft.inverse(&cc));
-                find_peak(&map, cx, cy, rx, ry)
+                peak_window(&map, cx, cy, hx, hy)
             })
-            .collect();
-        for (up, (dx, dy)) in updated.iter_mut().zip(peaks) {
+            .collect()
+    }
+}
+
+/// The `(2·hx+1) × (2·hy+1)` window of the periodic `map` around the origin (what the GPU
+/// kernel `warp_peak_window` computes).
+pub fn peak_window(map: &[f32], nx: usize, ny: usize, hx: usize, hy: usize) -> Vec<f32> {
+    let (wx, wy) = (2 * hx + 1, 2 * hy + 1);
+    let mut out = Vec::with_capacity(wx * wy);
+    for v in 0..wy {
+        let y = (v as i64 - hy as i64).rem_euclid(ny as i64) as usize;
+        for u in 0..wx {
+            let x = (u as i64 - hx as i64).rem_euclid(nx as i64) as usize;
+            out.push(map[y * nx + x]);
+        }
+    }
+    out
+}
+
+/// Runs the estimator's rounds (module docs, steps 2–5) with `engine` doing the per-frame work,
+/// for `nf` frames of an `nx × ny` movie; returns (shifts in input pixels with mean zero,
+/// rounds, last update).
+pub fn align_with(
+    engine: &mut dyn CorrelationEngine,
+    nf: usize,
+    nx: usize,
+    ny: usize,
+    setup: &AlignSetup,
+    opts: &MotionOptions,
+) -> (Vec<[f32; 2]>, usize, f64) {
+    if nf < 2 {
+        return (vec![[0.0, 0.0]; nf], 0, 0.0);
+    }
+    let (sx, sy) = (setup.cx as f64 / nx as f64, setup.cy as f64 / ny as f64);
+    let mut shifts = vec![[0.0f64; 2]; nf];
+    let mut rounds = 0;
+    let mut last_update = 0.0;
+    while rounds < opts.iterations.max(1) {
+        rounds += 1;
+        let working: Vec<[f64; 2]> = shifts.iter().map(|s| [s[0] * sx, s[1] * sy]).collect();
+        let windows = engine.round(&working);
+        let mut updated = shifts.clone();
+        // Against the mean of the other frames a frame's measured residual is n/(n−1) times
+        // its residual relative to the mean of all frames (for residuals with mean zero).
+        let gain = (nf - 1) as f64 / nf as f64;
+        for (up, w) in updated.iter_mut().zip(&windows) {
+            let (dx, dy) = find_peak(w, setup);
             up[0] += gain * dx / sx;
             up[1] += gain * dy / sy;
         }
@@ -497,6 +586,19 @@ fn align_spectra(
     (out, rounds, last_update)
 }
 
+/// Core estimator on the frames' spectra already cropped to the working grid of an `nx × ny`
+/// movie (CPU engine).
+fn align_spectra(
+    spectra: &[Vec<Complex32>],
+    nx: usize,
+    ny: usize,
+    setup: &AlignSetup,
+    opts: &MotionOptions,
+) -> (Vec<[f32; 2]>, usize, f64) {
+    let mut engine = CpuCorrelation::new(spectra, setup);
+    align_with(&mut engine, spectra.len(), nx, ny, setup, opts)
+}
+
 fn remove_mean(shifts: &mut [[f64; 2]]) {
     let n = shifts.len() as f64;
     for axis in 0..2 {
@@ -507,30 +609,31 @@ fn remove_mean(shifts: &mut [[f64; 2]]) {
     }
 }
 
-/// Sub-pixel location `(dx, dy)` (signed, periodic) of the maximum of `map` within
-/// `|dx| ≤ rx`, `|dy| ≤ ry`, by a three-point parabola along each axis.
-fn find_peak(map: &[f32], nx: usize, ny: usize, rx: f64, ry: f64) -> (f64, f64) {
-    let mut best = (0usize, 0usize, f32::NEG_INFINITY);
-    for j in 0..ny {
-        let fy = signed_freq(j, ny) as f64;
-        if fy.abs() > ry {
+/// Sub-pixel location `(dx, dy)` of the maximum of a correlation map, given its window around
+/// the origin ([`peak_window`]), searched within `|dx| ≤ rx`, `|dy| ≤ ry` and refined by a
+/// three-point parabola along each axis (the window's margin holds the neighbours).
+fn find_peak(window: &[f32], setup: &AlignSetup) -> (f64, f64) {
+    let (hx, hy) = (setup.hx, setup.hy);
+    let wx = 2 * hx + 1;
+    let mut best = (hx, hy, f32::NEG_INFINITY);
+    for v in 0..2 * hy + 1 {
+        let fy = v as f64 - hy as f64;
+        if fy.abs() > setup.ry {
             continue;
         }
-        for i in 0..nx {
-            let fx = signed_freq(i, nx) as f64;
-            if fx.abs() > rx {
+        for u in 0..wx {
+            let fx = u as f64 - hx as f64;
+            if fx.abs() > setup.rx {
                 continue;
             }
-            let v = map[j * nx + i];
-            if v > best.2 {
-                best = (i, j, v);
+            let val = window[v * wx + u];
+            if val > best.2 {
+                best = (u, v, val);
             }
         }
     }
-    let (i, j, c) = best;
-    let at = |ii: usize, jj: usize| map[jj * nx + ii] as f64;
-    let (il, ir) = ((i + nx - 1) % nx, (i + 1) % nx);
-    let (jd, ju) = ((j + ny - 1) % ny, (j + 1) % ny);
+    let (u, v, c) = best;
+    let at = |uu: usize, vv: usize| window[vv * wx + uu] as f64;
     let parabola = |l: f64, c: f64, r: f64| {
         let den = l - 2.0 * c + r;
         if den < 0.0 {
@@ -540,20 +643,18 @@ fn find_peak(map: &[f32], nx: usize, ny: usize, rx: f64, ry: f64) -> (f64, f64) 
         }
     };
     let c = c as f64;
-    let ox = if nx >= 3 {
-        parabola(at(il, j), c, at(ir, j))
+    // |u − hx| ≤ rx < hx, so u ± 1 is inside the window.
+    let ox = if setup.cx >= 3 {
+        parabola(at(u - 1, v), c, at(u + 1, v))
     } else {
         0.0
     };
-    let oy = if ny >= 3 {
-        parabola(at(i, jd), c, at(i, ju))
+    let oy = if setup.cy >= 3 {
+        parabola(at(u, v - 1), c, at(u, v + 1))
     } else {
         0.0
     };
-    (
-        signed_freq(i, nx) as f64 + ox,
-        signed_freq(j, ny) as f64 + oy,
-    )
+    (u as f64 - hx as f64 + ox, v as f64 - hy as f64 + oy)
 }
 
 /// Replaces each axis of `shifts` by its least-squares polynomial of degree `deg` over frame

@@ -233,3 +233,57 @@ fn local_small_grid_follows_global_motion() {
         assert!(err <= 0.3, "patch {c:?}: RMS error {err}");
     }
 }
+
+/// The peak search works on the window around zero shift that a correlation engine returns
+/// (CPU or GPU); the window wraps periodically and keeps a margin for the parabola.
+#[test]
+fn peak_window_wraps_and_the_peak_is_found_in_it() {
+    let (nx, ny) = (64usize, 48usize);
+    let gaussian = |px: f64, py: f64| -> Vec<f32> {
+        let mut m = vec![0.0f32; nx * ny];
+        for y in 0..ny {
+            for x in 0..nx {
+                // Periodic distance to the peak.
+                let dx = (x as f64 - px).rem_euclid(nx as f64);
+                let dy = (y as f64 - py).rem_euclid(ny as f64);
+                let dx = dx.min(nx as f64 - dx);
+                let dy = dy.min(ny as f64 - dy);
+                m[y * nx + x] = (-(dx * dx + dy * dy) / (2.0 * 1.5 * 1.5)).exp() as f32;
+            }
+        }
+        m
+    };
+    let setup = AlignSetup {
+        cx: nx,
+        cy: ny,
+        weight: Vec::new(),
+        rx: 10.0,
+        ry: 10.0,
+        hx: 11,
+        hy: 11,
+    };
+    // Integer peak at (−3, −2): exact.
+    let map = gaussian(-3.0, -2.0);
+    let w = peak_window(&map, nx, ny, setup.hx, setup.hy);
+    assert_eq!(w.len(), 23 * 23);
+    assert_eq!(w[(11 - 2) * 23 + (11 - 3)], map[(ny - 2) * nx + (nx - 3)]);
+    let (dx, dy) = find_peak(&w, &setup);
+    assert!(
+        (dx + 3.0).abs() < 1e-9 && (dy + 2.0).abs() < 1e-9,
+        "{dx} {dy}"
+    );
+    // Sub-pixel peak: the parabola gets within a tenth of a pixel.
+    let (dx, dy) = find_peak(&peak_window(&gaussian(3.3, -2.6), nx, ny, 11, 11), &setup);
+    assert!(
+        (dx - 3.3).abs() < 0.1 && (dy + 2.6).abs() < 0.1,
+        "{dx} {dy}"
+    );
+    // A larger peak outside the search radius is ignored.
+    let mut map = gaussian(2.0, 1.0);
+    map[5 * nx + 20] = 10.0; // (20, 5): beyond rx = 10
+    let (dx, dy) = find_peak(&peak_window(&map, nx, ny, 11, 11), &setup);
+    assert!(
+        (dx - 2.0).abs() < 1e-9 && (dy - 1.0).abs() < 1e-9,
+        "{dx} {dy}"
+    );
+}
