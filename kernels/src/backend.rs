@@ -38,6 +38,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Whether the device still works, checked after a failed command: `Err` says why, and the
+    /// worker then hands its task back and exits (a broken GPU must not fail every task).
+    fn health_check(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Reads, gain-corrects, crops and transforms a movie ([`Movie::load`]).
     fn load_movie(
         &self,

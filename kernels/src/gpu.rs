@@ -754,6 +754,11 @@ impl Backend for CudaBackend {
         Some(self.gpu.info.clone())
     }
 
+    fn health_check(&self) -> Result<(), String> {
+        let _g = self.guard();
+        self.gpu.health_check()
+    }
+
     fn load_movie(
         &self,
         path: &Path,

@@ -81,6 +81,11 @@ impl Executor {
         }
     }
 
+    /// Why the compute device stopped working, if it did (see [`Preprocessor::unhealthy`]).
+    pub fn unhealthy(&self) -> Option<&str> {
+        self.pre.unhealthy()
+    }
+
     /// The GPU the preprocessing runs on, if any.
     pub fn gpu(&self) -> Option<warp_kernels::gpu::GpuInfo> {
         self.pre.gpu()

@@ -87,6 +87,8 @@ pub enum WorkerError {
         /// The error.
         error: String,
     },
+    /// The GPU failed its health check after a command error; the worker handed its task back.
+    Unhealthy(String),
 }
 
 impl std::fmt::Display for WorkerError {
@@ -133,6 +135,10 @@ impl std::fmt::Display for WorkerError {
                 "lost the controller at {controller} after {attempts} attempts: {last_error}"
             ),
             WorkerError::Io { what, error } => write!(f, "{what}: {error}"),
+            WorkerError::Unhealthy(reason) => write!(
+                f,
+                "the GPU failed its health check ({reason}); the task was handed back to the controller"
+            ),
         }
     }
 }
@@ -140,10 +146,12 @@ impl std::fmt::Display for WorkerError {
 impl std::error::Error for WorkerError {}
 
 impl WorkerError {
-    /// The documented exit status: 2 for usage errors, 1 for the rest.
+    /// The documented exit status: 2 for usage errors, 3 when the GPU failed its health check
+    /// (the task went back to the controller; restart the worker elsewhere), 1 for the rest.
     pub fn exit_code(&self) -> i32 {
         match self {
             WorkerError::Config(_) => 2,
+            WorkerError::Unhealthy(_) => 3,
             _ => 1,
         }
     }

@@ -57,6 +57,8 @@ pub struct Preprocessor {
     backend: Box<dyn Backend>,
     gain: Option<GainRef>,
     loaded: Option<Loaded>,
+    /// Set when the backend's health check failed after a command error.
+    unhealthy: Option<String>,
 }
 
 impl Default for Preprocessor {
@@ -119,7 +121,14 @@ impl Preprocessor {
             backend,
             gain: None,
             loaded: None,
+            unhealthy: None,
         }
+    }
+
+    /// Why the device stopped working, once a health check after a failed command said so;
+    /// the worker then hands its task back and exits.
+    pub fn unhealthy(&self) -> Option<&str> {
+        self.unhealthy.as_deref()
     }
 
     /// The GPU of the backend, if it has one.
@@ -156,7 +165,7 @@ impl Preprocessor {
             Command::MovieCreateThumbnail(p) => Some(self.create_thumbnail(p)),
             _ => None,
         }));
-        match outcome {
+        let outcome = match outcome {
             Ok(r) => r,
             Err(payload) => {
                 let what = payload
@@ -168,7 +177,16 @@ impl Preprocessor {
                 self.loaded = None;
                 Some(Err(format!("internal error in {name}: {what}")))
             }
+        };
+        // A failure on a device may mean the device is gone: check before blaming the task.
+        if matches!(outcome, Some(Err(_)))
+            && self.backend.gpu().is_some()
+            && let Err(reason) = self.backend.health_check()
+        {
+            self.loaded = None;
+            self.unhealthy = Some(reason);
         }
+        outcome
     }
 
     fn loaded(&mut self, command: &str) -> Result<&mut Loaded, String> {

@@ -27,7 +27,7 @@ use crate::console::{self, Console};
 use crate::exec::{CancelFlag, Executor};
 use crate::signals;
 use crossbeam_channel::{Receiver, Sender, select};
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -77,6 +77,8 @@ pub(crate) struct Shared {
     /// Milliseconds since `start` when the worker last finished a task (or started).
     pub last_activity_ms: AtomicU64,
     pub stop_reason: Mutex<String>,
+    /// Set when the device failed its health check: the worker stops and exits 3.
+    pub unhealthy: Mutex<Option<String>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -118,7 +120,15 @@ impl Shared {
 }
 
 /// Runs pull mode until a clean stop (`Ok`) or a failure the worker cannot recover from.
+/// The compute backend is chosen first (`--backend`; a GPU is probed before anything else).
 pub fn run_pull(cfg: PullConfig) -> Result<(), WorkerError> {
+    console::init(cfg.silent, crate::log_level(cfg.verbose));
+    let exec = crate::make_executor(cfg.backend, cfg.device)?;
+    run_pull_with(cfg, exec)
+}
+
+/// [`run_pull`] with a given executor (and so backend).
+pub fn run_pull_with(cfg: PullConfig, exec: Executor) -> Result<(), WorkerError> {
     console::init(cfg.silent, crate::log_level(cfg.verbose));
     info!("warp-worker {VERSION} starting in pull mode (protocol {PROTOCOL_VERSION})");
     info!("configuration: {cfg:?}");
@@ -143,6 +153,7 @@ pub fn run_pull(cfg: PullConfig) -> Result<(), WorkerError> {
         start: Instant::now(),
         last_activity_ms: AtomicU64::new(0),
         stop_reason: Mutex::new(String::new()),
+        unhealthy: Mutex::new(None),
         cfg,
     });
     // Dropping `done_tx` disconnects `done_rx`: both helper threads end at once.
@@ -154,7 +165,6 @@ pub fn run_pull(cfg: PullConfig) -> Result<(), WorkerError> {
             .spawn(move || watch(&sh, &done))
     };
     let heartbeat = crate::heartbeat::spawn(sh.clone(), wake_rx, done_rx);
-    let exec = crate::make_executor(sh.cfg.backend, sh.cfg.device)?;
     let mut worker = Worker {
         sh: sh.clone(),
         exec,
@@ -174,6 +184,9 @@ pub fn run_pull(cfg: PullConfig) -> Result<(), WorkerError> {
     drop(done_tx);
     for t in [watcher.ok(), heartbeat.ok()].into_iter().flatten() {
         let _ = t.join();
+    }
+    if let Some(reason) = lock(&sh.unhealthy).take() {
+        return Err(WorkerError::Unhealthy(reason));
     }
     if result.is_ok() {
         info!("worker stopped cleanly");
@@ -534,6 +547,18 @@ impl Worker {
         if held != held_before.as_deref() {
             *lock(&sh.held) = held.map(str::to_string);
         }
+        if let Some(reason) = self.exec.unhealthy() {
+            // Not the task's fault: hand it back (the stop deregisters, which re-queues it
+            // without counting the attempt) and exit 3.
+            error!(
+                "GPU health check failed after task {}: {reason}; handing the task back and stopping",
+                task.id
+            );
+            *lock(&sh.unhealthy) = Some(reason.to_string());
+            *lock(&sh.stop_reason) = format!("GPU unhealthy: {reason}");
+            sh.cfg.stop.trigger();
+            return None;
+        }
         if sh.stopping() {
             info!(
                 "task {} interrupted by the stop after {elapsed:.2?}",
@@ -738,6 +763,108 @@ mod tests {
         );
         let polls = log.iter().filter(|(p, _)| p.ends_with("/poll")).count();
         assert!(polls >= 2, "task b came with a's report, not from a poll");
+    }
+
+    /// A device that fails every command and then its health check (what a GPU that fell off
+    /// the bus looks like to the worker; no such device exists on a test machine).
+    #[derive(Debug)]
+    struct BrokenGpu;
+
+    impl warp_kernels::backend::Backend for BrokenGpu {
+        fn name(&self) -> &'static str {
+            "cuda"
+        }
+        fn gpu(&self) -> Option<warp_kernels::gpu::GpuInfo> {
+            Some(warp_kernels::gpu::GpuInfo {
+                device: 0,
+                name: "broken".into(),
+                memory_bytes: 1 << 30,
+            })
+        }
+        fn health_check(&self) -> Result<(), String> {
+            Err("an FFT round trip failed: CUDA_ERROR_ILLEGAL_ADDRESS".into())
+        }
+        fn load_movie(
+            &self,
+            path: &std::path::Path,
+            _: Option<&warp_kernels::gain::GainRef>,
+            _: &warp_kernels::movie::LoadOptions,
+        ) -> Result<warp_kernels::movie::Movie, warp_kernels::movie::LoadError> {
+            Err(warp_kernels::movie::LoadError::Invalid {
+                path: path.to_path_buf(),
+                reason: "GPU error: CUDA_ERROR_ILLEGAL_ADDRESS".into(),
+            })
+        }
+        fn motion_global(
+            &self,
+            _: &warp_kernels::movie::Movie,
+            _: f64,
+            _: &warp_kernels::motion::MotionOptions,
+        ) -> warp_kernels::motion::MotionResult {
+            unreachable!("no movie loads")
+        }
+        fn motion_local(
+            &self,
+            _: &warp_kernels::movie::Movie,
+            _: f64,
+            _: &warp_kernels::motion::MotionResult,
+            _: usize,
+            _: &warp_kernels::motion::MotionOptions,
+        ) -> warp_kernels::motion::LocalMotion {
+            unreachable!("no movie loads")
+        }
+        fn accumulate(
+            &self,
+            _: &warp_kernels::movie::Movie,
+            _: &warp_kernels::movie::AccumulateRequest<'_>,
+        ) -> warp_kernels::movie::Sums {
+            unreachable!("no movie loads")
+        }
+        fn power_spectrum(
+            &self,
+            _: &[f32],
+            _: usize,
+            _: usize,
+            _: usize,
+        ) -> warp_kernels::ctf_fit::Spectrum {
+            unreachable!("no movie loads")
+        }
+        fn fit_ctf(
+            &self,
+            _: &warp_kernels::ctf_fit::Spectrum,
+            _: f64,
+            _: &warp_kernels::backend::Optics,
+            _: &warp_kernels::ctf_fit::CtfFitOptions,
+        ) -> warp_kernels::ctf_fit::CtfFit {
+            unreachable!("no movie loads")
+        }
+    }
+
+    #[test]
+    fn a_gpu_failing_its_health_check_hands_the_task_back_and_exits_3() {
+        let id = "d0000000-0000-4000-8000-000000000000";
+        let tasks = vec![json!({"id": id, "lease": 1, "attempt": 1, "commands": [
+            {"name": "LoadStack", "params": {"path": "/data/m.mrc"}}
+        ]})];
+        let (base, log) = mock_controller(tasks, "never");
+        let mut cfg = PullConfig::new(&base, "enroll").unwrap();
+        cfg.silent = true;
+        let exec = Executor::with_backend(Box::new(BrokenGpu));
+        let err = run_pull_with(cfg, exec).unwrap_err();
+        assert_eq!(err.exit_code(), 3, "{err}");
+        assert!(err.to_string().contains("ILLEGAL_ADDRESS"), "{err}");
+        let log = lock(&log).clone();
+        // No failure was reported for the task (it is not the task's fault): the worker
+        // deregistered, which hands the task back to the controller.
+        assert!(
+            !log.iter().any(|(p, _)| p.contains(id)),
+            "the task's status was reported: {log:?}"
+        );
+        let (_, body) = log
+            .iter()
+            .find(|(p, _)| p.ends_with("/deregister"))
+            .expect("deregistered");
+        assert!(body.to_string().contains("GPU unhealthy"), "{body}");
     }
 
     #[test]
