@@ -18,8 +18,9 @@
 //! through [`motion::align_with`], which shares the rest of the estimator with the CPU) on the
 //! device. Local motion (small patches) and the CTF fit itself still call the CPU code; the
 //! kernel for the fit's defocus search (`warp_ctf_score_1d`) is in the PTX but not yet wired. A movie stays on the host as spectra
-//! ([`Movie`]); the device holds one frame and the accumulators at a time, so any GPU has
-//! enough memory.
+//! ([`Movie`]); the device holds one frame and the accumulators at a time (motion: the
+//! frames' spectra cropped to the estimator's grid). When an operation's buffers do not fit in
+//! the device's free memory it runs on the CPU instead, with the same result.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -237,6 +238,15 @@ impl Gpu {
         };
         gpu.health_check()?;
         Ok(gpu)
+    }
+
+    /// Whether `bytes` more fit in the device's free memory, with 10 % and 64 MiB to spare
+    /// for cuFFT's work areas.
+    fn fits(&self, bytes: usize) -> bool {
+        match self.stream.context().mem_get_info() {
+            Ok((free, _)) => bytes + bytes / 10 + (64 << 20) <= free,
+            Err(_) => false,
+        }
     }
 
     /// A 64 × 48 FFT round trip on the device must give the input back.
@@ -784,6 +794,15 @@ impl Backend for CudaBackend {
         let _g = self.guard();
         let (nx, ny) = (movie.nx, movie.ny);
         let setup = motion::align_setup(nx, ny, pixel_size_a, opts);
+        // The cropped spectra twice (as loaded and shifted) and a few single buffers: when
+        // that does not fit, the CPU estimator gives the same result.
+        let n = (setup.cx / 2 + 1) * setup.cy;
+        if !self
+            .gpu
+            .fits(8 * n * (2 * movie.frames() + 2) + 8 * setup.cx * setup.cy)
+        {
+            return CpuBackend.motion_global(movie, pixel_size_a, opts);
+        }
         let cropped = motion::crop_spectra(&movie.spectra, nx, ny, setup.cx, setup.cy);
         let mut engine = or_panic(GpuCorrelation::new(&self.gpu, &cropped, &setup));
         drop(cropped);
@@ -814,6 +833,12 @@ impl Backend for CudaBackend {
 
     fn accumulate(&self, movie: &Movie, req: &AccumulateRequest<'_>) -> Sums {
         let _g = self.guard();
+        // Up to four accumulators, one frame and one image on the device; the CPU path makes
+        // the same averages when they do not fit.
+        let n = (movie.nx / 2 + 1) * movie.ny;
+        if !self.gpu.fits(8 * n * 5 + 4 * movie.nx * movie.ny) {
+            return CpuBackend.accumulate(movie, req);
+        }
         or_panic(self.accumulate_gpu(movie, req))
     }
 
