@@ -188,25 +188,23 @@ __global__ void warp_power_accumulate(const float2* spec, int n_per_tile, int n_
     acc[k] += s;
 }
 
-// ctf_fit.rs defocus search scoring (ctf::CtfParams::ctf_1d): for each candidate defocus
-// defocus_a[d] (Å), the Pearson correlation over the rings between profile[r] (background-
-// subtracted spectrum at |k| = ks[r]) and CTF(k)² with
-// χ = π·λ·Δf·k² − π/2·Cs·λ³·k⁴ + phase_offset (CtfParams::phase_offset: phase shift plus
-// atan(A/√(1−A²))), CTF = −sin χ.
-// scores[d] receives the correlation (0 when undefined).
-__global__ void warp_ctf_score_1d(const double* ks, const double* profile, int n_rings,
-                                  const double* defocus_a, int n_defocus, double lambda_a,
-                                  double cs_a, double phase_offset, double* scores) {
+// ctf_fit.rs search_1d, the grid of the defocus search: for each candidate defocus
+// defocus_a[d] (Å), the Pearson correlation over the rings between sub[r] (the background-
+// subtracted radial profile at |k| = ks[r]) and env[r]·sin²χ, with
+// χ = c2·k²·Δf − c4·k⁴ + chi0 (ctf_fit.rs Optics::chi: c2 = πλ, c4 = π/2·Cs·λ³, chi0 = the
+// amplitude-contrast phase plus π·phase shift). scores[d] receives the correlation (0 when
+// undefined). Not wired into the fit yet: the CPU search costs milliseconds.
+__global__ void warp_ctf_score_1d(const double* ks, const double* sub, const double* env,
+                                  int n_rings, const double* defocus_a, int n_defocus, double c2,
+                                  double c4, double chi0, double* scores) {
     int d = blockIdx.x * blockDim.x + threadIdx.x;
     if (d >= n_defocus) return;
-    const double pi = 3.14159265358979323846;
     double df = defocus_a[d];
     double n = 0, sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0;
     for (int r = 0; r < n_rings; ++r) {
-        double k = ks[r], k2 = k * k;
-        double chi = pi * lambda_a * df * k2 - 0.5 * pi * cs_a * lambda_a * lambda_a * lambda_a * k2 * k2;
-        double ctf = -sin(chi + phase_offset);
-        double x = ctf * ctf, y = profile[r];
+        double k2 = ks[r] * ks[r];
+        double s = sin(c2 * k2 * df - c4 * k2 * k2 + chi0);
+        double x = sub[r], y = env[r] * s * s;
         n += 1; sx += x; sy += y; sxx += x * x; syy += y * y; sxy += x * y;
     }
     double cxy = sxy - sx * sy / n, cxx = sxx - sx * sx / n, cyy = syy - sy * sy / n;
