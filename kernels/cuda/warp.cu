@@ -10,7 +10,8 @@
 
 extern "C" {
 
-__device__ __forceinline__ int signed_freq(int j, int n) { return j <= n / 2 ? j : j - n; }
+// fft.rs signed_freq: the Nyquist bin of an even size is negative (−n/2).
+__device__ __forceinline__ int signed_freq(int j, int n) { return j < (n + 1) / 2 ? j : j - n; }
 
 // gain.rs GainRef::correct, first half: frame *= gain.
 __global__ void warp_gain_multiply(float* frame, const float* gain, int n) {
@@ -107,7 +108,7 @@ __global__ void warp_peak_window(const float* map, int nx, int ny, int rx, int r
 // (left at zero).
 __global__ void warp_accumulate(const float2* spec, int nx, int ny, float sx, float sy,
                                 const float* weights, int n_bins, int n_frames, int frame,
-                                float inv_dk, float pixel_size, float2* avg, float2* weighted,
+                                double inv_dk, double pixel_size, float2* avg, float2* weighted,
                                 float2* half) {
     int nxh = nx / 2 + 1;
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -124,9 +125,10 @@ __global__ void warp_accumulate(const float2* spec, int nx, int ny, float sx, fl
     avg[k] = make_float2(avg[k].x + r.x, avg[k].y + r.y);
     float w = 1.f;
     if (weights != 0) {
-        double kx = (double)i / (nx * (double)pixel_size);
-        double ky = (double)fy / (ny * (double)pixel_size);
-        int b = (int)rint(sqrt(kx * kx + ky * ky) * inv_dk);
+        double kx = (double)i / (nx * pixel_size);
+        double ky = (double)fy / (ny * pixel_size);
+        // round(): half away from zero, as f64::round in movie.rs WeightTable::row.
+        int b = (int)round(hypot(kx, ky) * inv_dk);
         if (b > n_bins - 1) b = n_bins - 1;
         w = weights[(size_t)b * n_frames + frame];
         weighted[k] = make_float2(weighted[k].x + r.x * w, weighted[k].y + r.y * w);

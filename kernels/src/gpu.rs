@@ -22,6 +22,7 @@
 //! frames' spectra cropped to the estimator's grid). When an operation's buffers do not fit in
 //! the device's free memory it runs on the CPU instead, with the same result.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -134,13 +135,25 @@ struct Kernels {
 }
 
 /// An opened device: context, stream and kernels.
-#[derive(Debug)]
 struct Gpu {
     info: GpuInfo,
     stream: Arc<CudaStream>,
     kernels: Kernels,
     _module: Arc<CudaModule>,
+    /// cuFFT plans by (nx, ny, is R2C).
+    plans: Mutex<HashMap<(usize, usize, bool), Arc<CudaFft>>>,
 }
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Cached cuFFT plans at most (sizes of a session are few: frames, crop, motion grid, tiles).
+const MAX_PLANS: usize = 16;
 
 fn err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> String + '_ {
     move |e| format!("{what}: {e}")
@@ -205,7 +218,7 @@ impl Gpu {
         let name = ctx.name().map_err(err("cannot read the GPU name"))?;
         let memory_bytes = ctx.total_mem().map_err(err("cannot read the GPU memory"))? as u64;
         let module = ctx.load_module(Ptx::from_src(PTX)).map_err(err(
-            "the driver cannot load the kernels (PTX ISA 7.8 needs a driver from CUDA 11.8 on)",
+            "the driver cannot load the kernels (they need a GPU of compute capability 7.5 or newer and a driver from CUDA 12.0 on)",
         ))?;
         let f = |n: &str| {
             module
@@ -235,6 +248,7 @@ impl Gpu {
             stream: ctx.default_stream(),
             kernels,
             _module: module,
+            plans: Mutex::new(HashMap::new()),
         };
         gpu.health_check()?;
         Ok(gpu)
@@ -270,10 +284,26 @@ impl Gpu {
         Ok(())
     }
 
-    fn plan(&self, nx: usize, ny: usize, kind: cufftType) -> Result<CudaFft, String> {
+    /// The cuFFT plan for `nx × ny` (R2C or C2R), cached: plans live as long as the device, so
+    /// none is destroyed while a transform may still run, and none is rebuilt per movie.
+    fn plan(&self, nx: usize, ny: usize, kind: cufftType) -> Result<Arc<CudaFft>, String> {
+        let r2c = matches!(kind, cufftType::CUFFT_R2C);
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = plans.get(&(nx, ny, r2c)) {
+            return Ok(p.clone());
+        }
+        if plans.len() >= MAX_PLANS {
+            // Movies of many sizes: start over rather than hold every plan's work area.
+            self.stream.synchronize().map_err(err("synchronize"))?;
+            plans.clear();
+        }
         // cuFFT's 2D plans take the slowest dimension first.
-        CudaFft::plan_2d(ny as i32, nx as i32, kind, self.stream.clone())
-            .map_err(fft_err("cannot plan a cuFFT transform"))
+        let plan = Arc::new(
+            CudaFft::plan_2d(ny as i32, nx as i32, kind, self.stream.clone())
+                .map_err(fft_err("cannot plan a cuFFT transform"))?,
+        );
+        plans.insert((nx, ny, r2c), plan.clone());
+        Ok(plan)
     }
 
     /// Forward FFT of one image, on the device, returning the half-complex spectrum.
@@ -446,6 +476,8 @@ impl CudaBackend {
         let s = &self.gpu.stream;
         let k = &self.gpu.kernels;
         let (nx, ny, nf) = (movie.nx, movie.ny, movie.frames());
+        assert_eq!(req.shifts_px.len(), nf, "accumulate: one shift per frame");
+        assert!(req.pixel_size_a > 0.0, "accumulate: pixel size");
         let nxh = nx / 2 + 1;
         let n = nxh * ny;
         // The same radial weight table as the CPU path (movie.rs WeightTable).
@@ -463,9 +495,9 @@ impl CudaBackend {
                         d.voltage_kv,
                     ));
                 }
-                (Some(w), (1.0 / dk) as f32, bins as i32)
+                (Some(w), 1.0 / dk, bins as i32)
             }
-            None => (None, 0.0, 0),
+            None => (None, 0.0f64, 0),
         };
         let d_weights = match &table {
             Some(w) => Some(s.clone_htod(w).map_err(err("upload weights"))?),
@@ -490,7 +522,7 @@ impl CudaBackend {
                 .map_err(err("upload spectrum"))?;
             let (sx, sy) = (req.shifts_px[f][0], req.shifts_px[f][1]);
             let (nx_i, ny_i, nf_i, f_i) = (nx as i32, ny as i32, nf as i32, f as i32);
-            let px = req.pixel_size_a as f32;
+            let px = req.pixel_size_a;
             let mut b = s.launch_builder(&k.accumulate);
             b.arg(&d_frame).arg(&nx_i).arg(&ny_i).arg(&sx).arg(&sy);
             match &d_weights {
@@ -562,7 +594,9 @@ impl CudaBackend {
     ) -> Result<Spectrum, String> {
         let s = &self.gpu.stream;
         let k = &self.gpu.kernels;
+        assert_eq!(image.len(), nx * ny, "power_spectrum: image length");
         let w = window.min(nx).min(ny) & !1;
+        assert!(w >= 16, "power_spectrum: tile of {w} px is too small");
         let (origins, taper) = crate::ctf_fit::tile_layout(nx, ny, w);
         // Tile means on the host (cheap) so the kernel only subtracts.
         let means: Vec<f32> = origins
@@ -638,7 +672,7 @@ struct GpuCorrelation<'a> {
     map: CudaSlice<f32>,
     window: CudaSlice<f32>,
     weight: CudaSlice<f32>,
-    plan: CudaFft,
+    plan: Arc<CudaFft>,
     /// The first device error of a round (the trait cannot return one); checked after.
     error: Option<String>,
 }
@@ -808,7 +842,10 @@ impl Backend for CudaBackend {
         drop(cropped);
         let (shifts_px, iterations, final_update_px) =
             motion::align_with(&mut engine, movie.frames(), nx, ny, &setup, opts);
-        if let Some(e) = engine.error.take() {
+        // Drop the engine's device buffers before any panic, so unwinding frees nothing.
+        let error = engine.error.take();
+        drop(engine);
+        if let Some(e) = error {
             panic!("GPU error: {e}");
         }
         let p = pixel_size_a as f32;
