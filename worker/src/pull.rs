@@ -214,7 +214,11 @@ fn watch(sh: &Shared, done: &Receiver<()>) {
         select! {
             recv(done) -> _ => return,
             recv(global) -> _ => break "signal (SIGTERM/SIGINT)".to_string(),
-            recv(stop) -> _ => break "stop requested".to_string(),
+            // Whoever triggered the stop may have said why (e.g. an unhealthy GPU).
+            recv(stop) -> _ => break {
+                let said = lock(&sh.stop_reason).clone();
+                if said.is_empty() { "stop requested".to_string() } else { said }
+            },
             default(wait) => {}
         }
     };
