@@ -148,22 +148,6 @@ __global__ void warp_scale_real(float* a, int n, float s) {
     if (k < n) a[k] *= s;
 }
 
-// Block-wise sum in double: out[blockIdx.x] = Σ of this block's elements (the host or a second
-// launch adds the partial sums). blockDim.x must be 256.
-__global__ void warp_partial_sum(const float* x, long long n, double* out) {
-    __shared__ double s[256];
-    long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    double v = 0.0;
-    for (long long q = k; q < n; q += (long long)gridDim.x * blockDim.x) v += (double)x[q];
-    s[threadIdx.x] = v;
-    __syncthreads();
-    for (int h = 128; h > 0; h >>= 1) {
-        if (threadIdx.x < h) s[threadIdx.x] += s[threadIdx.x + h];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) out[blockIdx.x] = s[0];
-}
-
 // ctf_fit.rs power_spectrum, tile preparation: tiles[t] = (image tile at origin t − mean[t]) ·
 // taper[x] · taper[y], for a batch of tiles (blockIdx.z = tile). Origins come in pairs (x0, y0).
 __global__ void warp_tiles_prepare(const float* img, int nx, const int* origins, const float* mean,

@@ -35,12 +35,13 @@ use rustfft::num_complex::Complex32;
 
 use crate::backend::{Backend, CpuBackend, Optics};
 use crate::ctf_fit::{CtfFit, CtfFitOptions, Spectrum};
-use crate::dose;
 use crate::gain::GainRef;
 use crate::motion::{
     self, AlignSetup, CorrelationEngine, LocalMotion, MotionOptions, MotionResult,
 };
-use crate::movie::{AccumulateRequest, FrameGeometry, LoadError, LoadOptions, Movie, Sums};
+use crate::movie::{
+    AccumulateRequest, FrameGeometry, LoadError, LoadOptions, Movie, Sums, WeightTable,
+};
 
 /// The kernels, compiled by `scripts/build-ptx.sh` (NVRTC 11.8: PTX ISA 7.8, drivers from
 /// CUDA 11.8 on).
@@ -480,22 +481,12 @@ impl CudaBackend {
         assert!(req.pixel_size_a > 0.0, "accumulate: pixel size");
         let nxh = nx / 2 + 1;
         let n = nxh * ny;
-        // The same radial weight table as the CPU path (movie.rs WeightTable).
+        // The same radial weight table as the CPU path.
         let (table, inv_dk, n_bins) = match &req.dose {
             Some(d) => {
-                let dk = 1.0 / (4.0 * nx.max(ny) as f64 * req.pixel_size_a);
-                let k_max = std::f64::consts::SQRT_2 * 0.5 / req.pixel_size_a;
-                let bins = (k_max / dk).ceil() as usize + 2;
-                let mut w = Vec::with_capacity(bins * nf);
-                for b in 0..bins {
-                    w.extend(dose::frame_weights(
-                        b as f64 * dk,
-                        d.dose_per_frame,
-                        nf,
-                        d.voltage_kv,
-                    ));
-                }
-                (Some(w), 1.0 / dk, bins as i32)
+                let t = WeightTable::new(nx, ny, req.pixel_size_a, d, nf);
+                let bins = t.bins() as i32;
+                (Some(t.weights), t.inv_dk, bins)
             }
             None => (None, 0.0f64, 0),
         };

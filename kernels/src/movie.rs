@@ -337,17 +337,28 @@ pub struct Sums {
 }
 
 /// Radial lookup of the dose weights: weights change slowly with `|k|`, so a table at a quarter
-/// of the finest Fourier spacing replaces evaluating the exponentials per bin and frame.
-struct WeightTable {
+/// of the finest Fourier spacing replaces evaluating the exponentials per bin and frame. The
+/// GPU kernel `warp_accumulate` reads the same table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightTable {
     /// Inverse bin width, in bins per Å⁻¹.
-    inv_dk: f64,
-    /// `weights[b·n_frames + f]`: frame `f` at `|k| = b·dk`.
-    weights: Vec<f32>,
-    n_frames: usize,
+    pub inv_dk: f64,
+    /// `weights[b·n_frames + f]`: frame `f` at `|k| = b·dk`, `b = round(|k|·inv_dk)` clamped
+    /// to the last bin.
+    pub weights: Vec<f32>,
+    /// Frames.
+    pub n_frames: usize,
 }
 
 impl WeightTable {
-    fn new(nx: usize, ny: usize, pixel_size_a: f64, d: &DoseWeighting, n_frames: usize) -> Self {
+    /// The table for `n_frames` frames of an `nx × ny` movie.
+    pub fn new(
+        nx: usize,
+        ny: usize,
+        pixel_size_a: f64,
+        d: &DoseWeighting,
+        n_frames: usize,
+    ) -> Self {
         let dk = 1.0 / (4.0 * nx.max(ny) as f64 * pixel_size_a);
         let k_max = std::f64::consts::SQRT_2 * 0.5 / pixel_size_a;
         let bins = (k_max / dk).ceil() as usize + 2;
@@ -365,6 +376,11 @@ impl WeightTable {
             weights,
             n_frames,
         }
+    }
+
+    /// Bins in the table.
+    pub fn bins(&self) -> usize {
+        self.weights.len() / self.n_frames
     }
 
     fn row(&self, k: f64) -> &[f32] {
