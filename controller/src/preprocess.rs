@@ -17,6 +17,7 @@
 //!   exists and retries the failed ones.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -252,10 +253,8 @@ fn movie_name(path: &Path) -> String {
 }
 
 fn write_json_atomic<T: Serialize>(path: &Path, v: &T) -> Result<(), String> {
-    let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_string_pretty(v).map_err(|e| e.to_string())?;
-    std::fs::write(&tmp, text + "\n")
-        .and_then(|()| std::fs::rename(&tmp, path))
+    let text = serde_json::to_string_pretty(v).map_err(|e| e.to_string())? + "\n";
+    warp_kernels::io::atomic::write_atomic(path, |w| w.write_all(text.as_bytes()))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 

@@ -299,16 +299,11 @@ fn existing_dataset(dir: &Path) -> Result<Vec<(usize, PathBuf)>, String> {
     Ok(found)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename
+/// ([`warp_kernels::io::atomic::write_atomic`]).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    fs::write(&tmp, bytes)
-        .and_then(|_| fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            format!("cannot write {}: {e}", path.display())
-        })
+    warp_kernels::io::atomic::write_atomic(path, |w| std::io::Write::write_all(w, bytes))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// Writes the dataset described by `opts` (see the module docs) and returns the movie paths.

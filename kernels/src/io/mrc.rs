@@ -16,11 +16,11 @@
 //! specifies), `ispg` 0 for a single image and 1 for a volume (mrcfile's convention), through a
 //! temporary file in the same directory renamed into place.
 
+use super::atomic::write_atomic;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::f16::{f16_to_f32, f32_to_f16};
 
@@ -558,8 +558,6 @@ fn stats(values: impl Iterator<Item = f32> + Clone) -> (f32, f32, f32, f32) {
     (min as f32, max as f32, mean as f32, var.sqrt() as f32)
 }
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
 /// Writes `data` (`nx * ny * nz` values, x fastest) as a little-endian MRC2014 file.
 ///
 /// The header carries the statistics of the values as stored (after rounding to float16 or
@@ -634,33 +632,18 @@ pub fn write_mrc(
     let label = b"warp-kernels";
     h[224..224 + label.len()].copy_from_slice(label);
 
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| invalid("path has no file name".into()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = write_body(&tmp, &h, data, mode).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(source) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(MrcError::Io {
-            path: path.to_path_buf(),
-            source,
-        });
-    }
-    Ok(())
+    write_atomic(path, |w| write_body(w, &h, data, mode)).map_err(|source| MrcError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
-fn write_body(tmp: &Path, header: &[u8; 1024], data: &[f32], mode: WriteMode) -> io::Result<()> {
-    let file = File::create(tmp)?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
+fn write_body(
+    w: &mut impl Write,
+    header: &[u8; 1024],
+    data: &[f32],
+    mode: WriteMode,
+) -> io::Result<()> {
     w.write_all(header)?;
     match mode {
         WriteMode::Float32 => data
@@ -673,8 +656,7 @@ fn write_body(tmp: &Path, header: &[u8; 1024], data: &[f32], mode: WriteMode) ->
             .iter()
             .try_for_each(|&v| w.write_all(&to_i16(v).to_le_bytes()))?,
     }
-    let file = w.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,11 +12,10 @@
 //! CRC is checked; anything else (other colour types or bit depths, a palette, interlacing, an
 //! unknown critical chunk) is a [`PngError`] naming the file, never a panic.
 
+use super::atomic::write_atomic;
 use std::fmt;
-use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use flate2::Compression;
 use flate2::read::ZlibDecoder;
@@ -91,8 +90,6 @@ impl std::error::Error for PngError {
     }
 }
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
 /// Writes `pixels` (`width * height` bytes, row by row, the first row at the top of the image)
 /// as an 8-bit greyscale PNG.
 ///
@@ -123,32 +120,14 @@ pub fn write_png_gray8(
             width * height
         )));
     }
-    let name = path
-        .file_name()
-        .ok_or_else(|| invalid("path has no file name".into()))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = write_body(&tmp, pixels, width, height).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(source) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(PngError::Io {
-            path: path.to_path_buf(),
-            source,
-        });
-    }
-    Ok(())
+    write_atomic(path, |w| write_body(w, pixels, width, height)).map_err(|source| PngError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
-/// The whole file into `tmp`: signature, `IHDR`, `IDAT` chunks, `IEND`, then `fsync`.
-fn write_body(tmp: &Path, pixels: &[u8], width: usize, height: usize) -> io::Result<()> {
+/// The whole file: signature, `IHDR`, `IDAT` chunks, `IEND`.
+fn write_body(w: &mut impl Write, pixels: &[u8], width: usize, height: usize) -> io::Result<()> {
     let mut zlib = ZlibEncoder::new(
         Vec::with_capacity(pixels.len() / 2 + 64),
         Compression::default(),
@@ -166,16 +145,12 @@ fn write_body(tmp: &Path, pixels: &[u8], width: usize, height: usize) -> io::Res
     ihdr[9] = 0; // colour type: greyscale
     // compression 0, filter method 0, interlace 0: already zero.
 
-    let file = File::create(tmp)?;
-    let mut w = BufWriter::with_capacity(1 << 16, file);
     w.write_all(&SIGNATURE)?;
-    write_chunk(&mut w, b"IHDR", &ihdr)?;
+    write_chunk(w, b"IHDR", &ihdr)?;
     for part in compressed.chunks(IDAT_CHUNK) {
-        write_chunk(&mut w, b"IDAT", part)?;
+        write_chunk(w, b"IDAT", part)?;
     }
-    write_chunk(&mut w, b"IEND", &[])?;
-    let file = w.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()
+    write_chunk(w, b"IEND", &[])
 }
 
 /// One chunk: length, type, data, CRC-32 of type and data.

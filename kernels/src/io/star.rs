@@ -33,11 +33,10 @@
 //! [`StarValue::Str`] otherwise; so every table [`write_star`] accepts reads back equal, except
 //! that numbers keep only the precision written. Key-value (non-loop) blocks are refused.
 
+use super::atomic::write_atomic;
 use std::fmt;
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The version comment RELION 3.1 and later write before each data block.
 pub const VERSION_LINE: &str = "# version 30001";
@@ -167,8 +166,6 @@ impl std::error::Error for StarError {
     }
 }
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
 /// Writes `tables` to `path`, one data block with one loop each, in order.
 ///
 /// Every table is checked before anything is written: the block name must not contain
@@ -192,36 +189,7 @@ pub fn write_star(path: impl AsRef<Path>, tables: &[StarTable]) -> Result<(), St
         path: path.to_path_buf(),
         source,
     };
-    let name = path.file_name().ok_or_else(|| {
-        io_err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "path has no file name",
-        ))
-    })?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = write_text(&tmp, &text).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(source) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_err(source));
-    }
-    Ok(())
-}
-
-/// `text` into a new file at `tmp`, then `fsync`.
-fn write_text(tmp: &Path, text: &str) -> io::Result<()> {
-    let mut w = BufWriter::new(File::create(tmp)?);
-    w.write_all(text.as_bytes())?;
-    let file = w.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()
+    write_atomic(path, |w| w.write_all(text.as_bytes())).map_err(io_err)
 }
 
 /// Appends one validated table to `out`, or says what is wrong with it.
