@@ -2,8 +2,9 @@
 //! worker's commands run unchanged on the CPU or (issue 4) on a GPU.
 //!
 //! Each method is one pipeline operation. The math of each operation lives in exactly one
-//! module ([`crate::movie`], [`crate::motion`], [`crate::ctf_fit`]); [`CpuBackend`] calls it,
-//! and a GPU backend implements the same operation with kernels that are tested against it.
+//! module ([`crate::movie`], [`crate::motion`], [`crate::ctf_fit`]); the trait's default methods
+//! call it, so [`CpuBackend`] is just the defaults, and a GPU backend overrides an operation
+//! with kernels that are tested against it.
 //! Inputs and outputs are host memory: a [`Movie`] holds its frames' spectra, which a GPU
 //! backend uploads (or keeps resident between calls on the same movie).
 //!
@@ -28,7 +29,8 @@ pub struct Optics {
     pub amplitude_contrast: f64,
 }
 
-/// The pipeline's operations (module docs).
+/// The pipeline's operations (module docs). Every operation's default is the CPU code (the
+/// reference); a GPU backend overrides what it runs on the device and keeps the rest.
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// `"cpu"` or `"cuda"`, as reported in results.
     fn name(&self) -> &'static str;
@@ -50,56 +52,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         path: &Path,
         gain: Option<&GainRef>,
         opts: &LoadOptions,
-    ) -> Result<Movie, LoadError>;
-
-    /// Whole-frame motion ([`motion::estimate_global_spectra`]).
-    fn motion_global(&self, movie: &Movie, pixel_size_a: f64, opts: &MotionOptions)
-    -> MotionResult;
-
-    /// Patch motion on top of `global` ([`motion::estimate_local_spectra`]).
-    fn motion_local(
-        &self,
-        movie: &Movie,
-        pixel_size_a: f64,
-        global: &MotionResult,
-        patch_px: usize,
-        opts: &MotionOptions,
-    ) -> LocalMotion;
-
-    /// Aligned, optionally dose-weighted averages ([`movie::accumulate`]).
-    fn accumulate(&self, movie: &Movie, req: &AccumulateRequest<'_>) -> Sums;
-
-    /// Tiled power spectrum of an image ([`ctf_fit::power_spectrum`]).
-    fn power_spectrum(&self, image: &[f32], nx: usize, ny: usize, window: usize) -> Spectrum;
-
-    /// CTF fit of a power spectrum ([`ctf_fit::estimate_ctf`]).
-    fn fit_ctf(
-        &self,
-        spectrum: &Spectrum,
-        pixel_size_a: f64,
-        optics: &Optics,
-        opts: &CtfFitOptions,
-    ) -> CtfFit;
-}
-
-/// The CPU backend: rayon and rustfft/realfft.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CpuBackend;
-
-impl Backend for CpuBackend {
-    fn name(&self) -> &'static str {
-        "cpu"
-    }
-
-    fn load_movie(
-        &self,
-        path: &Path,
-        gain: Option<&GainRef>,
-        opts: &LoadOptions,
     ) -> Result<Movie, LoadError> {
         Movie::load(path, gain, opts)
     }
 
+    /// Whole-frame motion ([`motion::estimate_global_spectra`]).
     fn motion_global(
         &self,
         movie: &Movie,
@@ -109,6 +66,7 @@ impl Backend for CpuBackend {
         motion::estimate_global_spectra(&movie.spectra, movie.nx, movie.ny, pixel_size_a, opts)
     }
 
+    /// Patch motion on top of `global` ([`motion::estimate_local_spectra`]).
     fn motion_local(
         &self,
         movie: &Movie,
@@ -128,14 +86,17 @@ impl Backend for CpuBackend {
         )
     }
 
+    /// Aligned, optionally dose-weighted averages ([`movie::accumulate`]).
     fn accumulate(&self, movie: &Movie, req: &AccumulateRequest<'_>) -> Sums {
         movie::accumulate(movie, req)
     }
 
+    /// Tiled power spectrum of an image ([`ctf_fit::power_spectrum`]).
     fn power_spectrum(&self, image: &[f32], nx: usize, ny: usize, window: usize) -> Spectrum {
         ctf_fit::power_spectrum(image, nx, ny, window)
     }
 
+    /// CTF fit of a power spectrum ([`ctf_fit::estimate_ctf`]).
     fn fit_ctf(
         &self,
         spectrum: &Spectrum,
@@ -151,5 +112,15 @@ impl Backend for CpuBackend {
             optics.amplitude_contrast,
             opts,
         )
+    }
+}
+
+/// The CPU backend: the trait's defaults (rayon and rustfft/realfft).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuBackend;
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
     }
 }

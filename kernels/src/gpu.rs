@@ -33,12 +33,10 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 use rustfft::num_complex::Complex32;
 
-use crate::backend::{Backend, CpuBackend, Optics};
-use crate::ctf_fit::{CtfFit, CtfFitOptions, Spectrum};
+use crate::backend::{Backend, CpuBackend};
+use crate::ctf_fit::Spectrum;
 use crate::gain::GainRef;
-use crate::motion::{
-    self, AlignSetup, CorrelationEngine, LocalMotion, MotionOptions, MotionResult,
-};
+use crate::motion::{self, AlignSetup, CorrelationEngine, MotionOptions, MotionResult};
 use crate::movie::{
     AccumulateRequest, FrameGeometry, LoadError, LoadOptions, Movie, Sums, WeightTable,
 };
@@ -839,24 +837,7 @@ impl Backend for CudaBackend {
         if let Some(e) = error {
             panic!("GPU error: {e}");
         }
-        let p = pixel_size_a as f32;
-        MotionResult {
-            shifts_a: shifts_px.iter().map(|s| [s[0] * p, s[1] * p]).collect(),
-            shifts_px,
-            iterations,
-            final_update_px,
-        }
-    }
-
-    fn motion_local(
-        &self,
-        movie: &Movie,
-        pixel_size_a: f64,
-        global: &MotionResult,
-        patch_px: usize,
-        opts: &MotionOptions,
-    ) -> LocalMotion {
-        CpuBackend.motion_local(movie, pixel_size_a, global, patch_px, opts)
+        MotionResult::new(shifts_px, pixel_size_a, iterations, final_update_px)
     }
 
     fn accumulate(&self, movie: &Movie, req: &AccumulateRequest<'_>) -> Sums {
@@ -873,16 +854,6 @@ impl Backend for CudaBackend {
     fn power_spectrum(&self, image: &[f32], nx: usize, ny: usize, window: usize) -> Spectrum {
         let _g = self.guard();
         or_panic(self.power_spectrum_gpu(image, nx, ny, window))
-    }
-
-    fn fit_ctf(
-        &self,
-        spectrum: &Spectrum,
-        pixel_size_a: f64,
-        optics: &Optics,
-        opts: &CtfFitOptions,
-    ) -> CtfFit {
-        CpuBackend.fit_ctf(spectrum, pixel_size_a, optics, opts)
     }
 }
 

@@ -101,6 +101,24 @@ pub struct MotionResult {
     pub final_update_px: f64,
 }
 
+impl MotionResult {
+    /// The result for `shifts_px` (input pixels) at `pixel_size_a`, with `shifts_a` derived.
+    pub fn new(
+        shifts_px: Vec<[f32; 2]>,
+        pixel_size_a: f64,
+        iterations: usize,
+        final_update_px: f64,
+    ) -> MotionResult {
+        let p = pixel_size_a as f32;
+        MotionResult {
+            shifts_a: shifts_px.iter().map(|s| [s[0] * p, s[1] * p]).collect(),
+            shifts_px,
+            iterations,
+            final_update_px,
+        }
+    }
+}
+
 /// Patch-wise motion of a movie on a `grid_x × grid_y` grid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalMotion {
@@ -148,13 +166,7 @@ pub fn estimate_global_spectra(
     let setup = align_setup(nx, ny, pixel_size_a, opts);
     let cropped = crop_spectra(spectra, nx, ny, setup.cx, setup.cy);
     let (shifts_px, iterations, final_update_px) = align_spectra(&cropped, nx, ny, &setup, opts);
-    let shifts_a = to_angstrom(&shifts_px, pixel_size_a);
-    MotionResult {
-        shifts_px,
-        shifts_a,
-        iterations,
-        final_update_px,
-    }
+    MotionResult::new(shifts_px, pixel_size_a, iterations, final_update_px)
 }
 
 /// The working grid `(cx, cy)` of the estimator for an `nx × ny` movie: pixels of about a
@@ -325,11 +337,6 @@ pub fn estimate_local_spectra(
         patch_centres,
         shifts_px,
     }
-}
-
-fn to_angstrom(shifts: &[[f32; 2]], pixel_size_a: f64) -> Vec<[f32; 2]> {
-    let p = pixel_size_a as f32;
-    shifts.iter().map(|s| [s[0] * p, s[1] * p]).collect()
 }
 
 /// Raised-cosine edge taper over 1/8 of the side at each end.

@@ -769,8 +769,9 @@ mod tests {
         assert!(polls >= 2, "task b came with a's report, not from a poll");
     }
 
-    /// A device that fails every command and then its health check (what a GPU that fell off
-    /// the bus looks like to the worker; no such device exists on a test machine).
+    /// A device that fails to load a movie and then its health check (what a GPU that fell off
+    /// the bus looks like to the worker; no such device exists on a test machine). The task
+    /// below only loads, so the other operations keep the trait's CPU defaults.
     #[derive(Debug)]
     struct BrokenGpu;
 
@@ -798,49 +799,6 @@ mod tests {
                 path: path.to_path_buf(),
                 reason: "GPU error: CUDA_ERROR_ILLEGAL_ADDRESS".into(),
             })
-        }
-        fn motion_global(
-            &self,
-            _: &warp_kernels::movie::Movie,
-            _: f64,
-            _: &warp_kernels::motion::MotionOptions,
-        ) -> warp_kernels::motion::MotionResult {
-            unreachable!("no movie loads")
-        }
-        fn motion_local(
-            &self,
-            _: &warp_kernels::movie::Movie,
-            _: f64,
-            _: &warp_kernels::motion::MotionResult,
-            _: usize,
-            _: &warp_kernels::motion::MotionOptions,
-        ) -> warp_kernels::motion::LocalMotion {
-            unreachable!("no movie loads")
-        }
-        fn accumulate(
-            &self,
-            _: &warp_kernels::movie::Movie,
-            _: &warp_kernels::movie::AccumulateRequest<'_>,
-        ) -> warp_kernels::movie::Sums {
-            unreachable!("no movie loads")
-        }
-        fn power_spectrum(
-            &self,
-            _: &[f32],
-            _: usize,
-            _: usize,
-            _: usize,
-        ) -> warp_kernels::ctf_fit::Spectrum {
-            unreachable!("no movie loads")
-        }
-        fn fit_ctf(
-            &self,
-            _: &warp_kernels::ctf_fit::Spectrum,
-            _: f64,
-            _: &warp_kernels::backend::Optics,
-            _: &warp_kernels::ctf_fit::CtfFitOptions,
-        ) -> warp_kernels::ctf_fit::CtfFit {
-            unreachable!("no movie loads")
         }
     }
 
