@@ -106,6 +106,15 @@ pub fn tile_layout(nx: usize, ny: usize, w: usize) -> (Vec<(usize, usize)>, Vec<
     (origins, tukey(w))
 }
 
+/// Mean of the `w × w` tile at `(x0, y0)` of an image `nx` pixels wide (f64 accumulation).
+pub fn tile_mean(image: &[f32], nx: usize, x0: usize, y0: usize, w: usize) -> f32 {
+    let sum: f64 = (y0..y0 + w)
+        .flat_map(|y| &image[y * nx + x0..y * nx + x0 + w])
+        .map(|&v| v as f64)
+        .sum();
+    (sum / (w * w) as f64) as f32
+}
+
 /// Averaged power spectrum of the `nx × ny` image (x fastest) over tiles of `window` pixels
 /// (clamped to the image's smaller side and made even) overlapping by 50 %; each tile is
 /// mean-subtracted and tapered (module docs, step 1). Pass a micrograph or a sum of frames.
@@ -124,12 +133,7 @@ pub fn power_spectrum(image: &[f32], nx: usize, ny: usize, window: usize) -> Spe
     let mut tiles = 0;
     for &y0 in &tile_starts(ny, w) {
         for &x0 in &tile_starts(nx, w) {
-            let mut sum = 0.0f64;
-            for y in 0..w {
-                let row = &image[(y0 + y) * nx + x0..(y0 + y) * nx + x0 + w];
-                sum += row.iter().map(|&v| v as f64).sum::<f64>();
-            }
-            let mean = (sum / (w * w) as f64) as f32;
+            let mean = tile_mean(image, nx, x0, y0, w);
             for y in 0..w {
                 let row = &image[(y0 + y) * nx + x0..(y0 + y) * nx + x0 + w];
                 for x in 0..w {

@@ -590,16 +590,7 @@ impl CudaBackend {
         // Tile means on the host (cheap) so the kernel only subtracts.
         let means: Vec<f32> = origins
             .iter()
-            .map(|&(x0, y0)| {
-                let mut sum = 0.0f64;
-                for y in 0..w {
-                    sum += image[(y0 + y) * nx + x0..(y0 + y) * nx + x0 + w]
-                        .iter()
-                        .map(|&v| v as f64)
-                        .sum::<f64>();
-                }
-                (sum / (w * w) as f64) as f32
-            })
+            .map(|&(x0, y0)| crate::ctf_fit::tile_mean(image, nx, x0, y0, w))
             .collect();
         let flat: Vec<i32> = origins
             .iter()

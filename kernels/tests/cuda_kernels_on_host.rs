@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use rustfft::num_complex::Complex32;
-use warp_kernels::ctf_fit::{power_spectrum, tile_layout};
+use warp_kernels::ctf_fit::{power_spectrum, tile_layout, tile_mean};
 use warp_kernels::fft::{Fft2d, crop_spectrum, shift_spectrum};
 use warp_kernels::gain::GainRef;
 use warp_kernels::io::mrc::{WriteMode, write_mrc};
@@ -399,13 +399,7 @@ fn tiles_and_power_match_power_spectrum() {
     let (origins, taper) = tile_layout(nx, ny, w);
     let means: Vec<f32> = origins
         .iter()
-        .map(|&(x0, y0)| {
-            let s: f64 = (0..w)
-                .flat_map(|y| image[(y0 + y) * nx + x0..(y0 + y) * nx + x0 + w].iter())
-                .map(|&v| v as f64)
-                .sum();
-            (s / (w * w) as f64) as f32
-        })
+        .map(|&(x0, y0)| tile_mean(&image, nx, x0, y0, w))
         .collect();
     let flat: Vec<i32> = origins
         .iter()
