@@ -329,6 +329,17 @@ pub struct ThumbnailParams {
     pub range: f32,
 }
 
+impl Default for ThumbnailParams {
+    /// Warp's size and range; no output path.
+    fn default() -> Self {
+        ThumbnailParams {
+            output_path: String::new(),
+            size: thumb_size(),
+            range: thumb_range(),
+        }
+    }
+}
+
 /// Result of `MovieCreateThumbnail`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ThumbnailResult {

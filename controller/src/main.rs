@@ -754,9 +754,14 @@ mod erased {
 }
 
 fn preprocess(args: &[String]) -> Outcome {
-    use warp_common::preprocessing::{CtfParams, LoadGainRefParams, MovementParams};
+    use warp_common::preprocessing::{
+        CtfParams, LoadGainRefParams, MovementParams, ThumbnailParams,
+    };
     use warp_controller::preprocess::{self as job, PreprocessOptions, Workers};
 
+    // Help texts and defaults both come from the commands' defaults (Warp's).
+    let (ctf_d, motion_d) = (CtfParams::default(), MovementParams::default());
+    let thumb_d = ThumbnailParams::default();
     let mut opts = Options::new();
     opts.optflag("h", "help", "print this help");
     opts.optopt(
@@ -806,11 +811,21 @@ fn preprocess(args: &[String]) -> Outcome {
     opts.optopt(
         "",
         "voltage",
-        "acceleration voltage in kV (default 300)",
+        &format!("acceleration voltage in kV (default {})", ctf_d.voltage_kv),
         "KV",
     );
-    opts.optopt("", "cs", "spherical aberration in mm (default 2.7)", "MM");
-    opts.optopt("", "amp", "amplitude contrast (default 0.07)", "F");
+    opts.optopt(
+        "",
+        "cs",
+        &format!("spherical aberration in mm (default {})", ctf_d.cs_mm),
+        "MM",
+    );
+    opts.optopt(
+        "",
+        "amp",
+        &format!("amplitude contrast (default {})", ctf_d.amplitude_contrast),
+        "F",
+    );
     opts.optopt(
         "",
         "dose-per-frame",
@@ -831,36 +846,56 @@ fn preprocess(args: &[String]) -> Outcome {
         "defect map (non-zero = defect), same size as the gain",
         "FILE",
     );
-    opts.optopt("", "window", "CTF spectrum tile in px (default 512)", "N");
+    opts.optopt(
+        "",
+        "window",
+        &format!("CTF spectrum tile in px (default {})", ctf_d.window),
+        "N",
+    );
     opts.optopt(
         "",
         "range-min",
-        "CTF fit low-resolution limit in Å (default 30)",
+        &format!(
+            "CTF fit low-resolution limit in Å (default {})",
+            ctf_d.range_min_a
+        ),
         "A",
     );
     opts.optopt(
         "",
         "range-max",
-        "CTF fit high-resolution limit in Å (default 4)",
+        &format!(
+            "CTF fit high-resolution limit in Å (default {})",
+            ctf_d.range_max_a
+        ),
         "A",
     );
     opts.optopt(
         "",
         "defocus-min",
-        "smallest defocus searched in µm (default 0.5)",
+        &format!(
+            "smallest defocus searched in µm (default {})",
+            ctf_d.defocus_min_um
+        ),
         "UM",
     );
     opts.optopt(
         "",
         "defocus-max",
-        "largest defocus searched in µm (default 5)",
+        &format!(
+            "largest defocus searched in µm (default {})",
+            ctf_d.defocus_max_um
+        ),
         "UM",
     );
     opts.optflag("", "fit-phase", "also fit a phase shift (phase plate)");
     opts.optopt(
         "",
         "motion-range-max",
-        "motion high-resolution limit in Å (default 10)",
+        &format!(
+            "motion high-resolution limit in Å (default {})",
+            motion_d.range_max_a
+        ),
         "A",
     );
     opts.optflag("", "no-local-motion", "skip the patch (local) motion");
@@ -869,7 +904,7 @@ fn preprocess(args: &[String]) -> Outcome {
     opts.optopt(
         "",
         "thumbnail-size",
-        "thumbnail long side in px (default 512)",
+        &format!("thumbnail long side in px (default {})", thumb_d.size),
         "PX",
     );
     opts.optopt(
@@ -948,7 +983,7 @@ fn preprocess(args: &[String]) -> Outcome {
         }
         Workers::Local((0..n).collect())
     };
-    let defaults = CtfParams::default();
+    let defaults = ctf_d.clone();
     let ctf = CtfParams {
         voltage_kv: number(&m, "voltage", defaults.voltage_kv)?,
         cs_mm: number(&m, "cs", defaults.cs_mm)?,
@@ -962,13 +997,9 @@ fn preprocess(args: &[String]) -> Outcome {
         spectrum_path: None,
     };
     let movement = MovementParams {
-        range_max_a: number(
-            &m,
-            "motion-range-max",
-            MovementParams::default().range_max_a,
-        )?,
+        range_max_a: number(&m, "motion-range-max", motion_d.range_max_a)?,
         local: !m.opt_present("no-local-motion"),
-        ..MovementParams::default()
+        ..motion_d
     };
     let gain = m.opt_str("gain").map(|path| LoadGainRefParams {
         path,
@@ -996,7 +1027,7 @@ fn preprocess(args: &[String]) -> Outcome {
         ctf,
         float16: m.opt_present("float16"),
         odd_even: m.opt_present("odd-even"),
-        thumbnail_size: number(&m, "thumbnail-size", 512)?,
+        thumbnail_size: number(&m, "thumbnail-size", thumb_d.size)?,
         task_timeout: seconds(&m, "task-timeout", Duration::from_secs(1800))?,
         progress_every: Duration::from_secs(5),
         backend: match m.opt_str("backend") {

@@ -327,7 +327,7 @@ impl PreprocessOptions {
             Command::MovieCreateThumbnail(ThumbnailParams {
                 output_path: path_string(&out.join("thumbnails").join(format!("{name}.png"))),
                 size: self.thumbnail_size,
-                range: 2.5,
+                ..ThumbnailParams::default()
             }),
             Command::GcCollect {},
         ];
