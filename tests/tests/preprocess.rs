@@ -31,6 +31,14 @@ fn controller(dir: &Path, args: &[&str], limit: Duration) -> (i32, String, Strin
     (code.unwrap_or(-1), stdout, p.stderr())
 }
 
+/// `warp-controller simulate --output SIM ARGS...`, which must succeed.
+fn simulate(dir: &Path, sim: &Path, args: &[&str]) {
+    let mut all = vec!["simulate", "--output", sim.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let (code, _, err) = controller(dir, &all, Duration::from_secs(300));
+    assert_eq!(code, 0, "simulate {args:?} failed:\n{err}");
+}
+
 fn json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
@@ -88,12 +96,10 @@ fn preprocess_writes_every_output_reports_bad_movies_and_resumes() {
     let out = dir.join("out");
     let sim_s = sim.to_str().unwrap();
     let out_s = out.to_str().unwrap();
-    let (code, _, err) = controller(
+    simulate(
         dir,
+        &sim,
         &[
-            "simulate",
-            "--output",
-            sim_s,
             "--count",
             "3",
             "--size",
@@ -103,9 +109,7 @@ fn preprocess_writes_every_output_reports_bad_movies_and_resumes() {
             "--dose-per-frame",
             "2",
         ],
-        Duration::from_secs(120),
     );
-    assert_eq!(code, 0, "simulate failed:\n{err}");
 
     // Two bad movies beside the good ones: a truncated copy and a text file.
     let good = std::fs::read(sim.join("sim_0001.mrc")).unwrap();
@@ -292,15 +296,13 @@ fn preprocess_meets_the_accuracy_targets_on_simulated_movies() {
     let (sim, out) = (dir.join("sim"), dir.join("out"));
     let (sim_s, out_s) = (sim.to_str().unwrap(), out.to_str().unwrap());
     // Seed 11 was never used while tuning the estimators.
-    let (code, _, err) = controller(
+    simulate(
         dir,
+        &sim,
         &[
-            "simulate", "--output", sim_s, "--count", "3", "--size", "1024", "--frames", "24",
-            "--seed", "11",
+            "--count", "3", "--size", "1024", "--frames", "24", "--seed", "11",
         ],
-        Duration::from_secs(300),
     );
-    assert_eq!(code, 0, "{err}");
     let input = format!("{sim_s}/*.mrc");
     let (code, _, err) = controller(
         dir,
@@ -335,14 +337,11 @@ fn preprocess_with_remote_workers_only() {
     let dir = tmp.path();
     let (sim, out) = (dir.join("sim"), dir.join("out"));
     let (sim_s, out_s) = (sim.to_str().unwrap(), out.to_str().unwrap());
-    let (code, _, err) = controller(
+    simulate(
         dir,
-        &[
-            "simulate", "--output", sim_s, "--count", "2", "--size", "128", "--frames", "4",
-        ],
-        Duration::from_secs(60),
+        &sim,
+        &["--count", "2", "--size", "128", "--frames", "4"],
     );
-    assert_eq!(code, 0, "{err}");
     let token_file = dir.join("token");
     let input = format!("{sim_s}/*.mrc");
     let mut cmd = Command::new(bin("warp-controller"));
