@@ -202,10 +202,7 @@ fn run_pipeline(pre: &mut Preprocessor, cmds: &[Command]) -> Result<PipelineRun,
     let t_all = Instant::now();
     for (cmd, stage) in cmds.iter().zip(STAGES) {
         let t = Instant::now();
-        let r = pre
-            .run(cmd)
-            .ok_or_else(|| format!("{} is not a preprocessing command", cmd.name()))?
-            .map_err(|e| format!("{stage}: {e}"))?;
+        let r = pre.run(cmd).map_err(|e| format!("{stage}: {e}"))?;
         wall_ms.push(ms(t));
         reported_ms.push(r.get("ms").and_then(Value::as_f64).unwrap_or(f64::NAN));
         results.push(r);

@@ -99,9 +99,6 @@ impl Executor {
     /// Runs one command; the error is a message for the task's error history.
     pub fn run_command(&mut self, cmd: &Command, cancel: &CancelFlag) -> Result<Value, String> {
         cmd.validate()?;
-        if let Some(r) = self.pre.run(cmd) {
-            return r;
-        }
         match cmd {
             Command::Exec(p) => run_exec(p, cancel).map(|r| json!(r)),
             Command::Sleep { ms } => {
@@ -120,9 +117,7 @@ impl Executor {
             | Command::MovieProcessMovement(_)
             | Command::MovieProcessCtf(_)
             | Command::MovieExportMovie(_)
-            | Command::MovieCreateThumbnail(_) => {
-                unreachable!("preprocessing commands are run by the Preprocessor above")
-            }
+            | Command::MovieCreateThumbnail(_) => self.pre.run(cmd),
             // No command runs in the background yet; once one does, this waits on that pool.
             Command::WaitAsyncTasks {} => Ok(json!({ "waited_ms": 0, "pending": 0 })),
             Command::GcCollect {} => {

@@ -153,17 +153,17 @@ impl Preprocessor {
         self.loaded = None;
     }
 
-    /// Runs `cmd` if it is a preprocessing command; `None` for any other command.
-    pub fn run(&mut self, cmd: &Command) -> Option<Result<Value, String>> {
+    /// Runs a preprocessing command (any other command is an error).
+    pub fn run(&mut self, cmd: &Command) -> Result<Value, String> {
         let name = cmd.name();
         let outcome = catch_unwind(AssertUnwindSafe(|| match cmd {
-            Command::LoadGainRef(p) => Some(self.load_gain_ref(p)),
-            Command::LoadStack(p) => Some(self.load_stack(p)),
-            Command::MovieProcessMovement(p) => Some(self.process_movement(p)),
-            Command::MovieProcessCtf(p) => Some(self.process_ctf(p)),
-            Command::MovieExportMovie(p) => Some(self.export_movie(p)),
-            Command::MovieCreateThumbnail(p) => Some(self.create_thumbnail(p)),
-            _ => None,
+            Command::LoadGainRef(p) => self.load_gain_ref(p),
+            Command::LoadStack(p) => self.load_stack(p),
+            Command::MovieProcessMovement(p) => self.process_movement(p),
+            Command::MovieProcessCtf(p) => self.process_ctf(p),
+            Command::MovieExportMovie(p) => self.export_movie(p),
+            Command::MovieCreateThumbnail(p) => self.create_thumbnail(p),
+            _ => Err(format!("{name} is not a preprocessing command")),
         }));
         let outcome = match outcome {
             Ok(r) => r,
@@ -175,11 +175,11 @@ impl Preprocessor {
                     .unwrap_or_else(|| "unknown panic".into());
                 // The state may be half-updated: drop the movie, keep nothing suspect.
                 self.loaded = None;
-                Some(Err(format!("internal error in {name}: {what}")))
+                Err(format!("internal error in {name}: {what}"))
             }
         };
         // A failure on a device may mean the device is gone: check before blaming the task.
-        if matches!(outcome, Some(Err(_)))
+        if outcome.is_err()
             && self.backend.gpu().is_some()
             && let Err(reason) = self.backend.health_check()
         {
