@@ -21,6 +21,12 @@
 //! ([`Movie`]); the device holds one frame and the accumulators at a time (motion: the
 //! frames' spectra cropped to the estimator's grid). When an operation's buffers do not fit in
 //! the device's free memory it runs on the CPU instead, with the same result.
+//!
+//! **Device memory across movies.** Buffers come from the device's stream-ordered memory pool
+//! (cudarc allocates with `cuMemAllocAsync`), which is told at start to keep freed memory, so
+//! the next movie of the same geometry gets its buffers back from the pool without a driver
+//! allocation; memory the pool holds unused counts as available when deciding whether an
+//! operation fits. When the geometry changes the pool is trimmed first.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -141,6 +147,85 @@ struct Gpu {
     _module: Arc<CudaModule>,
     /// cuFFT plans by (nx, ny, is R2C).
     plans: Mutex<HashMap<(usize, usize, bool), Arc<CudaFft>>>,
+    /// The device's stream-ordered memory pool, set to keep freed memory (see [`Gpu::reuse`]);
+    /// `None` where the device has no memory pools (then every buffer comes from `cuMemAlloc`).
+    pool: Option<MemPool>,
+    /// The frame geometry the pool's memory was last sized for.
+    geometry: Mutex<Option<GeometryKey>>,
+}
+
+/// (file width, file height, cropped width, cropped height): movies with the same key need
+/// the same device buffers.
+type GeometryKey = (usize, usize, usize, usize);
+
+/// A device's default memory pool (a driver handle, valid while the context lives).
+struct MemPool(cudarc::driver::sys::CUmemoryPool);
+
+// SAFETY: a CUmemoryPool is a driver handle usable from any thread; every use here is under
+// the backend's lock.
+unsafe impl Send for MemPool {}
+// SAFETY: as above.
+unsafe impl Sync for MemPool {}
+
+impl MemPool {
+    /// The device's default pool, told to keep memory that is freed instead of returning it
+    /// to the driver at each synchronisation: the next movie's buffers of the same sizes come
+    /// from the pool without a driver allocation.
+    fn retain_freed(ctx: &CudaContext) -> Result<Option<MemPool>, String> {
+        use cudarc::driver::{result, sys};
+        if !ctx.has_async_alloc() {
+            return Ok(None);
+        }
+        // SAFETY: the device handle comes from a live context.
+        let pool = unsafe { result::device::get_default_mem_pool(ctx.cu_device()) }
+            .map_err(err("cannot get the GPU's memory pool"))?;
+        let mut keep = u64::MAX;
+        // SAFETY: RELEASE_THRESHOLD takes a cuuint64_t.
+        unsafe {
+            result::mem_pool::set_attribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut keep as *mut u64).cast(),
+            )
+        }
+        .map_err(err("cannot set the memory pool's release threshold"))?;
+        Ok(Some(MemPool(pool)))
+    }
+
+    fn attribute(&self, attr: cudarc::driver::sys::CUmemPool_attribute) -> Option<u64> {
+        let mut v = 0u64;
+        // SAFETY: the *_MEM_CURRENT attributes are cuuint64_t; the pool is live.
+        unsafe {
+            cudarc::driver::result::mem_pool::get_attribute(
+                self.0,
+                attr,
+                (&mut v as *mut u64).cast(),
+            )
+        }
+        .ok()
+        .map(|()| v)
+    }
+
+    /// Bytes the pool holds but no buffer uses: free for our next allocations, though the
+    /// driver does not count them as free.
+    fn idle_bytes(&self) -> u64 {
+        use cudarc::driver::sys::CUmemPool_attribute as A;
+        let reserved = self.attribute(A::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT);
+        let used = self.attribute(A::CU_MEMPOOL_ATTR_USED_MEM_CURRENT);
+        match (reserved, used) {
+            (Some(r), Some(u)) => r.saturating_sub(u),
+            _ => 0,
+        }
+    }
+}
+
+/// Whether `bytes` more fit: in the driver's free memory plus what our pool holds unused, with
+/// 10 % and 64 MiB to spare for cuFFT's work areas.
+fn fits_in(bytes: usize, driver_free: usize, pool_idle: u64) -> bool {
+    let need = (bytes as u64)
+        .saturating_add(bytes as u64 / 10)
+        .saturating_add(64 << 20);
+    need <= (driver_free as u64).saturating_add(pool_idle)
 }
 
 impl std::fmt::Debug for Gpu {
@@ -248,18 +333,38 @@ impl Gpu {
             kernels,
             _module: module,
             plans: Mutex::new(HashMap::new()),
+            pool: MemPool::retain_freed(&ctx)?,
+            geometry: Mutex::new(None),
         };
         gpu.health_check()?;
         Ok(gpu)
     }
 
-    /// Whether `bytes` more fit in the device's free memory, with 10 % and 64 MiB to spare
-    /// for cuFFT's work areas.
+    /// Whether `bytes` more fit on the device ([`fits_in`]).
     fn fits(&self, bytes: usize) -> bool {
+        let idle = self.pool.as_ref().map_or(0, MemPool::idle_bytes);
         match self.stream.context().mem_get_info() {
-            Ok((free, _)) => bytes + bytes / 10 + (64 << 20) <= free,
+            Ok((free, _)) => fits_in(bytes, free, idle),
             Err(_) => false,
         }
+    }
+
+    /// Device buffers are reused across movies of the same geometry: the pool keeps what each
+    /// movie frees. When the geometry changes, the pool gives its memory back first, so a
+    /// session of mixed sizes holds no more than its largest movie needs.
+    fn reuse(&self, key: GeometryKey) -> Result<(), String> {
+        let mut last = self.geometry.lock().unwrap_or_else(|e| e.into_inner());
+        if *last == Some(key) {
+            return Ok(());
+        }
+        if let (Some(pool), Some(_)) = (&self.pool, *last) {
+            self.stream.synchronize().map_err(err("synchronize"))?;
+            // SAFETY: the pool is live; trimming only releases memory no buffer uses.
+            unsafe { cudarc::driver::result::mem_pool::trim_to(pool.0, 0) }
+                .map_err(err("cannot trim the memory pool"))?;
+        }
+        *last = Some(key);
+        Ok(())
     }
 
     /// A 64 × 48 FFT round trip on the device must give the input back.
@@ -386,6 +491,7 @@ impl CudaBackend {
         let s = &self.gpu.stream;
         let k = &self.gpu.kernels;
         let (fnx, fny) = (g.file_nx, g.file_ny);
+        self.gpu.reuse((fnx, fny, g.nx, g.ny))?;
         let n = fnx * fny;
         let (fnxh, nxh) = (fnx / 2 + 1, g.nx / 2 + 1);
         // Defects whose repair needs the frame's mean are rare; such frames are corrected on the
@@ -851,6 +957,16 @@ impl Backend for CudaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_held_by_the_pool_counts_as_available() {
+        let mib = 1usize << 20;
+        // 1 GiB needs 1.1 GiB + 64 MiB of headroom.
+        assert!(!fits_in(1024 * mib, 1100 * mib, 0));
+        assert!(fits_in(1024 * mib, 1100 * mib, 100 << 20));
+        assert!(fits_in(1024 * mib, 1191 * mib, 0));
+        assert!(!fits_in(usize::MAX / 2, 0, u64::MAX / 4));
+    }
 
     #[test]
     fn backend_choice_parses_and_names_the_bad_value() {
