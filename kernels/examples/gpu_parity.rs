@@ -17,6 +17,7 @@
 //! | power spectrum, relative L2 | 1e-4 |
 //! | shifts, RMS difference | 0.02 px |
 //! | mean defocus, relative difference | 0.1 % |
+//! | device memory pool growth when the same movie is loaded again | 0 MiB |
 //!
 //! Without a usable GPU it prints `SKIP: <reason>` and exits 0, or 1 with `--require-gpu`
 //! (as `scripts/gpu-check.sh` runs it). Exit 1 on any tolerance missed; the last line is JSON.
@@ -182,6 +183,22 @@ fn run(device: usize, size: usize, n_frames: usize) -> Result<bool, String> {
     });
     let mc = mc.expect("ran").map_err(|e| e.to_string())?;
     let mg = mg.expect("ran").map_err(|e| e.to_string())?;
+    // A second movie of the same geometry reuses the first one's device memory.
+    match gpu.pool_reserved_bytes() {
+        Some(before) => {
+            let again = gpu
+                .load_movie(&movie_path, Some(&gain_ref), &opts)
+                .map_err(|e| e.to_string())?;
+            drop(again);
+            let after = gpu.pool_reserved_bytes().unwrap_or(before);
+            checks.push(Check {
+                name: "pool growth on a second movie, MiB",
+                value: after.saturating_sub(before) as f64 / (1u64 << 20) as f64,
+                limit: 0.0,
+            });
+        }
+        None => println!("  (no memory pools on this device: buffer reuse not checked)"),
+    }
     checks.push(Check {
         name: "frame spectra rel L2 (gain, defects, FFT)",
         value: spectra_rel(&mc, &mg),

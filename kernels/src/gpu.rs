@@ -478,6 +478,17 @@ impl CudaBackend {
         &self.gpu.info
     }
 
+    /// Bytes the device's memory pool holds (in use or kept for reuse); `None` where the
+    /// device has no memory pools.
+    pub fn pool_reserved_bytes(&self) -> Option<u64> {
+        let _g = self.guard();
+        self.gpu.pool.as_ref().and_then(|p| {
+            p.attribute(
+                cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
+            )
+        })
+    }
+
     fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
         self.lock.lock().unwrap_or_else(|e| e.into_inner())
     }
