@@ -83,6 +83,18 @@ impl Command {
         }
     }
 
+    /// The files the command reads: the movie of `LoadStack`, the gain reference and defect
+    /// map of `LoadGainRef`.
+    pub fn input_files(&self) -> Vec<&str> {
+        match self {
+            Command::LoadStack(p) => vec![p.path.as_str()],
+            Command::LoadGainRef(p) => std::iter::once(p.path.as_str())
+                .chain(p.defects_path.as_deref())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// All command names this build knows, for registration capabilities and error messages.
     pub const NAMES: &'static [&'static str] = &[
         "Exec",

@@ -137,6 +137,24 @@ pub struct StackLoaded {
     pub backend: String,
     /// Wall time, ms.
     pub ms: f64,
+    /// What the worker's read-ahead had done for this file when the load began (absent when
+    /// the file was not read ahead: the first movie, or read-ahead disabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_ahead: Option<ReadAheadReport>,
+}
+
+/// A file the worker read into the page cache while its previous task computed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadAheadReport {
+    /// The whole file had been read before the load began.
+    pub complete: bool,
+    /// Bytes read ahead.
+    pub bytes: u64,
+    /// Time spent reading, ms (so far, when not complete).
+    pub ms: f64,
+    /// Why the read-ahead stopped short, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `MovieProcessMovement`: global trajectory, then local motion on an automatic patch grid.

@@ -128,6 +128,12 @@ pub struct Assignment {
     pub init: Option<InitPart>,
     /// The main part, run in order; the first failure fails the task.
     pub commands: Vec<Command>,
+    /// Files the worker's next task will read (its `LoadStack` movie): the worker reads them
+    /// into the page cache once this task has read its own inputs, so the next movie's disk
+    /// read overlaps this one's computation. A hint: that task is kept for this worker, but
+    /// another worker with nothing else to do may take it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_ahead: Vec<String>,
 }
 
 /// `200` reply of a poll.

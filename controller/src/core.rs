@@ -240,6 +240,9 @@ struct WorkerEntry {
     held_fingerprint: Option<String>,
     completed: u64,
     failed: u64,
+    /// The queued task this worker was told to read ahead for (`Assignment::read_ahead`),
+    /// kept for it in [`Core::pick_for`].
+    next: Option<TaskId>,
 }
 
 #[derive(Debug)]
@@ -310,6 +313,9 @@ pub struct Core {
     now: Millis,
     stale_refused: u64,
     decisions: Vec<Decision>,
+    /// Queued tasks kept for the worker that reads ahead for them (the inverse of
+    /// `WorkerEntry::next`).
+    reserved: HashMap<TaskId, WorkerId>,
 }
 
 impl Core {
@@ -328,6 +334,7 @@ impl Core {
             now: 0,
             stale_refused: 0,
             decisions: Vec::new(),
+            reserved: HashMap::new(),
         }
     }
 
@@ -391,6 +398,7 @@ impl Core {
                 last_seen: self.now,
                 registered_at: self.now,
                 held_fingerprint: None,
+                next: None,
                 completed: 0,
                 failed: 0,
             },
@@ -557,6 +565,7 @@ impl Core {
             );
         }
         self.fail_targeted(worker, &format!("target worker {worker} left ({reason})"));
+        self.unreserve(worker);
         self.workers.remove(&worker);
         self.decisions.push(Decision::WorkerLost {
             worker,
@@ -713,6 +722,7 @@ impl Core {
     }
 
     fn mark_offline(&mut self, worker: WorkerId, reason: &str) {
+        self.unreserve(worker);
         let w = self.workers.get_mut(&worker).expect("worker exists");
         w.offline = true;
         if let Some((task, _)) = w.current {
@@ -769,7 +779,19 @@ impl Core {
         self.queue_mut(q).insert(key, task);
     }
 
+    /// Drops the task `worker` reads ahead for from the reserved ones.
+    fn unreserve(&mut self, worker: WorkerId) {
+        if let Some(t) = self.workers.get_mut(&worker).and_then(|w| w.next.take()) {
+            self.reserved.remove(&t);
+        }
+    }
+
     fn dequeue(&mut self, task: TaskId) {
+        if let Some(w) = self.reserved.remove(&task)
+            && let Some(w) = self.workers.get_mut(&w)
+        {
+            w.next = None;
+        }
         let t = &self.tasks[&task];
         let (q, key) = (t.queue(), t.key());
         let queue = self.queue_mut(q);
@@ -787,8 +809,11 @@ impl Core {
     }
 
     /// The best queued task for `worker`: the head of its own queue, of its device's queue, or
-    /// of the shared queue, by priority then age; within the shared queue's top priority a task
-    /// whose init fingerprint matches the worker's held state goes first.
+    /// of the shared queue, by priority then age. Within the shared queue's top priority the
+    /// task reserved for this worker (it read ahead for it) goes first, then one whose init
+    /// fingerprint matches the worker's held state, then the oldest not reserved for another
+    /// worker; a task reserved for another is taken only when nothing else is queued, so no
+    /// worker idles while work waits.
     fn pick_for(&self, worker: WorkerId) -> Option<TaskId> {
         let w = &self.workers[&worker];
         let own = self
@@ -802,16 +827,23 @@ impl Core {
         let mut shared = self.shared.first_key_value();
         let held = w.held_fingerprint.as_deref();
         let mut shared_affine = false;
-        if let (Some((k0, _)), Some(fp)) = (shared, held) {
-            let affine = self
-                .shared
-                .range(k0..)
-                .take(AFFINITY_SCAN)
-                .take_while(|(k, _)| k.0 == k0.0)
-                .find(|(_, t)| self.tasks[*t].fingerprint() == Some(fp));
-            if affine.is_some() {
-                shared = affine;
+        if let Some((k0, _)) = shared {
+            let top = || {
+                self.shared
+                    .range(k0..)
+                    .take(AFFINITY_SCAN)
+                    .take_while(|(k, _)| k.0 == k0.0)
+            };
+            let free = |t: &TaskId| self.reserved.get(t).is_none_or(|r| *r == worker);
+            let mine = w.next.and_then(|n| top().find(|(_, t)| **t == n));
+            let affine = held.and_then(|fp| {
+                top().find(|(_, t)| free(t) && self.tasks[*t].fingerprint() == Some(fp))
+            });
+            if let Some(c) = mine.or(affine) {
+                shared = Some(c);
                 shared_affine = true;
+            } else if let Some(c) = top().find(|(_, t)| free(t)) {
+                shared = Some(c);
             }
         }
         // Lower key = higher priority, then older. At equal priority, affinity beats age.
@@ -835,6 +867,7 @@ impl Core {
         }
         let task = self.pick_for(worker)?;
         self.dequeue(task);
+        self.unreserve(worker);
         let lease = self.next_lease;
         self.next_lease += 1;
         let now = self.now;
@@ -858,7 +891,32 @@ impl Core {
             outcome: AttemptOutcome::Active,
             error: None,
         });
-        Some(self.assignment(task, lease))
+        let mut assignment = self.assignment(task, lease);
+        assignment.read_ahead = self.reserve_next(worker);
+        Some(assignment)
+    }
+
+    /// Keeps the task `worker` would take next for it and returns the files that task reads,
+    /// for the worker to read ahead. Nothing when that task is kept for another worker.
+    fn reserve_next(&mut self, worker: WorkerId) -> Vec<String> {
+        let Some(next) = self.pick_for(worker) else {
+            return Vec::new();
+        };
+        if self.reserved.contains_key(&next) {
+            return Vec::new();
+        }
+        let files: Vec<String> = self.tasks[&next]
+            .spec
+            .commands
+            .iter()
+            .flat_map(|c| c.input_files())
+            .map(str::to_string)
+            .collect();
+        if !files.is_empty() {
+            self.reserved.insert(next, worker);
+            self.workers.get_mut(&worker).expect("worker exists").next = Some(next);
+        }
+        files
     }
 
     fn assignment(&self, task: TaskId, lease: LeaseId) -> Assignment {
@@ -869,6 +927,7 @@ impl Core {
             attempt: t.attempt,
             init: t.spec.init.clone(),
             commands: t.spec.commands.clone(),
+            read_ahead: Vec::new(),
         }
     }
 
@@ -1146,6 +1205,25 @@ impl Core {
                 return Err(format!("empty queue kept for device {d}"));
             }
             check_queue(q, QueueRef::Device(*d))?;
+        }
+        for (t, w) in &self.reserved {
+            if self.workers.get(w).and_then(|w| w.next) != Some(*t) {
+                return Err(format!(
+                    "task {t} is reserved for worker {w}, which does not know"
+                ));
+            }
+            if self.tasks.get(t).map(|t| t.state) != Some(TaskState::Queued) {
+                return Err(format!("reserved task {t} is not queued"));
+            }
+        }
+        for (id, w) in &self.workers {
+            if let Some(t) = w.next
+                && self.reserved.get(&t) != Some(id)
+            {
+                return Err(format!(
+                    "worker {id} reads ahead for task {t}, not reserved for it"
+                ));
+            }
         }
         let queued = self
             .tasks

@@ -341,6 +341,7 @@ fn priority_then_age_then_targets() {
         attempt: 1,
         init: None,
         commands: vec![],
+        read_ahead: vec![],
     };
     s.report(w0, &fake, ReportState::Completed).unwrap();
     assert_eq!(s.poll(w0).unwrap().id, for_w0);
@@ -554,4 +555,79 @@ fn random_event_sequences_keep_the_invariants() {
             s.state(*t)
         );
     }
+}
+
+/// A task that reads `movie` (a `LoadStack`), so a worker is told to read it ahead.
+fn movie_task(movie: &str) -> TaskSpec {
+    let load: Command = serde_json::from_value(serde_json::json!({
+        "name": "LoadStack", "params": { "path": movie }
+    }))
+    .unwrap();
+    TaskSpec::new(vec![load, Command::Sleep { ms: 1 }])
+}
+
+#[test]
+fn each_worker_reads_ahead_for_a_task_kept_for_it_until_nothing_else_waits() {
+    let mut s = Sim::new();
+    let (a, b) = (s.register(0), s.register(1));
+    let t: Vec<TaskId> = (0..5)
+        .map(|i| s.submit(movie_task(&format!("m{i}.mrc"))))
+        .collect();
+    let a0 = s.poll(a).unwrap();
+    assert_eq!(
+        (a0.id, a0.read_ahead.clone()),
+        (t[0], vec!["m1.mrc".into()])
+    );
+    // B skips t1, which A is reading ahead for.
+    let b0 = s.poll(b).unwrap();
+    assert_eq!(
+        (b0.id, b0.read_ahead.clone()),
+        (t[2], vec!["m3.mrc".into()])
+    );
+    s.report(a, &a0, ReportState::Completed).unwrap();
+    let a1 = s.poll(a).unwrap();
+    assert_eq!(
+        (a1.id, a1.read_ahead.clone()),
+        (t[1], vec!["m4.mrc".into()])
+    );
+    s.report(b, &b0, ReportState::Completed).unwrap();
+    let b1 = s.poll(b).unwrap();
+    assert_eq!(b1.id, t[3], "B takes the task it read ahead for");
+    assert!(b1.read_ahead.is_empty(), "t4 is kept for A");
+    s.report(b, &b1, ReportState::Completed).unwrap();
+    // Only t4 waits, kept for the busy A: B takes it rather than idle.
+    let b2 = s.poll(b).unwrap();
+    assert_eq!(b2.id, t[4]);
+    assert!(b2.read_ahead.is_empty());
+    s.report(a, &a1, ReportState::Completed).unwrap();
+    assert!(s.poll(a).is_none());
+}
+
+#[test]
+fn a_reservation_ends_with_its_worker_or_its_task_and_plain_tasks_have_none() {
+    let mut s = Sim::new();
+    let (a, b) = (s.register(0), s.register(0));
+    let t0 = s.submit(movie_task("m0.mrc"));
+    let t1 = s.submit(movie_task("m1.mrc"));
+    let t2 = s.submit(movie_task("m2.mrc"));
+    let a0 = s.poll(a).unwrap();
+    assert_eq!((a0.id, a0.read_ahead.clone()), (t0, vec!["m1.mrc".into()]));
+    // A leaves: t0 goes back to the queue and t1 is free again, so B reads ahead for t1.
+    s.apply(Event::Deregister {
+        worker: a,
+        reason: "test".into(),
+    })
+    .unwrap();
+    let b0 = s.poll(b).unwrap();
+    assert_eq!((b0.id, b0.read_ahead.clone()), (t0, vec!["m1.mrc".into()]));
+    // Cancelling the task B reads ahead for ends that reservation too (sanity_check).
+    s.apply(Event::Cancel { task: t1 }).unwrap();
+    s.report(b, &b0, ReportState::Completed).unwrap();
+    let b1 = s.poll(b).unwrap();
+    assert_eq!((b1.id, b1.read_ahead.clone()), (t2, vec![]));
+    // Tasks that read no files are handed out without a read-ahead.
+    let c = s.register(0);
+    s.submit(sleep_spec());
+    s.submit(sleep_spec());
+    assert!(s.poll(c).unwrap().read_ahead.is_empty());
 }

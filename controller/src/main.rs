@@ -921,6 +921,11 @@ fn preprocess(args: &[String]) -> Outcome {
         "KIND",
     );
     opts.optflag(
+        "",
+        "no-read-ahead",
+        "local workers do not read the next movie into the page cache while computing",
+    );
+    opts.optflag(
         "v",
         "verbose",
         "also log the embedded controller's info lines",
@@ -1036,6 +1041,7 @@ fn preprocess(args: &[String]) -> Outcome {
                 .map_err(|e| Failure::Usage(format!("--backend: {e}")))?,
             None => warp_kernels::gpu::BackendChoice::Auto,
         },
+        read_ahead: !m.opt_present("no-read-ahead"),
     };
     // Check every command's parameters once, before starting anything.
     po.validate().map_err(Failure::Usage)?;

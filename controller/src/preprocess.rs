@@ -28,8 +28,8 @@ use serde_json::Value;
 use warp_common::commands::Command;
 use warp_common::preprocessing::{
     CtfParams, CtfResult, ExportParams, ExportResult, LoadGainRefParams, LoadStackParams,
-    LocalMotionResult, MovementParams, MovementResult, StackLoaded, ThumbnailParams,
-    ThumbnailResult,
+    LocalMotionResult, MovementParams, MovementResult, ReadAheadReport, StackLoaded,
+    ThumbnailParams, ThumbnailResult,
 };
 use warp_common::protocol::{InitPart, TaskDetail, TaskSpec, TaskState};
 use warp_kernels::gpu::{BackendChoice, probe};
@@ -87,6 +87,8 @@ pub struct PreprocessOptions {
     pub progress_every: Duration,
     /// Compute backend of local workers (`--backend`).
     pub backend: BackendChoice,
+    /// Local workers read the next movie ahead (off: `--no-read-ahead`).
+    pub read_ahead: bool,
 }
 
 /// The `<name>.json` of a processed movie.
@@ -114,6 +116,10 @@ pub struct MovieRecord {
     pub backend: String,
     /// Worker that processed it.
     pub worker: String,
+    /// What the worker's read-ahead had done for this movie when its load began (absent for
+    /// a worker's first movie or with `--no-read-ahead`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_ahead: Option<ReadAheadReport>,
 }
 
 /// Motion part of [`MovieRecord`].
@@ -425,6 +431,7 @@ impl PreprocessOptions {
             timings_ms: timings,
             backend: load.backend,
             worker: detail.worker_id.map(|w| w.to_string()).unwrap_or_default(),
+            read_ahead: load.read_ahead,
         })
     }
 }
@@ -567,10 +574,14 @@ pub fn run(
         BackendChoice::Cpu => "cpu",
         BackendChoice::Cuda => "cuda",
     };
+    let mut worker_args = vec!["--backend".to_string(), backend_arg.to_string()];
+    if !opts.read_ahead {
+        worker_args.push("--no-read-ahead".into());
+    }
     let mut wopts = WrapperOptions {
         task_timeout: opts.task_timeout,
         silent_workers: true,
-        worker_args: vec!["--backend".into(), backend_arg.into()],
+        worker_args,
         ..WrapperOptions::default()
     };
     let port = match &opts.workers {
@@ -601,15 +612,24 @@ pub fn run(
     let controller = wrapper.controller().map_err(|e| e.to_string())?;
     on_started(controller)?;
 
-    // Submit every package, then collect results as they come.
-    let mut pending: Vec<(PathBuf, String, Receiver<TaskDetail>)> = Vec::with_capacity(todo.len());
-    for m in &todo {
-        let name = movie_name(m);
-        let (_, rx) = controller
-            .submit_watch(opts.package(m, &name))
-            .map_err(|e| format!("the controller refused the package of {}: {e}", m.display()))?;
-        pending.push((m.clone(), name, rx));
-    }
+    // Submit every package in one batch (so each worker's first task comes with the movie it
+    // reads ahead), then collect results as they come.
+    let names: Vec<String> = todo.iter().map(|m| movie_name(m)).collect();
+    let packages = todo
+        .iter()
+        .zip(&names)
+        .map(|(m, name)| opts.package(m, name))
+        .collect();
+    let watches = controller
+        .submit_batch_watch(packages)
+        .map_err(|e| format!("the controller refused the packages: {e}"))?;
+    let mut pending: Vec<(PathBuf, String, Receiver<TaskDetail>)> = todo
+        .iter()
+        .cloned()
+        .zip(names)
+        .zip(watches)
+        .map(|((m, name), (_, rx))| (m, name, rx))
+        .collect();
     let start = Instant::now();
     let total = pending.len();
     let mut last_progress = Instant::now();
@@ -746,6 +766,19 @@ pub fn summary_table(s: &Summary) -> String {
             "{:<24} FAILED: {}\n",
             f.name,
             f.error.as_deref().unwrap_or("")
+        ));
+    }
+    let ahead: Vec<&ReadAheadReport> = s
+        .processed
+        .iter()
+        .filter_map(|(_, r)| r.read_ahead.as_ref())
+        .collect();
+    if !ahead.is_empty() {
+        let complete = ahead.iter().filter(|r| r.complete).count();
+        out.push_str(&format!(
+            "read ahead: {} of {} movies, {complete} of them in full before their load\n",
+            ahead.len(),
+            s.processed.len()
         ));
     }
     out.push_str(&format!(

@@ -455,61 +455,72 @@ impl Controller {
 
     /// Submits one task. Errors are the 4xx the HTTP API would answer.
     pub fn submit(&self, spec: TaskSpec) -> Result<TaskId, ApiError> {
-        self.submit_inner(spec, false).map(|(id, _)| id)
+        spec.validate().map_err(ApiError::invalid)?;
+        let (id, _) = self.submit_many(vec![spec], false)?.remove(0);
+        Ok(id)
     }
 
     /// Submits one task and returns a channel that receives its detail once it is terminal.
     pub fn submit_watch(&self, spec: TaskSpec) -> Result<(TaskId, Receiver<TaskDetail>), ApiError> {
-        let (id, rx) = self.submit_inner(spec, true)?;
-        Ok((id, rx.expect("watch requested")))
-    }
-
-    fn submit_inner(
-        &self,
-        spec: TaskSpec,
-        watch: bool,
-    ) -> Result<(TaskId, Option<Receiver<TaskDetail>>), ApiError> {
         spec.validate().map_err(ApiError::invalid)?;
-        let id = uuid::Uuid::new_v4();
-        let mut inner = self.shared.lock();
-        let rx = watch.then(|| {
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            inner
-                .waiters
-                .entry(id)
-                .or_default()
-                .push(Waiter::Channel(tx));
-            rx
-        });
-        let result = self.shared.apply(
-            &mut inner,
-            Event::Submit {
-                tasks: vec![(id, spec)],
-            },
-        );
-        if result.is_err() {
-            inner.waiters.remove(&id);
-        }
-        let out = std::mem::take(&mut inner.outbox);
-        drop(inner);
-        Shared::flush(out);
-        result.map_err(ApiError::from)?;
-        Ok((id, rx))
+        let (id, rx) = self.submit_many(vec![spec], true)?.remove(0);
+        Ok((id, rx.expect("watch requested")))
     }
 
     /// Submits many tasks at once (all or none).
     pub fn submit_batch(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, ApiError> {
-        for (i, s) in specs.iter().enumerate() {
-            s.validate()
-                .map_err(|e| ApiError::invalid(format!("task {i}: {e}")))?;
-        }
+        validate_batch(&specs)?;
+        let ids = self.submit_many(specs, false)?;
+        Ok(ids.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// Submits many tasks at once (all or none), each with a channel that receives its detail
+    /// once it is terminal. Queued together, so workers polling meanwhile see all of them
+    /// (and are told which one they will read ahead for).
+    pub fn submit_batch_watch(
+        &self,
+        specs: Vec<TaskSpec>,
+    ) -> Result<Vec<(TaskId, Receiver<TaskDetail>)>, ApiError> {
+        validate_batch(&specs)?;
+        let ids = self.submit_many(specs, true)?;
+        Ok(ids
+            .into_iter()
+            .map(|(id, rx)| (id, rx.expect("watch requested")))
+            .collect())
+    }
+
+    /// Queues validated specs in one event, with a completion channel each when `watch`.
+    fn submit_many(
+        &self,
+        specs: Vec<TaskSpec>,
+        watch: bool,
+    ) -> Result<Vec<(TaskId, Option<Receiver<TaskDetail>>)>, ApiError> {
         let tasks: Vec<(TaskId, TaskSpec)> = specs
             .into_iter()
             .map(|s| (uuid::Uuid::new_v4(), s))
             .collect();
-        let ids = tasks.iter().map(|(id, _)| *id).collect();
         let mut inner = self.shared.lock();
+        let ids: Vec<(TaskId, Option<Receiver<TaskDetail>>)> = tasks
+            .iter()
+            .map(|(id, _)| {
+                let rx = watch.then(|| {
+                    let (tx, rx) = crossbeam_channel::bounded(1);
+                    inner
+                        .waiters
+                        .entry(*id)
+                        .or_default()
+                        .push(Waiter::Channel(tx));
+                    rx
+                });
+                (*id, rx)
+            })
+            .collect();
         let result = self.shared.apply(&mut inner, Event::Submit { tasks });
+        if result.is_err() {
+            for (id, _) in &ids {
+                inner.waiters.remove(id);
+            }
+        }
         let out = std::mem::take(&mut inner.outbox);
         drop(inner);
         Shared::flush(out);
@@ -686,4 +697,13 @@ pub(crate) fn json_response(status: u16, body: Vec<u8>) -> tiny_http::Response<C
         Some(len),
         None,
     )
+}
+
+/// Every spec of a batch, checked before any is queued; errors name the task's index.
+fn validate_batch(specs: &[TaskSpec]) -> Result<(), ApiError> {
+    for (i, s) in specs.iter().enumerate() {
+        s.validate()
+            .map_err(|e| ApiError::invalid(format!("task {i}: {e}")))?;
+    }
+    Ok(())
 }

@@ -216,6 +216,62 @@ fn preprocess_writes_every_output_reports_bad_movies_and_resumes() {
 }
 
 #[test]
+fn one_worker_reads_each_next_movie_ahead_and_records_it() {
+    let tmp = TempDir::new("readahead");
+    let dir = tmp.path();
+    let sim = dir.join("sim");
+    let out = dir.join("out");
+    simulate(
+        dir,
+        &sim,
+        &["--count", "3", "--size", "256", "--frames", "6"],
+    );
+    let input = format!("{}/*.mrc", sim.to_str().unwrap());
+    let mut job = vec![
+        "preprocess",
+        "--input",
+        &input,
+        "--output",
+        out.to_str().unwrap(),
+        "--workers",
+        "1",
+        "--window",
+        "128",
+    ];
+    let (code, stdout, err) = controller(dir, &job, Duration::from_secs(300));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains("read ahead: 2 of 3 movies, 2 of them in full before their load"),
+        "{stdout}"
+    );
+    // The first movie is the worker's first read; each later one was read ahead in full
+    // (its file's size) while the one before it was processed.
+    assert!(json(&out.join("sim_0001.json")).get("read_ahead").is_none());
+    for n in ["sim_0002", "sim_0003"] {
+        let rec = json(&out.join(format!("{n}.json")));
+        let size = std::fs::metadata(sim.join(format!("{n}.mrc")))
+            .unwrap()
+            .len();
+        assert_eq!(rec["read_ahead"]["complete"], true, "{rec}");
+        assert_eq!(rec["read_ahead"]["bytes"], size, "{rec}");
+    }
+
+    // Turned off, nothing is read ahead.
+    std::fs::remove_dir_all(&out).unwrap();
+    job.push("--no-read-ahead");
+    let (code, stdout, err) = controller(dir, &job, Duration::from_secs(300));
+    assert_eq!(code, 0, "{err}");
+    assert!(!stdout.contains("read ahead"), "{stdout}");
+    for n in ["sim_0001", "sim_0002", "sim_0003"] {
+        assert!(
+            json(&out.join(format!("{n}.json")))
+                .get("read_ahead")
+                .is_none()
+        );
+    }
+}
+
+#[test]
 fn preprocess_refuses_bad_options_before_starting_anything() {
     let tmp = TempDir::new("preprocess-usage");
     let dir = tmp.path();

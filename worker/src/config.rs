@@ -57,6 +57,8 @@ pub struct PullConfig {
     pub device: i32,
     /// Compute backend (`--backend`).
     pub backend: BackendChoice,
+    /// Read the next task's files while the current one computes (off: `--no-read-ahead`).
+    pub read_ahead: bool,
     /// Host name sent at registration.
     pub hostname: String,
     /// No log lines on stderr.
@@ -96,6 +98,7 @@ impl PullConfig {
             token: token.to_string(),
             device: 0,
             backend: BackendChoice::Auto,
+            read_ahead: true,
             hostname: hostname(),
             silent: false,
             verbose: false,
@@ -282,6 +285,11 @@ fn options() -> getopts::Options {
         "deregister and exit 0 after S seconds without work",
         "S",
     )
+    .optflag(
+        "",
+        "no-read-ahead",
+        "do not read the next task's movie into the page cache while the current one computes",
+    )
     // Direct mode.
     .optopt(
         "p",
@@ -410,6 +418,7 @@ pub fn parse_args(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Resu
         "hostname",
         "running-report-delay",
         "idle-exit",
+        "no-read-ahead",
     ];
     if let Some(port) = number::<u16>(&m, "port")? {
         if let Some(flag) = pull_only.iter().find(|f| m.opt_present(f)) {
@@ -476,6 +485,7 @@ pub fn parse_args(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Resu
     c.running_report_delay =
         seconds(&m, "running-report-delay")?.unwrap_or(DEFAULT_RUNNING_REPORT_DELAY);
     c.idle_exit = seconds(&m, "idle-exit")?;
+    c.read_ahead = !m.opt_present("no-read-ahead");
     c.spawn_id = env("WARP_SPAWN_ID").filter(|s| !s.is_empty());
     Ok(Parsed::Run(Box::new(Config::Pull(c))))
 }

@@ -19,6 +19,7 @@ use warp_common::commands::{Command, EXEC_TAIL_BYTES, ExecParams, ExecResult};
 use warp_common::protocol::{Assignment, TaskResult};
 
 use crate::preprocess::Preprocessor;
+use crate::readahead::ReadAhead;
 
 /// How much of stderr an Exec failure message quotes.
 const ERROR_TAIL_BYTES: usize = 2048;
@@ -65,6 +66,7 @@ impl CancelFlag {
 pub struct Executor {
     held: Option<String>,
     pre: Preprocessor,
+    read_ahead: ReadAhead,
 }
 
 impl Executor {
@@ -78,7 +80,13 @@ impl Executor {
         Executor {
             held: None,
             pre: Preprocessor::new(backend),
+            read_ahead: ReadAhead::default(),
         }
+    }
+
+    /// Turns the read-ahead of the next task's files on or off (on by default).
+    pub fn set_read_ahead(&mut self, enabled: bool) {
+        self.read_ahead = ReadAhead::new(enabled);
     }
 
     /// Why the compute device stopped working, if it did (see [`Preprocessor::unhealthy`]).
@@ -112,8 +120,12 @@ impl Executor {
             }
             Command::Fail { message } => Err(message.clone()),
             Command::Echo { value } => Ok(json!({ "value": value })),
+            Command::LoadStack(p) => {
+                self.pre
+                    .note_read_ahead(self.read_ahead.report_for(&p.path));
+                self.pre.run(cmd)
+            }
             Command::LoadGainRef(_)
-            | Command::LoadStack(_)
             | Command::MovieProcessMovement(_)
             | Command::MovieProcessCtf(_)
             | Command::MovieExportMovie(_)
@@ -133,7 +145,9 @@ impl Executor {
     }
 
     /// Runs a task: its init part unless the held fingerprint matches, then its main commands.
-    /// `on_command(i, n, name)` is called before main command `i` of `n`.
+    /// `on_command(i, n, name)` is called before main command `i` of `n`. The read-ahead of
+    /// `task.read_ahead` starts once the last main command that reads files has run, so the
+    /// two reads do not compete.
     pub fn run_assignment(
         &mut self,
         task: &Assignment,
@@ -156,14 +170,25 @@ impl Executor {
             init_ran = true;
         }
         let n = task.commands.len();
+        let read_ahead_at = task
+            .commands
+            .iter()
+            .rposition(|c| !c.input_files().is_empty())
+            .map_or(0, |i| i + 1);
         let mut results = Vec::with_capacity(n);
         for (i, c) in task.commands.iter().enumerate() {
+            if i == read_ahead_at {
+                self.read_ahead.start(&task.read_ahead);
+            }
             check_cancel(cancel)?;
             on_command(i, n, c.name());
             let r = self
                 .run_command(c, cancel)
                 .map_err(|e| format!("command {i} ({}): {e}", c.name()))?;
             results.push(r);
+        }
+        if read_ahead_at == n {
+            self.read_ahead.start(&task.read_ahead);
         }
         Ok(TaskResult { results, init_ran })
     }
@@ -495,6 +520,7 @@ mod tests {
                 commands: init,
             }),
             commands: main,
+            read_ahead: Vec::new(),
         }
     }
 

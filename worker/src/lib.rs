@@ -31,6 +31,7 @@ pub mod exec;
 pub mod heartbeat;
 pub mod preprocess;
 pub mod pull;
+pub mod readahead;
 pub mod signals;
 
 pub use config::{Config, DirectConfig, PullConfig};

@@ -18,8 +18,8 @@ use serde_json::Value;
 use warp_common::commands::Command;
 use warp_common::preprocessing::{
     CtfParams, CtfResult, ExportParams, ExportResult, GainRefLoaded, LoadGainRefParams,
-    LoadStackParams, LocalMotionResult, MovementParams, MovementResult, StackLoaded,
-    ThumbnailParams, ThumbnailResult,
+    LoadStackParams, LocalMotionResult, MovementParams, MovementResult, ReadAheadReport,
+    StackLoaded, ThumbnailParams, ThumbnailResult,
 };
 use warp_kernels::backend::{Backend, CpuBackend, Optics};
 use warp_kernels::ctf_fit::{CtfFitOptions, Spectrum};
@@ -59,6 +59,8 @@ pub struct Preprocessor {
     loaded: Option<Loaded>,
     /// Set when the backend's health check failed after a command error.
     unhealthy: Option<String>,
+    /// What the worker's read-ahead did for the movie the next `LoadStack` loads.
+    read_ahead: Option<ReadAheadReport>,
 }
 
 impl Default for Preprocessor {
@@ -122,7 +124,14 @@ impl Preprocessor {
             gain: None,
             loaded: None,
             unhealthy: None,
+            read_ahead: None,
         }
+    }
+
+    /// Records what the read-ahead did for the movie of the next `LoadStack`; its result
+    /// reports it.
+    pub fn note_read_ahead(&mut self, report: Option<ReadAheadReport>) {
+        self.read_ahead = report;
     }
 
     /// Why the device stopped working, once a health check after a failed command said so;
@@ -217,6 +226,7 @@ impl Preprocessor {
 
     fn load_stack(&mut self, p: &LoadStackParams) -> Result<Value, String> {
         let start = Instant::now();
+        let read_ahead = self.read_ahead.take();
         // Drop the previous movie first: one movie in memory at a time.
         self.loaded = None;
         let path = Path::new(&p.path);
@@ -246,6 +256,7 @@ impl Preprocessor {
             gain_corrected: movie.gain_corrected,
             backend: self.backend.name().to_string(),
             ms: ms_since(start),
+            read_ahead,
         };
         self.loaded = Some(Loaded {
             movie,

@@ -123,7 +123,8 @@ impl Shared {
 /// The compute backend is chosen first (`--backend`; a GPU is probed before anything else).
 pub fn run_pull(cfg: PullConfig) -> Result<(), WorkerError> {
     console::init(cfg.silent, crate::log_level(cfg.verbose));
-    let exec = crate::make_executor(cfg.backend, cfg.device)?;
+    let mut exec = crate::make_executor(cfg.backend, cfg.device)?;
+    exec.set_read_ahead(cfg.read_ahead);
     run_pull_with(cfg, exec)
 }
 

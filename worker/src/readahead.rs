@@ -1,0 +1,269 @@
+//! Reading the next task's files while the current task computes.
+//!
+//! The controller names the files of the task it keeps for this worker
+//! (`Assignment::read_ahead`). Once the current task has read its own inputs, [`ReadAhead`]
+//! reads those files sequentially on a background thread and throws the bytes away: they stay
+//! in the operating system's page cache, so the next `LoadStack` reads from memory instead of
+//! the file system. Nothing is held in the worker's own memory (one 8 MiB buffer), so the
+//! preprocessing memory budget is unchanged. A new read-ahead stops the previous one; a file
+//! that cannot be read is skipped (the task that loads it reports the error).
+
+use std::fs::File;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use warp_common::preprocessing::ReadAheadReport;
+
+/// Chunk size of the reads.
+const CHUNK: usize = 8 << 20;
+
+#[derive(Debug)]
+struct Entry {
+    path: String,
+    bytes: u64,
+    started: Option<Instant>,
+    /// Milliseconds the whole file took, once read.
+    done_ms: Option<f64>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Run {
+    entries: Vec<Entry>,
+}
+
+/// The read-ahead of one worker (module docs).
+#[derive(Debug)]
+pub struct ReadAhead {
+    enabled: bool,
+    run: Arc<Mutex<Run>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Default for ReadAhead {
+    fn default() -> ReadAhead {
+        ReadAhead::new(true)
+    }
+}
+
+fn lock(run: &Mutex<Run>) -> std::sync::MutexGuard<'_, Run> {
+    run.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ReadAhead {
+    /// A read-ahead; when not `enabled`, [`ReadAhead::start`] does nothing.
+    pub fn new(enabled: bool) -> ReadAhead {
+        ReadAhead {
+            enabled,
+            run: Arc::new(Mutex::new(Run::default())),
+            stop: Arc::new(AtomicBool::new(true)),
+            thread: None,
+        }
+    }
+
+    /// Whether [`ReadAhead::start`] reads anything.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Stops any read-ahead in progress and starts reading `paths`, in order.
+    pub fn start(&mut self, paths: &[String]) {
+        self.stop_current();
+        if !self.enabled || paths.is_empty() {
+            return;
+        }
+        let run = Arc::new(Mutex::new(Run {
+            entries: paths
+                .iter()
+                .map(|p| Entry {
+                    path: p.clone(),
+                    bytes: 0,
+                    started: None,
+                    done_ms: None,
+                    error: None,
+                })
+                .collect(),
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        self.run = run.clone();
+        self.stop = stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name("read-ahead".into())
+            .spawn(move || read_all(&run, &stop));
+        match spawned {
+            Ok(h) => self.thread = Some(h),
+            Err(e) => log::warn!("read-ahead not started: {e}"),
+        }
+    }
+
+    /// What the read-ahead did for `path` so far, if `path` was in the last
+    /// [`ReadAhead::start`]. The entry is taken, so a second load of the file reports nothing.
+    pub fn report_for(&self, path: &str) -> Option<ReadAheadReport> {
+        let mut run = lock(&self.run);
+        let i = run.entries.iter().position(|e| e.path == path)?;
+        let e = run.entries.remove(i);
+        Some(ReadAheadReport {
+            complete: e.done_ms.is_some(),
+            bytes: e.bytes,
+            ms: e
+                .done_ms
+                .or_else(|| e.started.map(|t| t.elapsed().as_secs_f64() * 1e3))
+                .unwrap_or(0.0),
+            error: e.error,
+        })
+    }
+
+    /// Waits for the current read-ahead to end (tests, shutdown).
+    pub fn wait(&mut self) {
+        if let Some(h) = self.thread.take() {
+            let _ = h.join();
+        }
+    }
+
+    fn stop_current(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // The thread stops within one chunk.
+        self.wait();
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.stop_current();
+    }
+}
+
+fn read_all(run: &Mutex<Run>, stop: &AtomicBool) {
+    let n = lock(run).entries.len();
+    let mut buf = vec![0u8; CHUNK];
+    for i in 0..n {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let t0 = Instant::now();
+        let path = {
+            let mut r = lock(run);
+            r.entries[i].started = Some(t0);
+            r.entries[i].path.clone()
+        };
+        let outcome = read_one(&path, &mut buf, stop, &mut |bytes| {
+            if let Some(e) = lock(run).entries.get_mut(i).filter(|e| e.path == path) {
+                e.bytes += bytes;
+            }
+        });
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let mut r = lock(run);
+        // The loader may have taken its entry already (report_for): nothing to record then.
+        let Some(e) = r.entries.iter_mut().find(|e| e.path == path) else {
+            continue;
+        };
+        match outcome {
+            Ok(true) => {
+                e.done_ms = Some(ms);
+                log::debug!("read ahead {path}: {} MiB in {ms:.0} ms", e.bytes >> 20);
+            }
+            Ok(false) => return,
+            Err(err) => {
+                log::debug!("read-ahead of {path} failed: {err}");
+                e.error = Some(err);
+            }
+        }
+    }
+}
+
+/// Reads `path` to the end; `Ok(false)` when stopped first.
+fn read_one(
+    path: &str,
+    buf: &mut [u8],
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<bool, String> {
+    let mut f = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    advise_sequential(&f);
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        match f.read(buf) {
+            Ok(0) => return Ok(true),
+            Ok(k) => progress(k as u64),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read failed: {e}")),
+        }
+    }
+}
+
+/// Tells the kernel the file is read front to back (a larger read-ahead window).
+fn advise_sequential(f: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: advice on an open descriptor; it changes no data and its failure is harmless.
+        unsafe {
+            libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = f;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_file(name: &str, bytes: usize) -> String {
+        let dir = std::env::temp_dir().join(format!("warp-readahead-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, vec![7u8; bytes]).unwrap();
+        p.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn reads_every_file_to_the_end_and_reports_each_once() {
+        let a = temp_file("a.bin", 20 << 20);
+        let b = temp_file("b.bin", 1000);
+        let mut ra = ReadAhead::new(true);
+        ra.start(&[a.clone(), b.clone()]);
+        ra.wait();
+        let ra_a = ra.report_for(&a).unwrap();
+        assert!(ra_a.complete, "{ra_a:?}");
+        assert_eq!(ra_a.bytes, 20 << 20);
+        assert!(ra_a.error.is_none());
+        assert_eq!(ra.report_for(&b).unwrap().bytes, 1000);
+        assert!(ra.report_for(&a).is_none(), "taken");
+        assert!(ra.report_for("/not/asked").is_none());
+    }
+
+    #[test]
+    fn an_unreadable_file_is_reported_and_the_rest_still_read() {
+        let b = temp_file("c.bin", 4096);
+        let mut ra = ReadAhead::new(true);
+        let missing = "/nonexistent/warp-readahead/movie.mrc".to_string();
+        ra.start(&[missing.clone(), b.clone()]);
+        ra.wait();
+        let m = ra.report_for(&missing).unwrap();
+        assert!(!m.complete);
+        assert!(m.error.unwrap().contains("cannot open"));
+        assert!(ra.report_for(&b).unwrap().complete);
+    }
+
+    #[test]
+    fn a_new_start_replaces_the_old_one_and_disabled_reads_nothing() {
+        let a = temp_file("d.bin", 64 << 20);
+        let b = temp_file("e.bin", 10);
+        let mut ra = ReadAhead::new(true);
+        ra.start(std::slice::from_ref(&a));
+        ra.start(std::slice::from_ref(&b));
+        assert!(ra.report_for(&a).is_none(), "the old run is forgotten");
+        ra.wait();
+        assert!(ra.report_for(&b).unwrap().complete);
+        let mut off = ReadAhead::new(false);
+        off.start(std::slice::from_ref(&b));
+        off.wait();
+        assert!(off.report_for(&b).is_none());
+    }
+}
