@@ -494,13 +494,13 @@ impl Controller {
         &self,
         specs: Vec<TaskSpec>,
         watch: bool,
-    ) -> Result<Vec<(TaskId, Option<Receiver<TaskDetail>>)>, ApiError> {
+    ) -> Result<Vec<(TaskId, Option<Watch>)>, ApiError> {
         let tasks: Vec<(TaskId, TaskSpec)> = specs
             .into_iter()
             .map(|s| (uuid::Uuid::new_v4(), s))
             .collect();
         let mut inner = self.shared.lock();
-        let ids: Vec<(TaskId, Option<Receiver<TaskDetail>>)> = tasks
+        let ids: Vec<(TaskId, Option<Watch>)> = tasks
             .iter()
             .map(|(id, _)| {
                 let rx = watch.then(|| {
@@ -707,3 +707,6 @@ fn validate_batch(specs: &[TaskSpec]) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+/// Receives a task's detail once it is terminal.
+type Watch = Receiver<TaskDetail>;
