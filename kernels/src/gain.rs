@@ -264,6 +264,8 @@ pub struct DefectTable {
 /// A loaded, oriented, normalised gain reference with an optional defect map.
 #[derive(Debug, Clone)]
 pub struct GainRef {
+    /// Unique per load (clones share it: the data is immutable), so a device copy can be kept.
+    id: u64,
     path: PathBuf,
     defects_path: Option<PathBuf>,
     width: usize,
@@ -276,6 +278,12 @@ pub struct GainRef {
 }
 
 impl GainRef {
+    /// Identifies this load of a gain reference: two loads (even of the same file) differ,
+    /// clones are equal. Device copies are cached by it.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Loads the gain reference at `path` and, if given, the defect map at `defects`, orients
     /// both (flip x, then flip y, then transpose) and normalises the gain (see the module
     /// documentation).
@@ -313,7 +321,9 @@ impl GainRef {
         let is_defect: Vec<bool> = defect_img
             .map(|d| d.data.iter().map(|&v| v != 0.0).collect())
             .unwrap_or_default();
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let mut r = GainRef {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             path: path.to_path_buf(),
             defects_path: defects.map(Path::to_path_buf),
             width: g.width,

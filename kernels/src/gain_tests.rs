@@ -305,3 +305,13 @@ fn bad_gain_files_are_errors() {
     let e = GainRef::load(&missing, false, false, false, None).unwrap_err();
     assert!(e.to_string().contains("missing.mrc"), "{e}");
 }
+
+#[test]
+fn each_load_has_its_own_id_and_clones_share_it() {
+    let dir = TempDir::new("gain-id");
+    let p = mrc(&dir, "g.mrc", 4, 2, &[1.0; 8]);
+    let a = GainRef::load(&p, false, false, false, None).unwrap();
+    let b = GainRef::load(&p, false, false, false, None).unwrap();
+    assert_ne!(a.id(), b.id(), "a reload of the same file is a new gain");
+    assert_eq!(a.clone().id(), a.id());
+}

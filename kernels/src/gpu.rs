@@ -26,7 +26,9 @@
 //! (cudarc allocates with `cuMemAllocAsync`), which is told at start to keep freed memory, so
 //! the next movie of the same geometry gets its buffers back from the pool without a driver
 //! allocation; memory the pool holds unused counts as available when deciding whether an
-//! operation fits. When the geometry changes the pool is trimmed first.
+//! operation fits. When the geometry changes the pool is trimmed first. The gain reference and
+//! its defect tables are uploaded once per `LoadGainRef` ([`GainRef::id`]) and kept on the
+//! device for every chunk of every movie after.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -152,6 +154,25 @@ struct Gpu {
     pool: Option<MemPool>,
     /// The frame geometry the pool's memory was last sized for.
     geometry: Mutex<Option<GeometryKey>>,
+    /// The gain reference and defect tables on the device, kept across chunks and movies.
+    gain: Mutex<Option<DeviceGain>>,
+}
+
+/// A gain reference on the device ([`GainRef::id`] names which).
+struct DeviceGain {
+    id: u64,
+    /// `None` when this gain is applied on the host instead: some defect's repair needs the
+    /// frame's mean (rare), or the indices do not fit the kernel's `int`.
+    on_device: Option<(CudaSlice<f32>, Option<DeviceDefects>)>,
+}
+
+/// [`crate::gain::DefectTable`] on the device.
+struct DeviceDefects {
+    targets: CudaSlice<i32>,
+    start: CudaSlice<i32>,
+    count: CudaSlice<i32>,
+    from: CudaSlice<i32>,
+    n: i32,
 }
 
 /// (file width, file height, cropped width, cropped height): movies with the same key need
@@ -335,6 +356,7 @@ impl Gpu {
             plans: Mutex::new(HashMap::new()),
             pool: MemPool::retain_freed(&ctx)?,
             geometry: Mutex::new(None),
+            gain: Mutex::new(None),
         };
         gpu.health_check()?;
         Ok(gpu)
@@ -347,6 +369,46 @@ impl Gpu {
             Ok((free, _)) => fits_in(bytes, free, idle),
             Err(_) => false,
         }
+    }
+
+    /// `gr` on the device: the cached copy when it is the same load, else uploaded (gain and
+    /// defect tables) and cached in place of the previous one. Defects whose repair needs the
+    /// frame's mean are rare; with any such, the gain stays on the host (the CPU path's code).
+    fn upload_gain<'c>(
+        &self,
+        cached: &'c mut Option<DeviceGain>,
+        gr: &GainRef,
+    ) -> Result<&'c DeviceGain, String> {
+        if cached.as_ref().is_none_or(|c| c.id != gr.id()) {
+            *cached = None; // free the old copy before uploading the new one
+            let s = &self.stream;
+            let on_device = match gr.defect_table() {
+                Some(t) if t.count.contains(&0) => None,
+                None => None,
+                Some(t) => {
+                    let defects = if t.targets.is_empty() {
+                        None
+                    } else {
+                        Some(DeviceDefects {
+                            targets: s.clone_htod(&t.targets).map_err(err("upload defects"))?,
+                            start: s.clone_htod(&t.start).map_err(err("upload defects"))?,
+                            count: s.clone_htod(&t.count).map_err(err("upload defects"))?,
+                            from: s.clone_htod(&t.from).map_err(err("upload defects"))?,
+                            n: t.targets.len() as i32,
+                        })
+                    };
+                    Some((
+                        s.clone_htod(gr.gain()).map_err(err("upload gain"))?,
+                        defects,
+                    ))
+                }
+            };
+            *cached = Some(DeviceGain {
+                id: gr.id(),
+                on_device,
+            });
+        }
+        Ok(cached.as_ref().expect("cached above"))
     }
 
     /// Device buffers are reused across movies of the same geometry: the pool keeps what each
@@ -505,24 +567,12 @@ impl CudaBackend {
         self.gpu.reuse((fnx, fny, g.nx, g.ny))?;
         let n = fnx * fny;
         let (fnxh, nxh) = (fnx / 2 + 1, g.nx / 2 + 1);
-        // Defects whose repair needs the frame's mean are rare; such frames are corrected on the
-        // host (same code as the CPU path) instead.
-        let table = g.gain.and_then(GainRef::defect_table);
-        let host_gain = g.gain.is_some() && table.as_ref().is_none_or(|t| t.count.contains(&0));
-        let d_gain = match g.gain {
-            Some(gr) if !host_gain => Some(s.clone_htod(gr.gain()).map_err(err("upload gain"))?),
-            _ => None,
+        let mut cached = self.gpu.gain.lock().unwrap_or_else(|e| e.into_inner());
+        let device_gain = match g.gain {
+            Some(gr) => self.gpu.upload_gain(&mut cached, gr)?.on_device.as_ref(),
+            None => None,
         };
-        let d_table = match (&table, host_gain) {
-            (Some(t), false) if !t.targets.is_empty() => Some((
-                s.clone_htod(&t.targets).map_err(err("upload defects"))?,
-                s.clone_htod(&t.start).map_err(err("upload defects"))?,
-                s.clone_htod(&t.count).map_err(err("upload defects"))?,
-                s.clone_htod(&t.from).map_err(err("upload defects"))?,
-                t.targets.len() as i32,
-            )),
-            _ => None,
-        };
+        let host_gain = g.gain.is_some() && device_gain.is_none();
         let forward = self.gpu.plan(fnx, fny, cufftType::CUFFT_R2C)?;
         let mut d_img = s.alloc_zeros::<f32>(n).map_err(err("GPU memory"))?;
         let mut d_spec = s
@@ -540,25 +590,26 @@ impl CudaBackend {
             s.memcpy_htod(&frame, &mut d_img)
                 .map_err(err("upload frame"))?;
             drop(frame);
-            if let Some(dg) = &d_gain {
+            if let Some((d_gain, defects)) = device_gain {
                 let n_i = n as i32;
                 let mut b = s.launch_builder(&k.gain_multiply);
-                b.arg(&mut d_img).arg(dg).arg(&n_i);
+                b.arg(&mut d_img).arg(d_gain).arg(&n_i);
                 // SAFETY: warp_gain_multiply(float*, const float*, int); both buffers hold n.
                 unsafe { b.launch(cfg_1d(n)) }.map_err(err("warp_gain_multiply"))?;
-            }
-            if let Some((t, st, c, from, n_fix)) = &d_table {
-                let fallback = 0.0f32; // never used: counts are all > 0 here
-                let mut b = s.launch_builder(&k.defects_fill);
-                b.arg(&mut d_img)
-                    .arg(t)
-                    .arg(st)
-                    .arg(c)
-                    .arg(from)
-                    .arg(n_fix)
-                    .arg(&fallback);
-                // SAFETY: warp_defects_fill's tables have n_fix entries and index inside the frame.
-                unsafe { b.launch(cfg_1d(*n_fix as usize)) }.map_err(err("warp_defects_fill"))?;
+                if let Some(d) = defects {
+                    let fallback = 0.0f32; // never used: counts are all > 0 here
+                    let mut b = s.launch_builder(&k.defects_fill);
+                    b.arg(&mut d_img)
+                        .arg(&d.targets)
+                        .arg(&d.start)
+                        .arg(&d.count)
+                        .arg(&d.from)
+                        .arg(&d.n)
+                        .arg(&fallback);
+                    // SAFETY: warp_defects_fill's tables have n entries and index inside the
+                    // frame.
+                    unsafe { b.launch(cfg_1d(d.n as usize)) }.map_err(err("warp_defects_fill"))?;
+                }
             }
             forward
                 .exec_r2c(&d_img, &mut d_spec)
