@@ -27,18 +27,17 @@ struct Entry {
     /// Milliseconds the whole file took, once read.
     done_ms: Option<f64>,
     error: Option<String>,
-}
-
-#[derive(Debug, Default)]
-struct Run {
-    entries: Vec<Entry>,
+    /// Reported to a load already ([`ReadAhead::report_for`]); entries are never removed, so
+    /// the reader thread's indices stay valid.
+    taken: bool,
 }
 
 /// The read-ahead of one worker (module docs).
 #[derive(Debug)]
 pub struct ReadAhead {
     enabled: bool,
-    run: Arc<Mutex<Run>>,
+    /// The files of the current (or last) read-ahead, in order.
+    run: Arc<Mutex<Vec<Entry>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -49,7 +48,7 @@ impl Default for ReadAhead {
     }
 }
 
-fn lock(run: &Mutex<Run>) -> std::sync::MutexGuard<'_, Run> {
+fn lock(run: &Mutex<Vec<Entry>>) -> std::sync::MutexGuard<'_, Vec<Entry>> {
     run.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -58,15 +57,10 @@ impl ReadAhead {
     pub fn new(enabled: bool) -> ReadAhead {
         ReadAhead {
             enabled,
-            run: Arc::new(Mutex::new(Run::default())),
+            run: Arc::new(Mutex::new(Vec::new())),
             stop: Arc::new(AtomicBool::new(true)),
             thread: None,
         }
-    }
-
-    /// Whether [`ReadAhead::start`] reads anything.
-    pub fn enabled(&self) -> bool {
-        self.enabled
     }
 
     /// Stops any read-ahead in progress and starts reading `paths`, in order.
@@ -75,8 +69,8 @@ impl ReadAhead {
         if !self.enabled || paths.is_empty() {
             return;
         }
-        let run = Arc::new(Mutex::new(Run {
-            entries: paths
+        let run = Arc::new(Mutex::new(
+            paths
                 .iter()
                 .map(|p| Entry {
                     path: p.clone(),
@@ -84,9 +78,10 @@ impl ReadAhead {
                     started: None,
                     done_ms: None,
                     error: None,
+                    taken: false,
                 })
                 .collect(),
-        }));
+        ));
         let stop = Arc::new(AtomicBool::new(false));
         self.run = run.clone();
         self.stop = stop.clone();
@@ -103,8 +98,8 @@ impl ReadAhead {
     /// [`ReadAhead::start`]. The entry is taken, so a second load of the file reports nothing.
     pub fn report_for(&self, path: &str) -> Option<ReadAheadReport> {
         let mut run = lock(&self.run);
-        let i = run.entries.iter().position(|e| e.path == path)?;
-        let e = run.entries.remove(i);
+        let e = run.iter_mut().find(|e| e.path == path && !e.taken)?;
+        e.taken = true;
         Some(ReadAheadReport {
             complete: e.done_ms.is_some(),
             bytes: e.bytes,
@@ -112,12 +107,13 @@ impl ReadAhead {
                 .done_ms
                 .or_else(|| e.started.map(|t| t.elapsed().as_secs_f64() * 1e3))
                 .unwrap_or(0.0),
-            error: e.error,
+            error: e.error.clone(),
         })
     }
 
-    /// Waits for the current read-ahead to end (tests, shutdown).
-    pub fn wait(&mut self) {
+    /// Waits for the current read-ahead to end.
+    #[cfg(test)]
+    fn wait(&mut self) {
         if let Some(h) = self.thread.take() {
             let _ = h.join();
         }
@@ -137,8 +133,8 @@ impl Drop for ReadAhead {
     }
 }
 
-fn read_all(run: &Mutex<Run>, stop: &AtomicBool) {
-    let n = lock(run).entries.len();
+fn read_all(run: &Mutex<Vec<Entry>>, stop: &AtomicBool) {
+    let n = lock(run).len();
     let mut buf = vec![0u8; CHUNK];
     for i in 0..n {
         if stop.load(Ordering::Relaxed) {
@@ -147,20 +143,15 @@ fn read_all(run: &Mutex<Run>, stop: &AtomicBool) {
         let t0 = Instant::now();
         let path = {
             let mut r = lock(run);
-            r.entries[i].started = Some(t0);
-            r.entries[i].path.clone()
+            r[i].started = Some(t0);
+            r[i].path.clone()
         };
         let outcome = read_one(&path, &mut buf, stop, &mut |bytes| {
-            if let Some(e) = lock(run).entries.get_mut(i).filter(|e| e.path == path) {
-                e.bytes += bytes;
-            }
+            lock(run)[i].bytes += bytes
         });
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         let mut r = lock(run);
-        // The loader may have taken its entry already (report_for): nothing to record then.
-        let Some(e) = r.entries.iter_mut().find(|e| e.path == path) else {
-            continue;
-        };
+        let e = &mut r[i];
         match outcome {
             Ok(true) => {
                 e.done_ms = Some(ms);
@@ -237,6 +228,20 @@ mod tests {
         assert_eq!(ra.report_for(&b).unwrap().bytes, 1000);
         assert!(ra.report_for(&a).is_none(), "taken");
         assert!(ra.report_for("/not/asked").is_none());
+    }
+
+    #[test]
+    fn a_file_taken_by_its_load_mid_read_does_not_disturb_the_next() {
+        let a = temp_file("f.bin", 32 << 20);
+        let b = temp_file("g.bin", 3000);
+        let mut ra = ReadAhead::new(true);
+        ra.start(&[a.clone(), b.clone()]);
+        // The load of `a` begins at once, probably before the read-ahead finished it.
+        assert!(ra.report_for(&a).is_some());
+        ra.wait();
+        let rb = ra.report_for(&b).unwrap();
+        assert!(rb.complete, "{rb:?}");
+        assert_eq!(rb.bytes, 3000);
     }
 
     #[test]
