@@ -13,6 +13,7 @@
 //! * [`simulate`]: synthetic movies with known truth, and the check of results against it.
 
 pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod core;
 pub mod http;

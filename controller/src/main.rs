@@ -10,7 +10,7 @@ use getopts::{Matches, Options};
 use warp_common::commands::Command;
 use warp_common::protocol::{Target, TaskDetail, TaskSpec, TaskState};
 use warp_controller::client::AdminClient;
-use warp_controller::{Controller, ControllerConfig, auth, logging, provision};
+use warp_controller::{Controller, ControllerConfig, auth, cli, logging, provision};
 
 const USAGE: &str = "\
 warp-controller: the controller of a pull-based cryo-EM worker system.
@@ -117,14 +117,7 @@ fn usage_or_failure(m: String) -> Failure {
 
 /// Parses `args` with `opts`; prints help and returns None for --help.
 fn parse(opts: &Options, args: &[String], brief: &str) -> Result<Option<Matches>, Failure> {
-    let m = opts
-        .parse(args)
-        .map_err(|e| Failure::Usage(format!("{e}; see --help")))?;
-    if m.opt_present("help") {
-        println!("{}", opts.usage(brief));
-        return Ok(None);
-    }
-    Ok(Some(m))
+    cli::parse(opts, args, brief).map_err(usage_or_failure)
 }
 
 fn seconds(m: &Matches, name: &str, default: Duration) -> Result<Duration, Failure> {
@@ -137,12 +130,7 @@ fn seconds(m: &Matches, name: &str, default: Duration) -> Result<Duration, Failu
 }
 
 fn number<T: std::str::FromStr>(m: &Matches, name: &str, default: T) -> Result<T, Failure> {
-    match m.opt_str(name) {
-        None => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|_| Failure::Usage(format!("--{name}: '{v}' is not a valid number"))),
-    }
+    cli::number(m, name, default).map_err(usage_or_failure)
 }
 
 fn serve(args: &[String]) -> Outcome {

@@ -30,6 +30,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use getopts::{Matches, Options};
+
+use crate::cli::number;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use warp_kernels::ctf::CtfParams;
@@ -691,27 +693,13 @@ pub fn compare_with_truth(truth_dir: &Path, out_dir: &Path) -> Result<Comparison
 }
 
 /// Parses `args` with `opts`; prints help and returns `None` for `--help`.
+/// [`crate::cli::parse`], refusing arguments that are not options.
 fn parse(opts: &Options, args: &[String], brief: &str) -> Result<Option<Matches>, String> {
-    let m = opts
-        .parse(args)
-        .map_err(|e| format!("usage: {e}; see --help"))?;
-    if m.opt_present("help") {
-        println!("{}", opts.usage(brief));
-        return Ok(None);
-    }
-    if let Some(extra) = m.free.first() {
+    let m = crate::cli::parse(opts, args, brief)?;
+    if let Some(extra) = m.as_ref().and_then(|m| m.free.first()) {
         return Err(format!("usage: unexpected argument '{extra}'; see --help"));
     }
-    Ok(Some(m))
-}
-
-fn number<T: std::str::FromStr>(m: &Matches, name: &str, default: T) -> Result<T, String> {
-    match m.opt_str(name) {
-        None => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|_| format!("usage: --{name}: '{v}' is not a valid number")),
-    }
+    Ok(m)
 }
 
 /// `warp-controller simulate ...` (arguments after the subcommand). Errors beginning with
