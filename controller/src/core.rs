@@ -554,7 +554,9 @@ impl Core {
         if self.set_waiting(worker, false) {
             self.decisions.push(Decision::Release { worker });
         }
-        // Offline first, so the released task cannot be handed straight back to this worker.
+        // Offline first, so the released task cannot be handed straight back to this worker,
+        // and its reservation gone before the released task is dispatched.
+        self.unreserve(worker);
         let w = self.workers.get_mut(&worker).expect("checked");
         w.offline = true;
         if let Some((task, _)) = w.current {
@@ -565,7 +567,6 @@ impl Core {
             );
         }
         self.fail_targeted(worker, &format!("target worker {worker} left ({reason})"));
-        self.unreserve(worker);
         self.workers.remove(&worker);
         self.decisions.push(Decision::WorkerLost {
             worker,
@@ -808,57 +809,49 @@ impl Core {
         }
     }
 
-    /// The best queued task for `worker`: the head of its own queue, of its device's queue, or
-    /// of the shared queue, by priority then age. Within the shared queue's top priority the
-    /// task reserved for this worker (it read ahead for it) goes first, then one whose init
-    /// fingerprint matches the worker's held state, then the oldest not reserved for another
-    /// worker; a task reserved for another is taken only when nothing else is queued, so no
-    /// worker idles while work waits.
+    /// The best queued task for `worker` from its own queue, its device's queue and the shared
+    /// queue ([`Core::best_in`] each), by priority, then preference, then age.
     fn pick_for(&self, worker: WorkerId) -> Option<TaskId> {
         let w = &self.workers[&worker];
-        let own = self
-            .per_worker
-            .get(&worker)
-            .and_then(|q| q.first_key_value());
-        let device = self
-            .per_device
-            .get(&w.device)
-            .and_then(|q| q.first_key_value());
-        let mut shared = self.shared.first_key_value();
-        let held = w.held_fingerprint.as_deref();
-        let mut shared_affine = false;
-        if let Some((k0, _)) = shared {
-            let top = || {
-                self.shared
-                    .range(k0..)
-                    .take(AFFINITY_SCAN)
-                    .take_while(|(k, _)| k.0 == k0.0)
-            };
-            let free = |t: &TaskId| self.reserved.get(t).is_none_or(|r| *r == worker);
-            let mine = w.next.and_then(|n| top().find(|(_, t)| **t == n));
-            let affine = held.and_then(|fp| {
-                top().find(|(_, t)| free(t) && self.tasks[*t].fingerprint() == Some(fp))
-            });
-            if let Some(c) = mine.or(affine) {
-                shared = Some(c);
-                shared_affine = true;
-            } else if let Some(c) = top().find(|(_, t)| free(t)) {
-                shared = Some(c);
-            }
-        }
-        // Lower key = higher priority, then older. At equal priority, affinity beats age.
-        let rank = |cand: Option<(&QueueKey, &TaskId)>, affine: bool| {
-            cand.map(|(k, t)| ((k.0, !affine, k.1), *t))
-        };
         [
-            rank(own, false),
-            rank(device, false),
-            rank(shared, shared_affine),
+            self.per_worker.get(&worker),
+            self.per_device.get(&w.device),
+            Some(&self.shared),
         ]
         .into_iter()
         .flatten()
-        .min_by_key(|(r, _)| *r)
-        .map(|(_, t)| t)
+        .filter_map(|q| self.best_in(q, worker))
+        // Lower key = higher priority, then older. At equal priority, preference beats age.
+        .min_by_key(|((k, _), preferred)| (k.0, !preferred, k.1))
+        .map(|((_, t), _)| *t)
+    }
+
+    /// The best task of queue `q` for `worker` within the queue's top priority: the task
+    /// reserved for it (it read ahead for it), then one whose init fingerprint matches the
+    /// worker's held state (both "preferred"), then the oldest not reserved for another worker.
+    /// A task reserved for another is taken only when nothing else is there, so no worker idles
+    /// while work waits. Scans at most [`AFFINITY_SCAN`] entries.
+    fn best_in<'q>(
+        &self,
+        q: &'q BTreeMap<QueueKey, TaskId>,
+        worker: WorkerId,
+    ) -> Option<((&'q QueueKey, &'q TaskId), bool)> {
+        let w = &self.workers[&worker];
+        let head = q.first_key_value()?;
+        let top = || {
+            q.range(head.0..)
+                .take(AFFINITY_SCAN)
+                .take_while(|(k, _)| k.0 == head.0.0)
+        };
+        let free = |t: &TaskId| self.reserved.get(t).is_none_or(|r| *r == worker);
+        let mine = w.next.and_then(|n| top().find(|(_, t)| **t == n));
+        let affine = w.held_fingerprint.as_deref().and_then(|fp| {
+            top().find(|(_, t)| free(t) && self.tasks[*t].fingerprint() == Some(fp))
+        });
+        match mine.or(affine) {
+            Some(c) => Some((c, true)),
+            None => Some((top().find(|(_, t)| free(t)).unwrap_or(head), false)),
+        }
     }
 
     fn assign_next(&mut self, worker: WorkerId) -> Option<Assignment> {
@@ -891,32 +884,31 @@ impl Core {
             outcome: AttemptOutcome::Active,
             error: None,
         });
-        let mut assignment = self.assignment(task, lease);
-        assignment.read_ahead = self.reserve_next(worker);
-        Some(assignment)
+        self.reserve_next(worker);
+        Some(self.assignment(task, lease))
     }
 
-    /// Keeps the task `worker` would take next for it and returns the files that task reads,
-    /// for the worker to read ahead. Nothing when that task is kept for another worker.
-    fn reserve_next(&mut self, worker: WorkerId) -> Vec<String> {
+    /// Keeps the task `worker` would take next for it, when that task reads files and is not
+    /// kept for another worker; [`Core::assignment`] names those files for the read-ahead.
+    fn reserve_next(&mut self, worker: WorkerId) {
         let Some(next) = self.pick_for(worker) else {
-            return Vec::new();
+            return;
         };
-        if self.reserved.contains_key(&next) {
-            return Vec::new();
+        if !self.reserved.contains_key(&next) && !self.input_files(next).is_empty() {
+            self.reserved.insert(next, worker);
+            self.workers.get_mut(&worker).expect("worker exists").next = Some(next);
         }
-        let files: Vec<String> = self.tasks[&next]
+    }
+
+    /// The files the main commands of `task` read.
+    fn input_files(&self, task: TaskId) -> Vec<String> {
+        self.tasks[&task]
             .spec
             .commands
             .iter()
             .flat_map(|c| c.input_files())
             .map(str::to_string)
-            .collect();
-        if !files.is_empty() {
-            self.reserved.insert(next, worker);
-            self.workers.get_mut(&worker).expect("worker exists").next = Some(next);
-        }
-        files
+            .collect()
     }
 
     fn assignment(&self, task: TaskId, lease: LeaseId) -> Assignment {
@@ -927,7 +919,12 @@ impl Core {
             attempt: t.attempt,
             init: t.spec.init.clone(),
             commands: t.spec.commands.clone(),
-            read_ahead: Vec::new(),
+            // The files of the task kept for this worker (also on a re-delivery).
+            read_ahead: t
+                .worker
+                .and_then(|w| self.workers.get(&w)?.next)
+                .map(|n| self.input_files(n))
+                .unwrap_or_default(),
         }
     }
 

@@ -472,6 +472,7 @@ fn random_event_sequences_keep_the_invariants() {
         rng % n
     };
     let mut s = Sim::new();
+    let mut reserved_seen = 0usize;
     let mut workers: Vec<WorkerId> = (0..4).map(|d| s.register(d % 2)).collect();
     let mut held: HashMap<WorkerId, Assignment> = HashMap::new();
     let mut tasks = Vec::new();
@@ -480,7 +481,12 @@ fn random_event_sequences_keep_the_invariants() {
         let w = workers[next(workers.len() as u64) as usize];
         match next(10) {
             0 | 1 => {
-                let mut spec = sleep_spec();
+                // Half read a movie, so reservations come and go too.
+                let mut spec = if next(2) == 0 {
+                    movie_task(&format!("m{}.mrc", tasks.len()))
+                } else {
+                    sleep_spec()
+                };
                 spec.priority = next(3) as i32;
                 if next(4) == 0 {
                     spec.target = Target::Device(next(2) as i32);
@@ -489,6 +495,7 @@ fn random_event_sequences_keep_the_invariants() {
             }
             2 | 3 => {
                 if let Some(a) = s.poll(w) {
+                    reserved_seen += usize::from(!a.read_ahead.is_empty());
                     held.insert(w, a);
                 }
             }
@@ -532,6 +539,7 @@ fn random_event_sequences_keep_the_invariants() {
         }
         s.core.take_decisions();
     }
+    assert!(reserved_seen > 100, "the walk made {reserved_seen} read-ahead assignments");
     // Drain: reliable workers finish everything.
     held.clear();
     for _ in 0..100_000 {
@@ -630,4 +638,24 @@ fn a_reservation_ends_with_its_worker_or_its_task_and_plain_tasks_have_none() {
     s.submit(sleep_spec());
     s.submit(sleep_spec());
     assert!(s.poll(c).unwrap().read_ahead.is_empty());
+}
+
+#[test]
+fn reservations_hold_in_device_queues_and_survive_a_lost_delivery() {
+    let mut s = Sim::new();
+    let (a, b) = (s.register(0), s.register(0));
+    let t: Vec<TaskId> = (0..3)
+        .map(|i| {
+            let mut spec = movie_task(&format!("d{i}.mrc"));
+            spec.target = Target::Device(0);
+            s.submit(spec)
+        })
+        .collect();
+    let a0 = s.poll(a).unwrap();
+    assert_eq!((a0.id, a0.read_ahead.clone()), (t[0], vec!["d1.mrc".into()]));
+    // The delivery was lost: the same lease again, with the same read-ahead.
+    let again = s.poll(a).unwrap();
+    assert_eq!((again.lease, again.read_ahead), (a0.lease, a0.read_ahead));
+    // B, on the same device, skips the task kept for A.
+    assert_eq!(s.poll(b).unwrap().id, t[2]);
 }
