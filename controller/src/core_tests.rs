@@ -539,7 +539,10 @@ fn random_event_sequences_keep_the_invariants() {
         }
         s.core.take_decisions();
     }
-    assert!(reserved_seen > 100, "the walk made {reserved_seen} read-ahead assignments");
+    assert!(
+        reserved_seen > 100,
+        "the walk made {reserved_seen} read-ahead assignments"
+    );
     // Drain: reliable workers finish everything.
     held.clear();
     for _ in 0..100_000 {
@@ -652,7 +655,10 @@ fn reservations_hold_in_device_queues_and_survive_a_lost_delivery() {
         })
         .collect();
     let a0 = s.poll(a).unwrap();
-    assert_eq!((a0.id, a0.read_ahead.clone()), (t[0], vec!["d1.mrc".into()]));
+    assert_eq!(
+        (a0.id, a0.read_ahead.clone()),
+        (t[0], vec!["d1.mrc".into()])
+    );
     // The delivery was lost: the same lease again, with the same read-ahead.
     let again = s.poll(a).unwrap();
     assert_eq!((again.lease, again.read_ahead), (a0.lease, a0.read_ahead));

@@ -12,8 +12,7 @@ use serde::de::DeserializeOwned;
 use warp_common::PROTOCOL_VERSION;
 use warp_common::protocol::{
     ApiErrorBody, BatchSubmit, BatchSubmitResponse, DeregisterRequest, HeartbeatRequest,
-    RegisterRequest, RegisterResponse, StatusUpdate, SubmitResponse, TaskId, TaskSpec, TaskState,
-    WorkerId,
+    RegisterRequest, RegisterResponse, StatusUpdate, SubmitResponse, TaskSpec, TaskState, WorkerId,
 };
 
 use crate::auth;
@@ -677,31 +676,20 @@ fn ship_console(
 fn submit(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
     let spec: TaskSpec = call.body()?;
     spec.validate().map_err(ApiError::invalid)?;
-    let id = uuid::Uuid::new_v4();
-    apply_and_flush(
-        s,
-        s.lock(),
-        Event::Submit {
-            tasks: vec![(id, spec)],
-        },
-    )?;
+    let (id, _) = s.submit(vec![spec], false)?.remove(0);
     json(201, &SubmitResponse { id })
 }
 
 fn submit_batch(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
     let batch: BatchSubmit = call.body()?;
-    for (i, spec) in batch.tasks.iter().enumerate() {
-        spec.validate()
-            .map_err(|e| ApiError::invalid(format!("task {i}: {e}")))?;
-    }
-    let tasks: Vec<(TaskId, TaskSpec)> = batch
-        .tasks
-        .into_iter()
-        .map(|t| (uuid::Uuid::new_v4(), t))
-        .collect();
-    let ids = tasks.iter().map(|(id, _)| *id).collect();
-    apply_and_flush(s, s.lock(), Event::Submit { tasks })?;
-    json(201, &BatchSubmitResponse { ids })
+    crate::server::validate_batch(&batch.tasks)?;
+    let ids = s.submit(batch.tasks, false)?;
+    json(
+        201,
+        &BatchSubmitResponse {
+            ids: ids.into_iter().map(|(id, _)| id).collect(),
+        },
+    )
 }
 
 fn cancel(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {

@@ -196,6 +196,46 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Queues validated specs in one event (all or none), with a completion channel each
+    /// when `watch`. Both the HTTP routes and the in-process API submit through here.
+    pub fn submit(
+        &self,
+        specs: Vec<TaskSpec>,
+        watch: bool,
+    ) -> Result<Vec<(TaskId, Option<Watch>)>, ApiError> {
+        let tasks: Vec<(TaskId, TaskSpec)> = specs
+            .into_iter()
+            .map(|s| (uuid::Uuid::new_v4(), s))
+            .collect();
+        let mut inner = self.lock();
+        let ids: Vec<(TaskId, Option<Watch>)> = tasks
+            .iter()
+            .map(|(id, _)| {
+                let rx = watch.then(|| {
+                    let (tx, rx) = crossbeam_channel::bounded(1);
+                    inner
+                        .waiters
+                        .entry(*id)
+                        .or_default()
+                        .push(Waiter::Channel(tx));
+                    rx
+                });
+                (*id, rx)
+            })
+            .collect();
+        let result = self.apply(&mut inner, Event::Submit { tasks });
+        if result.is_err() {
+            for (id, _) in &ids {
+                inner.waiters.remove(id);
+            }
+        }
+        let out = std::mem::take(&mut inner.outbox);
+        drop(inner);
+        Shared::flush(out);
+        result.map_err(ApiError::from)?;
+        Ok(ids)
+    }
+
     /// Applies an event and carries out the decisions it produced. Responses to parked
     /// requests go to `inner.outbox`; the caller writes them with [`Shared::flush`].
     pub fn apply(&self, inner: &mut Inner, event: Event) -> Result<Reply, CoreError> {
@@ -456,21 +496,21 @@ impl Controller {
     /// Submits one task. Errors are the 4xx the HTTP API would answer.
     pub fn submit(&self, spec: TaskSpec) -> Result<TaskId, ApiError> {
         spec.validate().map_err(ApiError::invalid)?;
-        let (id, _) = self.submit_many(vec![spec], false)?.remove(0);
+        let (id, _) = self.shared.submit(vec![spec], false)?.remove(0);
         Ok(id)
     }
 
     /// Submits one task and returns a channel that receives its detail once it is terminal.
     pub fn submit_watch(&self, spec: TaskSpec) -> Result<(TaskId, Receiver<TaskDetail>), ApiError> {
         spec.validate().map_err(ApiError::invalid)?;
-        let (id, rx) = self.submit_many(vec![spec], true)?.remove(0);
+        let (id, rx) = self.shared.submit(vec![spec], true)?.remove(0);
         Ok((id, rx.expect("watch requested")))
     }
 
     /// Submits many tasks at once (all or none).
     pub fn submit_batch(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, ApiError> {
         validate_batch(&specs)?;
-        let ids = self.submit_many(specs, false)?;
+        let ids = self.shared.submit(specs, false)?;
         Ok(ids.into_iter().map(|(id, _)| id).collect())
     }
 
@@ -482,50 +522,11 @@ impl Controller {
         specs: Vec<TaskSpec>,
     ) -> Result<Vec<(TaskId, Receiver<TaskDetail>)>, ApiError> {
         validate_batch(&specs)?;
-        let ids = self.submit_many(specs, true)?;
+        let ids = self.shared.submit(specs, true)?;
         Ok(ids
             .into_iter()
             .map(|(id, rx)| (id, rx.expect("watch requested")))
             .collect())
-    }
-
-    /// Queues validated specs in one event, with a completion channel each when `watch`.
-    fn submit_many(
-        &self,
-        specs: Vec<TaskSpec>,
-        watch: bool,
-    ) -> Result<Vec<(TaskId, Option<Watch>)>, ApiError> {
-        let tasks: Vec<(TaskId, TaskSpec)> = specs
-            .into_iter()
-            .map(|s| (uuid::Uuid::new_v4(), s))
-            .collect();
-        let mut inner = self.shared.lock();
-        let ids: Vec<(TaskId, Option<Watch>)> = tasks
-            .iter()
-            .map(|(id, _)| {
-                let rx = watch.then(|| {
-                    let (tx, rx) = crossbeam_channel::bounded(1);
-                    inner
-                        .waiters
-                        .entry(*id)
-                        .or_default()
-                        .push(Waiter::Channel(tx));
-                    rx
-                });
-                (*id, rx)
-            })
-            .collect();
-        let result = self.shared.apply(&mut inner, Event::Submit { tasks });
-        if result.is_err() {
-            for (id, _) in &ids {
-                inner.waiters.remove(id);
-            }
-        }
-        let out = std::mem::take(&mut inner.outbox);
-        drop(inner);
-        Shared::flush(out);
-        result.map_err(ApiError::from)?;
-        Ok(ids)
     }
 
     /// Cancels a task; returns its state afterwards.
@@ -700,7 +701,7 @@ pub(crate) fn json_response(status: u16, body: Vec<u8>) -> tiny_http::Response<C
 }
 
 /// Every spec of a batch, checked before any is queued; errors name the task's index.
-fn validate_batch(specs: &[TaskSpec]) -> Result<(), ApiError> {
+pub(crate) fn validate_batch(specs: &[TaskSpec]) -> Result<(), ApiError> {
     for (i, s) in specs.iter().enumerate() {
         s.validate()
             .map_err(|e| ApiError::invalid(format!("task {i}: {e}")))?;
