@@ -676,20 +676,15 @@ fn ship_console(
 fn submit(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
     let spec: TaskSpec = call.body()?;
     spec.validate().map_err(ApiError::invalid)?;
-    let (id, _) = s.submit(vec![spec], false)?.remove(0);
+    let id = s.submit(vec![spec], None)?[0];
     json(201, &SubmitResponse { id })
 }
 
 fn submit_batch(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
     let batch: BatchSubmit = call.body()?;
     crate::server::validate_batch(&batch.tasks)?;
-    let ids = s.submit(batch.tasks, false)?;
-    json(
-        201,
-        &BatchSubmitResponse {
-            ids: ids.into_iter().map(|(id, _)| id).collect(),
-        },
-    )
+    let ids = s.submit(batch.tasks, None)?;
+    json(201, &BatchSubmitResponse { ids })
 }
 
 fn cancel(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {

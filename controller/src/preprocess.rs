@@ -16,13 +16,13 @@
 //!   an interrupted job loses nothing. A re-run skips processed movies whose `<name>.json`
 //!   exists and retries the failed ones.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select};
+use crossbeam_channel::RecvTimeoutError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use warp_common::commands::Command;
@@ -31,7 +31,7 @@ use warp_common::preprocessing::{
     LocalMotionResult, MovementParams, MovementResult, ReadAheadReport, StackLoaded,
     ThumbnailParams, ThumbnailResult,
 };
-use warp_common::protocol::{InitPart, TaskDetail, TaskSpec, TaskState};
+use warp_common::protocol::{InitPart, TaskDetail, TaskId, TaskSpec, TaskState};
 use warp_kernels::gpu::{BackendChoice, probe};
 use warp_kernels::io::star::{StarTable, StarValue, write_star};
 
@@ -620,15 +620,12 @@ pub fn run(
         .zip(&names)
         .map(|(m, name)| opts.package(m, name))
         .collect();
-    let watches = controller
+    let (ids, finished_rx) = controller
         .submit_batch_watch(packages)
         .map_err(|e| format!("the controller refused the packages: {e}"))?;
-    let mut pending: Vec<(PathBuf, String, Receiver<TaskDetail>)> = todo
-        .iter()
-        .cloned()
-        .zip(names)
-        .zip(watches)
-        .map(|((m, name), (_, rx))| (m, name, rx))
+    let mut pending: HashMap<TaskId, (PathBuf, String)> = ids
+        .into_iter()
+        .zip(todo.iter().cloned().zip(names))
         .collect();
     let start = Instant::now();
     let total = pending.len();
@@ -644,26 +641,25 @@ pub fn run(
             }
             break;
         }
-        let got = {
-            let mut sel = Select::new();
-            for (_, _, rx) in &pending {
-                sel.recv(rx);
-            }
-            match sel.select_timeout(Duration::from_millis(250)) {
-                Ok(op) => {
-                    let i = op.index();
-                    Some((i, op.recv(&pending[i].2)))
+        // Details of finished tasks, or every pending movie failed if the controller is gone.
+        let got: Vec<(PathBuf, String, Result<TaskDetail, ()>)> =
+            match finished_rx.recv_timeout(Duration::from_millis(250)) {
+                Ok(d) => pending
+                    .remove(&d.id)
+                    .map(|(m, name)| (m, name, Ok(d)))
+                    .into_iter()
+                    .collect(),
+                Err(RecvTimeoutError::Timeout) => Vec::new(),
+                Err(RecvTimeoutError::Disconnected) => {
+                    pending.drain().map(|(_, (m, n))| (m, n, Err(()))).collect()
                 }
-                Err(_) => None,
-            }
-        };
-        let ready = got.is_some();
-        if let Some((i, detail)) = got {
-            let (movie, name, _) = pending.swap_remove(i);
+            };
+        let ready = !got.is_empty();
+        for (movie, name, detail) in got {
             let outcome = match detail {
                 Ok(d) if d.state == TaskState::Completed => opts.record(&movie, &d),
                 Ok(d) => Err(d.error.unwrap_or_else(|| format!("task {:?}", d.state))),
-                Err(_) => Err("the controller stopped".into()),
+                Err(()) => Err("the controller stopped".into()),
             };
             match outcome {
                 Ok(rec) => {

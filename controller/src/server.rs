@@ -196,36 +196,32 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues validated specs in one event (all or none), with a completion channel each
-    /// when `watch`. Both the HTTP routes and the in-process API submit through here.
+    /// Queues validated specs in one event (all or none); with `watch`, each task's detail is
+    /// sent there once it is terminal. Both the HTTP routes and the in-process API submit
+    /// through here.
     pub fn submit(
         &self,
         specs: Vec<TaskSpec>,
-        watch: bool,
-    ) -> Result<Vec<(TaskId, Option<Watch>)>, ApiError> {
+        watch: Option<&crossbeam_channel::Sender<TaskDetail>>,
+    ) -> Result<Vec<TaskId>, ApiError> {
         let tasks: Vec<(TaskId, TaskSpec)> = specs
             .into_iter()
             .map(|s| (uuid::Uuid::new_v4(), s))
             .collect();
+        let ids: Vec<TaskId> = tasks.iter().map(|(id, _)| *id).collect();
         let mut inner = self.lock();
-        let ids: Vec<(TaskId, Option<Watch>)> = tasks
-            .iter()
-            .map(|(id, _)| {
-                let rx = watch.then(|| {
-                    let (tx, rx) = crossbeam_channel::bounded(1);
-                    inner
-                        .waiters
-                        .entry(*id)
-                        .or_default()
-                        .push(Waiter::Channel(tx));
-                    rx
-                });
-                (*id, rx)
-            })
-            .collect();
+        if let Some(tx) = watch {
+            for id in &ids {
+                inner
+                    .waiters
+                    .entry(*id)
+                    .or_default()
+                    .push(Waiter::Channel(tx.clone()));
+            }
+        }
         let result = self.apply(&mut inner, Event::Submit { tasks });
         if result.is_err() {
-            for (id, _) in &ids {
+            for id in &ids {
                 inner.waiters.remove(id);
             }
         }
@@ -496,37 +492,33 @@ impl Controller {
     /// Submits one task. Errors are the 4xx the HTTP API would answer.
     pub fn submit(&self, spec: TaskSpec) -> Result<TaskId, ApiError> {
         spec.validate().map_err(ApiError::invalid)?;
-        let (id, _) = self.shared.submit(vec![spec], false)?.remove(0);
-        Ok(id)
+        Ok(self.shared.submit(vec![spec], None)?[0])
     }
 
     /// Submits one task and returns a channel that receives its detail once it is terminal.
     pub fn submit_watch(&self, spec: TaskSpec) -> Result<(TaskId, Receiver<TaskDetail>), ApiError> {
         spec.validate().map_err(ApiError::invalid)?;
-        let (id, rx) = self.shared.submit(vec![spec], true)?.remove(0);
-        Ok((id, rx.expect("watch requested")))
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        Ok((self.shared.submit(vec![spec], Some(&tx))?[0], rx))
     }
 
     /// Submits many tasks at once (all or none).
     pub fn submit_batch(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, ApiError> {
         validate_batch(&specs)?;
-        let ids = self.shared.submit(specs, false)?;
-        Ok(ids.into_iter().map(|(id, _)| id).collect())
+        self.shared.submit(specs, None)
     }
 
-    /// Submits many tasks at once (all or none), each with a channel that receives its detail
-    /// once it is terminal. Queued together, so workers polling meanwhile see all of them
-    /// (and are told which one they will read ahead for).
+    /// Submits many tasks at once (all or none); one channel receives each task's detail as it
+    /// becomes terminal. Queued together, so workers polling meanwhile see all of them (and are
+    /// told which one they will read ahead for).
     pub fn submit_batch_watch(
         &self,
         specs: Vec<TaskSpec>,
-    ) -> Result<Vec<(TaskId, Receiver<TaskDetail>)>, ApiError> {
+    ) -> Result<(Vec<TaskId>, Receiver<TaskDetail>), ApiError> {
         validate_batch(&specs)?;
-        let ids = self.shared.submit(specs, true)?;
-        Ok(ids
-            .into_iter()
-            .map(|(id, rx)| (id, rx.expect("watch requested")))
-            .collect())
+        // Room for every detail, so finishing a task never waits on the reader.
+        let (tx, rx) = crossbeam_channel::bounded(specs.len().max(1));
+        Ok((self.shared.submit(specs, Some(&tx))?, rx))
     }
 
     /// Cancels a task; returns its state afterwards.
@@ -708,6 +700,3 @@ pub(crate) fn validate_batch(specs: &[TaskSpec]) -> Result<(), ApiError> {
     }
     Ok(())
 }
-
-/// Receives a task's detail once it is terminal.
-type Watch = Receiver<TaskDetail>;
