@@ -569,12 +569,7 @@ pub fn run(
             probe(d.max(0) as usize).map_err(|e| format!("--backend cuda: GPU {d}: {e}"))?;
         }
     }
-    let backend_arg = match opts.backend {
-        BackendChoice::Auto => "auto",
-        BackendChoice::Cpu => "cpu",
-        BackendChoice::Cuda => "cuda",
-    };
-    let mut worker_args = vec!["--backend".to_string(), backend_arg.to_string()];
+    let mut worker_args = vec!["--backend".to_string(), opts.backend.as_str().to_string()];
     if !opts.read_ahead {
         worker_args.push("--no-read-ahead".into());
     }

@@ -75,6 +75,17 @@ pub enum BackendChoice {
     Cuda,
 }
 
+impl BackendChoice {
+    /// The `--backend` value naming this choice (what [`str::parse`] reads back).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Cpu => "cpu",
+            BackendChoice::Cuda => "cuda",
+        }
+    }
+}
+
 impl std::str::FromStr for BackendChoice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -1035,6 +1046,9 @@ mod tests {
         assert_eq!("auto".parse::<BackendChoice>(), Ok(BackendChoice::Auto));
         assert_eq!("cpu".parse::<BackendChoice>(), Ok(BackendChoice::Cpu));
         assert_eq!("cuda".parse::<BackendChoice>(), Ok(BackendChoice::Cuda));
+        for c in [BackendChoice::Auto, BackendChoice::Cpu, BackendChoice::Cuda] {
+            assert_eq!(c.as_str().parse::<BackendChoice>(), Ok(c));
+        }
         let e = "gpu".parse::<BackendChoice>().unwrap_err();
         assert!(
             e.contains("'gpu'") && e.contains("auto, cpu or cuda"),

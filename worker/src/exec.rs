@@ -154,6 +154,10 @@ impl Executor {
         cancel: &CancelFlag,
         on_command: &mut dyn FnMut(usize, usize, &'static str),
     ) -> Result<TaskResult, String> {
+        // A read-ahead for another task (this worker was given a different one) stops here
+        // rather than compete with this task's reads.
+        let inputs: Vec<&str> = task.commands.iter().flat_map(|c| c.input_files()).collect();
+        self.read_ahead.stop_unless_reading(&inputs);
         let mut init_ran = false;
         if let Some(init) = &task.init
             && self.held.as_deref() != Some(init.fingerprint.as_str())
@@ -170,25 +174,25 @@ impl Executor {
             init_ran = true;
         }
         let n = task.commands.len();
-        let read_ahead_at = task
+        // The read-ahead starts after the last command that reads files (at once if none does).
+        let last_input = task
             .commands
             .iter()
-            .rposition(|c| !c.input_files().is_empty())
-            .map_or(0, |i| i + 1);
+            .rposition(|c| !c.input_files().is_empty());
+        if last_input.is_none() {
+            self.read_ahead.start(&task.read_ahead);
+        }
         let mut results = Vec::with_capacity(n);
         for (i, c) in task.commands.iter().enumerate() {
-            if i == read_ahead_at {
-                self.read_ahead.start(&task.read_ahead);
-            }
             check_cancel(cancel)?;
             on_command(i, n, c.name());
             let r = self
                 .run_command(c, cancel)
                 .map_err(|e| format!("command {i} ({}): {e}", c.name()))?;
             results.push(r);
-        }
-        if read_ahead_at == n {
-            self.read_ahead.start(&task.read_ahead);
+            if Some(i) == last_input {
+                self.read_ahead.start(&task.read_ahead);
+            }
         }
         Ok(TaskResult { results, init_ran })
     }

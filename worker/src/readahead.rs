@@ -111,6 +111,16 @@ impl ReadAhead {
         })
     }
 
+    /// Stops the current read-ahead unless it reads one of `paths`.
+    pub fn stop_unless_reading(&mut self, paths: &[&str]) {
+        let reading = lock(&self.run)
+            .iter()
+            .any(|e| paths.contains(&e.path.as_str()));
+        if !reading {
+            self.stop_current();
+        }
+    }
+
     /// Waits for the current read-ahead to end.
     #[cfg(test)]
     fn wait(&mut self) {
@@ -214,25 +224,32 @@ mod tests {
         p.to_string_lossy().into_owned()
     }
 
+    fn remove(files: &[&String]) {
+        for f in files {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+
     #[test]
     fn reads_every_file_to_the_end_and_reports_each_once() {
-        let a = temp_file("a.bin", 20 << 20);
+        let a = temp_file("a.bin", 9 << 20);
         let b = temp_file("b.bin", 1000);
         let mut ra = ReadAhead::new(true);
         ra.start(&[a.clone(), b.clone()]);
         ra.wait();
         let ra_a = ra.report_for(&a).unwrap();
         assert!(ra_a.complete, "{ra_a:?}");
-        assert_eq!(ra_a.bytes, 20 << 20);
+        assert_eq!(ra_a.bytes, 9 << 20);
         assert!(ra_a.error.is_none());
         assert_eq!(ra.report_for(&b).unwrap().bytes, 1000);
         assert!(ra.report_for(&a).is_none(), "taken");
         assert!(ra.report_for("/not/asked").is_none());
+        remove(&[&a, &b]);
     }
 
     #[test]
     fn a_file_taken_by_its_load_mid_read_does_not_disturb_the_next() {
-        let a = temp_file("f.bin", 32 << 20);
+        let a = temp_file("f.bin", 16 << 20);
         let b = temp_file("g.bin", 3000);
         let mut ra = ReadAhead::new(true);
         ra.start(&[a.clone(), b.clone()]);
@@ -242,6 +259,7 @@ mod tests {
         let rb = ra.report_for(&b).unwrap();
         assert!(rb.complete, "{rb:?}");
         assert_eq!(rb.bytes, 3000);
+        remove(&[&a, &b]);
     }
 
     #[test]
@@ -255,11 +273,12 @@ mod tests {
         assert!(!m.complete);
         assert!(m.error.unwrap().contains("cannot open"));
         assert!(ra.report_for(&b).unwrap().complete);
+        remove(&[&b]);
     }
 
     #[test]
     fn a_new_start_replaces_the_old_one_and_disabled_reads_nothing() {
-        let a = temp_file("d.bin", 64 << 20);
+        let a = temp_file("d.bin", 16 << 20);
         let b = temp_file("e.bin", 10);
         let mut ra = ReadAhead::new(true);
         ra.start(std::slice::from_ref(&a));
@@ -271,5 +290,6 @@ mod tests {
         off.start(std::slice::from_ref(&b));
         off.wait();
         assert!(off.report_for(&b).is_none());
+        remove(&[&a, &b]);
     }
 }
