@@ -25,8 +25,8 @@
 //! **Device memory across movies.** Buffers come from the device's stream-ordered memory pool
 //! (cudarc allocates with `cuMemAllocAsync`), which is told at start to keep freed memory, so
 //! the next movie of the same geometry gets its buffers back from the pool without a driver
-//! allocation; memory the pool holds unused counts as available when deciding whether an
-//! operation fits. When the geometry changes the pool is trimmed first. The gain reference and
+//! allocation. The pool gives its unused memory back to the driver when the geometry changes,
+//! and before an operation is declared too large for the device. The gain reference and
 //! its defect tables are uploaded once per `LoadGainRef` ([`GainRef::id`]) and kept on the
 //! device for every chunk of every movie after.
 
@@ -49,8 +49,8 @@ use crate::movie::{
     AccumulateRequest, FrameGeometry, LoadError, LoadOptions, Movie, Sums, WeightTable,
 };
 
-/// The kernels, compiled by `scripts/build-ptx.sh` (NVRTC 11.8: PTX ISA 7.8, drivers from
-/// CUDA 11.8 on).
+/// The kernels, compiled by `scripts/build-ptx.sh` (NVRTC 11.8: PTX ISA 7.8, which drivers
+/// from CUDA 11.8 on load; the binaries need CUDA 12.0, R525, for cudarc's cuFFT bindings).
 pub const PTX: &str = include_str!("../ptx/warp.ptx");
 
 /// A GPU found by [`probe`].
@@ -208,8 +208,9 @@ impl MemPool {
         if !ctx.has_async_alloc() {
             return Ok(None);
         }
-        // SAFETY: the device handle comes from a live context.
-        let pool = unsafe { result::device::get_default_mem_pool(ctx.cu_device()) }
+        // The device's current pool, which cuMemAllocAsync draws from. SAFETY: the device
+        // handle comes from a live context.
+        let pool = unsafe { result::device::get_mem_pool(ctx.cu_device()) }
             .map_err(err("cannot get the GPU's memory pool"))?;
         let mut keep = u64::MAX;
         // SAFETY: RELEASE_THRESHOLD takes a cuuint64_t.
@@ -238,8 +239,7 @@ impl MemPool {
         .map(|()| v)
     }
 
-    /// Bytes the pool holds but no buffer uses: free for our next allocations, though the
-    /// driver does not count them as free.
+    /// Bytes the pool holds but no buffer uses.
     fn idle_bytes(&self) -> u64 {
         use cudarc::driver::sys::CUmemPool_attribute as A;
         let reserved = self.attribute(A::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT);
@@ -251,13 +251,13 @@ impl MemPool {
     }
 }
 
-/// Whether `bytes` more fit: in the driver's free memory plus what our pool holds unused, with
-/// 10 % and 64 MiB to spare for cuFFT's work areas.
-fn fits_in(bytes: usize, driver_free: usize, pool_idle: u64) -> bool {
+/// Whether `bytes` more fit in `free` bytes, with 10 % and 64 MiB to spare for cuFFT's work
+/// areas.
+fn fits_in(bytes: usize, free: usize) -> bool {
     let need = (bytes as u64)
         .saturating_add(bytes as u64 / 10)
         .saturating_add(64 << 20);
-    need <= (driver_free as u64).saturating_add(pool_idle)
+    need <= free as u64
 }
 
 impl std::fmt::Debug for Gpu {
@@ -374,12 +374,27 @@ impl Gpu {
     }
 
     /// Whether `bytes` more fit on the device ([`fits_in`]).
+    /// Memory the pool keeps for reuse is in blocks of earlier sizes, which the driver does not
+    /// count as free: when the request does not fit otherwise, the pool gives it back first.
     fn fits(&self, bytes: usize) -> bool {
-        let idle = self.pool.as_ref().map_or(0, MemPool::idle_bytes);
-        match self.stream.context().mem_get_info() {
-            Ok((free, _)) => fits_in(bytes, free, idle),
-            Err(_) => false,
+        let free = || self.stream.context().mem_get_info().map_or(0, |(f, _)| f);
+        if fits_in(bytes, free()) {
+            return true;
         }
+        let idle = self.pool.as_ref().map_or(0, MemPool::idle_bytes);
+        idle > 0 && self.trim_pool().is_ok() && fits_in(bytes, free())
+    }
+
+    /// Returns the memory the pool keeps but no buffer uses to the driver.
+    fn trim_pool(&self) -> Result<(), String> {
+        if let Some(pool) = &self.pool {
+            // Frees queued on the stream count as in use until they have run.
+            self.stream.synchronize().map_err(err("synchronize"))?;
+            // SAFETY: the pool is live; trimming only releases memory no buffer uses.
+            unsafe { cudarc::driver::result::mem_pool::trim_to(pool.0, 0) }
+                .map_err(err("cannot trim the memory pool"))?;
+        }
+        Ok(())
     }
 
     /// `gr` on the device: the cached copy when it is the same load, else uploaded (gain and
@@ -430,11 +445,8 @@ impl Gpu {
         if *last == Some(key) {
             return Ok(());
         }
-        if let (Some(pool), Some(_)) = (&self.pool, *last) {
-            self.stream.synchronize().map_err(err("synchronize"))?;
-            // SAFETY: the pool is live; trimming only releases memory no buffer uses.
-            unsafe { cudarc::driver::result::mem_pool::trim_to(pool.0, 0) }
-                .map_err(err("cannot trim the memory pool"))?;
+        if last.is_some() {
+            self.trim_pool()?;
         }
         *last = Some(key);
         Ok(())
@@ -575,10 +587,14 @@ impl CudaBackend {
         let s = &self.gpu.stream;
         let k = &self.gpu.kernels;
         let (fnx, fny) = (g.file_nx, g.file_ny);
+        // A cached gain that is not this movie's goes first, so the trim below releases it.
+        let mut cached = self.gpu.gain.lock().unwrap_or_else(|e| e.into_inner());
+        if cached.as_ref().map(|c| c.id) != g.gain.map(GainRef::id) {
+            *cached = None;
+        }
         self.gpu.reuse((fnx, fny, g.nx, g.ny))?;
         let n = fnx * fny;
         let (fnxh, nxh) = (fnx / 2 + 1, g.nx / 2 + 1);
-        let mut cached = self.gpu.gain.lock().unwrap_or_else(|e| e.into_inner());
         let device_gain = match g.gain {
             Some(gr) => self.gpu.upload_gain(&mut cached, gr)?.on_device.as_ref(),
             None => None,
@@ -786,11 +802,11 @@ impl CudaBackend {
             .map_err(err("GPU memory"))?;
         let plan = self.gpu.plan(w, w, cufftType::CUFFT_R2C)?;
         let (nx_i, w_i, per_i, one) = (nx as i32, w as i32, per_tile as i32, 1i32);
-        for (t, _) in origins.iter().enumerate() {
-            let d_origin = s
-                .clone_htod(&flat[2 * t..2 * t + 2])
-                .map_err(err("upload"))?;
-            let d_mean = s.clone_htod(&means[t..t + 1]).map_err(err("upload"))?;
+        let d_origins = s.clone_htod(&flat).map_err(err("upload"))?;
+        let d_means = s.clone_htod(&means).map_err(err("upload"))?;
+        for t in 0..origins.len() {
+            let d_origin = d_origins.slice(2 * t..2 * t + 2);
+            let d_mean = d_means.slice(t..t + 1);
             let mut b = s.launch_builder(&k.tiles_prepare);
             b.arg(&d_img)
                 .arg(&nx_i)
@@ -1032,13 +1048,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn memory_held_by_the_pool_counts_as_available() {
+    fn a_request_needs_a_tenth_and_64_mib_to_spare() {
         let mib = 1usize << 20;
         // 1 GiB needs 1.1 GiB + 64 MiB of headroom.
-        assert!(!fits_in(1024 * mib, 1100 * mib, 0));
-        assert!(fits_in(1024 * mib, 1100 * mib, 100 << 20));
-        assert!(fits_in(1024 * mib, 1191 * mib, 0));
-        assert!(!fits_in(usize::MAX / 2, 0, u64::MAX / 4));
+        assert!(!fits_in(1024 * mib, 1190 * mib));
+        assert!(fits_in(1024 * mib, 1191 * mib));
+        assert!(!fits_in(usize::MAX, usize::MAX / 2));
     }
 
     #[test]
