@@ -17,6 +17,8 @@
 //! | power spectrum, relative L2 | 1e-4 |
 //! | shifts, RMS difference | 0.02 px |
 //! | mean defocus, relative difference | 0.1 % |
+//! | frame spectra with a second (flipped) gain reference, relative L2 | 1e-4 |
+//! | freed load buffers the memory pool keeps, short of one frame | 0 MiB |
 //! | device memory pool growth when the same movie is loaded again | 0 MiB |
 //!
 //! Without a usable GPU it prints `SKIP: <reason>` and exits 0, or 1 with `--require-gpu`
@@ -183,22 +185,45 @@ fn run(device: usize, size: usize, n_frames: usize) -> Result<bool, String> {
     });
     let mc = mc.expect("ran").map_err(|e| e.to_string())?;
     let mg = mg.expect("ran").map_err(|e| e.to_string())?;
-    // A second movie of the same geometry reuses the first one's device memory.
-    match gpu.pool_reserved_bytes() {
-        Some(before) => {
+    // The load's freed buffers stay in the pool (at least one frame's worth), and a second
+    // movie of the same geometry takes them instead of growing it.
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    match gpu.pool_bytes() {
+        Some((reserved, used)) => {
+            let frame = (nx * ny * 4) as u64;
+            checks.push(Check {
+                name: "freed load buffers kept, MiB short of a frame",
+                value: mib(frame.saturating_sub(reserved - used.min(reserved))),
+                limit: 0.0,
+            });
             let again = gpu
                 .load_movie(&movie_path, Some(&gain_ref), &opts)
                 .map_err(|e| e.to_string())?;
             drop(again);
-            let after = gpu.pool_reserved_bytes().unwrap_or(before);
+            let (after, _) = gpu.pool_bytes().unwrap_or((reserved, 0));
             checks.push(Check {
                 name: "pool growth on a second movie, MiB",
-                value: after.saturating_sub(before) as f64 / (1u64 << 20) as f64,
+                value: mib(after.saturating_sub(reserved)),
                 limit: 0.0,
             });
         }
         None => println!("  (no memory pools on this device: buffer reuse not checked)"),
     }
+    // Another gain reference (the same file, flipped): the device copy must be replaced.
+    let flipped = GainRef::load(&gain_path, true, false, false, Some(defects_path.as_path()))
+        .map_err(|e| e.to_string())?;
+    let fc = cpu
+        .load_movie(&movie_path, Some(&flipped), &opts)
+        .map_err(|e| e.to_string())?;
+    let fg = gpu
+        .load_movie(&movie_path, Some(&flipped), &opts)
+        .map_err(|e| e.to_string())?;
+    checks.push(Check {
+        name: "frame spectra rel L2, a second gain reference",
+        value: spectra_rel(&fc, &fg),
+        limit: 1e-4,
+    });
+    drop((fc, fg));
     checks.push(Check {
         name: "frame spectra rel L2 (gain, defects, FFT)",
         value: spectra_rel(&mc, &mg),

@@ -563,15 +563,17 @@ impl CudaBackend {
         &self.gpu.info
     }
 
-    /// Bytes the device's memory pool holds (in use or kept for reuse); `None` where the
-    /// device has no memory pools.
-    pub fn pool_reserved_bytes(&self) -> Option<u64> {
+    /// The device memory pool's (reserved, used) bytes once queued work has run; `None` where
+    /// the device has no memory pools. Reserved minus used is what it keeps for reuse.
+    pub fn pool_bytes(&self) -> Option<(u64, u64)> {
+        use cudarc::driver::sys::CUmemPool_attribute as A;
         let _g = self.guard();
-        self.gpu.pool.as_ref().and_then(|p| {
-            p.attribute(
-                cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
-            )
-        })
+        let pool = self.gpu.pool.as_ref()?;
+        self.gpu.stream.synchronize().ok()?;
+        Some((
+            pool.attribute(A::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?,
+            pool.attribute(A::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?,
+        ))
     }
 
     fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
