@@ -11,9 +11,11 @@
 # 4096² × 8); the 4096² × 40 benchmark through the worker's own pipeline with --backend cuda and,
 # for the speed-up, --backend cpu on the same machine; one worker per GPU through `preprocess`.
 # cuFFT is looked up in LD_LIBRARY_PATH, then in Python's nvidia-cufft wheels (CuPy/PyTorch).
-# A failing step does not stop the later ones (one run on a borrowed GPU should tell all); the
-# summary lists the failed steps and the script then exits 1. Logs go to LOGS (default $OUT when
-# set, as on the device tool, else the work directory).
+# The speed targets are printed beside the numbers, not enforced: the exit status says whether
+# every step ran and every parity tolerance held. A failing step does not stop the later ones
+# (one run on a borrowed GPU should tell all), except that nothing is benchmarked without the
+# simulated movie; the summary lists the failed steps and the script then exits 1. Logs go to
+# LOGS (default $OUT when set, as on the device tool, else the work directory).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release}
@@ -57,9 +59,13 @@ log "parity 4096² × 8"
 step "parity 4096" parity-4096.log "$BIN/examples/gpu_parity" --require-gpu --size 4096 --frames 8
 
 log "simulating one 4096² × 40 movie"
-"$BIN/warp-controller" simulate --output "$WORK/sim" --count 1 --size 4096 --frames 40 \
-    --angpix 0.834 --dose-per-frame 1 >/dev/null
+step "simulate" simulate.log "$BIN/warp-controller" simulate --output "$WORK/sim" --count 1 \
+    --size 4096 --frames 40 --angpix 0.834 --dose-per-frame 1
 M=$WORK/sim/sim_0001.mrc
+if [ ! -f "$M" ]; then
+    log "no movie to benchmark: the simulation failed (see $LOGS/simulate.log)"
+    exit 1
+fi
 log "pipeline, --backend cuda"
 step "bench cuda" bench-cuda.log "$BIN/examples/bench_pipeline" "$M" --angpix 0.834 --dose 1 --repeat 3 --backend cuda
 log "pipeline, --backend cpu on 2 threads (the 2-core CPU path of docs/benchmarks.md)"
@@ -68,7 +74,8 @@ step "bench cpu" bench-cpu.log env RAYON_NUM_THREADS=2 "$BIN/examples/bench_pipe
 log "throughput: preprocess, one worker per GPU, 4 movies"
 mkdir -p "$WORK/in"
 for i in 1 2 3 4; do ln -f "$M" "$WORK/in/movie_$i.mrc"; done
-n_gpu=$(nvidia-smi -L | wc -l)
+n_gpu=$( (nvidia-smi -L 2>/dev/null || true) | wc -l)
+[ "$n_gpu" -ge 1 ] || n_gpu=1
 devices=$(seq -s, 0 $((n_gpu - 1)))
 start=$(date +%s.%N)
 step "throughput" preprocess.log "$BIN/warp-controller" preprocess --input "$WORK/in/*.mrc" \
