@@ -19,9 +19,8 @@
 //! optimal (SNR-maximising) weighting, proportional to the signal amplitude in each frame and
 //! normalised by the root sum of squares (their eq. 9), times `√n` so that where nothing
 //! has decayed (`k → 0`) every weight is 1 and the weighted sum equals the plain frame sum; the
-//! noise power of the weighted sum is that of the plain sum at every frequency.
-
-use crate::fft::bin_k;
+//! noise power of the weighted sum is that of the plain sum at every frequency. Tables over
+//! the FFT grid are built by `movie::WeightTable` (radial bins).
 
 /// Voltage scale of the critical exposure: 1.0 at 300 kV, 0.8 at 200 kV, linear between and
 /// clamped outside (see the module docs).
@@ -55,31 +54,6 @@ fn weights_for(ne: f64, dose_per_frame: f64, n_frames: usize) -> Vec<f32> {
     let ss: f64 = rel.iter().map(|r| r * r).sum();
     let norm = (n_frames as f64 / ss).sqrt();
     rel.iter().map(|r| (r * norm) as f32).collect()
-}
-
-/// Per-frame weight tables on the half-complex FFT grid of an `nx × ny` image (layout in
-/// [`crate::fft`]): element `f` is frame `f`'s `(nx/2+1)·ny` weights, bin `(i, j)` holding
-/// [`frame_weights`] at `|k|` of that bin for pixel size `pixel_size_a`.
-pub fn weight_table(
-    nx: usize,
-    ny: usize,
-    pixel_size_a: f64,
-    dose_per_frame: f64,
-    n_frames: usize,
-    kv: f64,
-) -> Vec<Vec<f32>> {
-    let nxh = nx / 2 + 1;
-    let mut tables = vec![Vec::with_capacity(nxh * ny); n_frames];
-    for j in 0..ny {
-        for i in 0..nxh {
-            let (kx, ky) = bin_k(i, j, nx, ny, pixel_size_a);
-            let w = frame_weights(kx.hypot(ky), dose_per_frame, n_frames, kv);
-            for (t, v) in tables.iter_mut().zip(w) {
-                t.push(v);
-            }
-        }
-    }
-    tables
 }
 
 #[cfg(test)]
@@ -143,21 +117,5 @@ mod tests {
         }
         // Single frame: weight 1 whatever k.
         assert_eq!(frame_weights(0.4, 3.0, 1, 300.0), vec![1.0]);
-    }
-
-    #[test]
-    fn table_matches_pointwise() {
-        let (nx, ny, p) = (32, 24, 1.3);
-        let t = weight_table(nx, ny, p, 1.0, 5, 300.0);
-        assert_eq!(t.len(), 5);
-        let nxh = nx / 2 + 1;
-        let (i, j) = (7, 20);
-        let (kx, ky) = bin_k(i, j, nx, ny, p);
-        let w = frame_weights(kx.hypot(ky), 1.0, 5, 300.0);
-        for f in 0..5 {
-            assert_eq!(t[f].len(), nxh * ny);
-            assert_eq!(t[f][j * nxh + i], w[f]);
-            assert_eq!(t[f][0], 1.0);
-        }
     }
 }
