@@ -69,6 +69,50 @@ impl Default for Preprocessor {
     }
 }
 
+/// The loaded movie, or an error naming the step that needs one.
+fn loaded<'l>(l: Option<&'l mut Loaded>, command: &str) -> Result<&'l mut Loaded, String> {
+    l.ok_or_else(|| format!("no movie is loaded; run LoadStack before {command}"))
+}
+
+/// The cached averages of the loaded movie for `key`, computing them (and replacing the
+/// cache) when absent. A free function, so a caller can use the backend while it holds them.
+fn cached_sums<'l>(
+    backend: &dyn Backend,
+    l: Option<&'l mut Loaded>,
+    key: SumsKey,
+    command: &str,
+) -> Result<&'l Sums, String> {
+    let l = loaded(l, command)?;
+    let cached = l.sums.as_ref().is_some_and(|(k, _)| {
+        k.aligned == key.aligned
+            && (k.dose == key.dose || key.dose.is_none())
+            && (k.odd_even || !key.odd_even)
+    });
+    if !cached {
+        l.sums = None;
+        let zero;
+        let shifts: &[[f32; 2]] = match (&l.motion, key.aligned) {
+            (Some(m), true) => &m.shifts_px,
+            _ => {
+                zero = vec![[0.0f32; 2]; l.movie.frames()];
+                &zero
+            }
+        };
+        let req = AccumulateRequest {
+            shifts_px: shifts,
+            pixel_size_a: l.angpix,
+            dose: key.dose.map(|(dose_per_frame, voltage_kv)| DoseWeighting {
+                dose_per_frame,
+                voltage_kv,
+            }),
+            odd_even: key.odd_even,
+        };
+        let sums = backend.accumulate(&l.movie, &req);
+        l.sums = Some((key, sums));
+    }
+    Ok(&l.sums.as_ref().expect("set above").1)
+}
+
 fn ms_since(t: Instant) -> f64 {
     (t.elapsed().as_secs_f64() * 1e3 * 1000.0).round() / 1000.0
 }
@@ -199,9 +243,7 @@ impl Preprocessor {
     }
 
     fn loaded(&mut self, command: &str) -> Result<&mut Loaded, String> {
-        self.loaded
-            .as_mut()
-            .ok_or_else(|| format!("no movie is loaded; run LoadStack before {command}"))
+        loaded(self.loaded.as_mut(), command)
     }
 
     fn load_gain_ref(&mut self, p: &LoadGainRefParams) -> Result<Value, String> {
@@ -318,41 +360,9 @@ impl Preprocessor {
         to_json(&r)
     }
 
-    /// The cached averages for `key`, computing them (and replacing the cache) when absent.
+    /// The cached averages for `key` ([`cached_sums`]).
     fn sums(&mut self, key: SumsKey, command: &str) -> Result<&Sums, String> {
-        let backend = &*self.backend;
-        let l = self
-            .loaded
-            .as_mut()
-            .ok_or_else(|| format!("no movie is loaded; run LoadStack before {command}"))?;
-        let cached = l.sums.as_ref().is_some_and(|(k, _)| {
-            k.aligned == key.aligned
-                && (k.dose == key.dose || key.dose.is_none())
-                && (k.odd_even || !key.odd_even)
-        });
-        if !cached {
-            l.sums = None;
-            let zero;
-            let shifts: &[[f32; 2]] = match (&l.motion, key.aligned) {
-                (Some(m), true) => &m.shifts_px,
-                _ => {
-                    zero = vec![[0.0f32; 2]; l.movie.frames()];
-                    &zero
-                }
-            };
-            let req = AccumulateRequest {
-                shifts_px: shifts,
-                pixel_size_a: l.angpix,
-                dose: key.dose.map(|(dose_per_frame, voltage_kv)| DoseWeighting {
-                    dose_per_frame,
-                    voltage_kv,
-                }),
-                odd_even: key.odd_even,
-            };
-            let sums = backend.accumulate(&l.movie, &req);
-            l.sums = Some((key, sums));
-        }
-        Ok(&l.sums.as_ref().expect("set above").1)
+        cached_sums(&*self.backend, self.loaded.as_mut(), key, command)
     }
 
     fn process_ctf(&mut self, p: &CtfParams) -> Result<Value, String> {
@@ -381,10 +391,9 @@ impl Preprocessor {
             dose: None,
             odd_even: false,
         };
-        let average = self.sums(key, "MovieProcessCTF")?.average.clone();
         let backend = &*self.backend;
-        let spectrum = backend.power_spectrum(&average, nx, ny, window);
-        drop(average);
+        let sums = cached_sums(backend, self.loaded.as_mut(), key, "MovieProcessCTF")?;
+        let spectrum = backend.power_spectrum(&sums.average, nx, ny, window);
         if let Some(out) = &p.spectrum_path {
             let out = Path::new(out);
             ensure_parent(out)?;
