@@ -431,11 +431,10 @@ pub fn accumulate(movie: &Movie, req: &AccumulateRequest<'_>) -> Sums {
                 return;
             }
             let fy = signed_freq(j, ny) as f64;
-            let ky = fy / (ny as f64 * req.pixel_size_a);
             let weights: Option<Vec<&[f32]>> = weighting.as_ref().map(|t| {
                 (0..nxh)
                     .map(|i| {
-                        let kx = i as f64 / (nx as f64 * req.pixel_size_a);
+                        let (kx, ky) = crate::fft::bin_k(i, j, nx, ny, req.pixel_size_a);
                         t.row(kx.hypot(ky))
                     })
                     .collect()
