@@ -28,6 +28,14 @@ impl TempDir {
     pub(crate) fn join(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
+
+    /// Names of the directory's entries (to check that nothing else was left behind).
+    pub(crate) fn entries(&self) -> Vec<String> {
+        std::fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
 }
 
 impl Drop for TempDir {

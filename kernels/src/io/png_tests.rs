@@ -86,14 +86,6 @@ fn hand_png(w: usize, h: usize, pixels: &[u8], filters: &[u8], depth: u8, colour
     file
 }
 
-/// Names of the entries of a directory.
-fn entries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
 #[test]
 fn gradient_image_roundtrips() {
     let tmp = TempDir::new("png-roundtrip");
@@ -106,7 +98,7 @@ fn gradient_image_roundtrips() {
         assert_eq!(back, pixels, "{w}x{h}");
     }
     // Only the finished files, no temporary left behind.
-    assert_eq!(entries(tmp.path()).len(), 5);
+    assert_eq!(tmp.entries().len(), 5);
 }
 
 #[test]
@@ -245,7 +237,7 @@ fn bad_dimensions_are_rejected_and_nothing_is_written() {
         assert!(e.to_string().contains("d.png"), "{e}");
         assert!(e.to_string().contains(&format!("{w}x{h}")), "{e}");
     }
-    assert!(entries(tmp.path()).is_empty());
+    assert!(tmp.entries().is_empty());
     // The largest allowed width is fine.
     write_png_gray8(&path, &vec![7u8; MAX_DIM], MAX_DIM, 1).unwrap();
     assert_eq!(read_png_gray8(&path).unwrap().0, vec![7u8; MAX_DIM]);
@@ -260,7 +252,7 @@ fn failed_write_leaves_no_file() {
     std::fs::write(dest.join("keep"), b"x").unwrap();
     let e = write_png_gray8(&dest, &[1, 2, 3, 4], 2, 2).unwrap_err();
     assert!(matches!(e, PngError::Io { .. }), "{e}");
-    assert_eq!(entries(tmp.path()), vec!["dir.png".to_string()]);
+    assert_eq!(tmp.entries(), vec!["dir.png".to_string()]);
 
     // A missing directory: nothing can be created.
     let e = write_png_gray8(tmp.join("no/such/dir/x.png"), &[1], 1, 1).unwrap_err();

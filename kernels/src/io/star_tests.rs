@@ -46,14 +46,6 @@ fn sample() -> Vec<StarTable> {
     ]
 }
 
-/// Names of the entries of a directory.
-fn entries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
 #[test]
 fn tables_roundtrip() {
     let tmp = TempDir::new("star-roundtrip");
@@ -61,7 +53,7 @@ fn tables_roundtrip() {
     let tables = sample();
     write_star(&path, &tables).unwrap();
     assert_eq!(read_star(&path).unwrap(), tables);
-    assert_eq!(entries(tmp.path()), vec!["micrographs.star".to_string()]);
+    assert_eq!(tmp.entries(), vec!["micrographs.star".to_string()]);
 }
 
 #[test]
@@ -215,7 +207,7 @@ fn string_with_double_quote_or_line_break_is_an_error() {
         assert!(msg.contains("b.star") && msg.contains("data_t"), "{msg}");
         assert!(msg.contains("row 2, column rlnB"), "{msg}");
     }
-    assert!(entries(tmp.path()).is_empty());
+    assert!(tmp.entries().is_empty());
 }
 
 #[test]
@@ -231,7 +223,7 @@ fn wrong_row_length_is_an_error_and_writes_nothing() {
             .contains("data_micrographs: row 4 has 3 values for 4 columns"),
         "{e}"
     );
-    assert!(entries(tmp.path()).is_empty());
+    assert!(tmp.entries().is_empty());
 
     // An existing file is left as it was.
     std::fs::write(&path, "old").unwrap();
@@ -261,7 +253,7 @@ fn bad_names_are_errors() {
         assert!(matches!(e, StarError::InvalidTable { .. }), "{e}");
         assert!(e.to_string().contains(want), "{e} (wanted {want:?})");
     }
-    assert!(entries(tmp.path()).is_empty());
+    assert!(tmp.entries().is_empty());
 }
 
 #[test]
