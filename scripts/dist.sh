@@ -12,7 +12,7 @@
 #
 # A fully static build is the CPU-only variant (dlopen of the CUDA driver cannot work from a
 # static musl binary): rustup target add x86_64-unknown-linux-musl &&
-# cargo build --profile dist --target x86_64-unknown-linux-musl -p warp-controller -p warp-worker
+# cargo build --profile dist --target x86_64-unknown-linux-musl -p warp-job -p warp-worker
 set -euo pipefail
 if [ $# -ne 1 ] || [ "$1" = -h ] || [ "$1" = --help ]; then
     sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
@@ -29,7 +29,7 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n1)
 name=warp-$version-x86_64-linux
 target=x86_64-unknown-linux-gnu
 rustup target add "$target" >/dev/null 2>&1 || true
-(cd "$repo" && cargo zigbuild --quiet --profile dist --target "$target.$glibc" -p warp-controller -p warp-worker)
+(cd "$repo" && cargo zigbuild --quiet --profile dist --target "$target.$glibc" -p warp-job -p warp-worker)
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/$name/bin" "$stage/$name/docs" "$out"

@@ -3,7 +3,7 @@
 # from x86-64 binaries built elsewhere. Prints a summary; exits non-zero if a check fails.
 #
 #   # where Rust is:
-#   cargo build --release -p warp-controller -p warp-worker -p warp-kernels --bins --examples
+#   cargo build --release -p warp-job -p warp-worker -p warp-kernels --bins --examples
 #   # on the GPU machine, in a copy of the repository with target/release carried over:
 #   scripts/gpu-check.sh            # BIN=target/release by default; about 3-5 minutes
 #
@@ -35,7 +35,7 @@ step() {
     FAILED+=("$name")
 }
 for b in warp-controller warp-worker examples/gpu_parity examples/bench_pipeline; do
-    [ -x "$BIN/$b" ] || { echo "gpu-check: $BIN/$b missing: build with cargo build --release -p warp-controller -p warp-worker -p warp-kernels --bins --examples" >&2; exit 2; }
+    [ -x "$BIN/$b" ] || { echo "gpu-check: $BIN/$b missing: build with cargo build --release -p warp-job -p warp-worker -p warp-kernels --bins --examples" >&2; exit 2; }
 done
 if ! ldconfig -p 2>/dev/null | grep -q 'libcufft\.so' ; then
     d=$(python3 - <<'PY' 2>/dev/null || true

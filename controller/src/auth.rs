@@ -16,17 +16,66 @@ pub fn random_token() -> std::io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Why no enrollment token could be had. [`TokenError::NotGiven`] and [`TokenError::Empty`] are
+/// the user's to fix (a CLI reports them as usage errors); [`TokenError::Io`] is a failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// Neither a token file nor the environment variable was given.
+    NotGiven,
+    /// The token file holds no token.
+    Empty {
+        /// The file.
+        path: String,
+    },
+    /// The token file could not be read or created.
+    Io {
+        /// The file (or `/dev/urandom`).
+        path: String,
+        /// What failed.
+        error: String,
+    },
+}
+
+impl TokenError {
+    /// Whether the user fixes it by changing the command line or the file (not a failure).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, TokenError::NotGiven | TokenError::Empty { .. })
+    }
+}
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenError::NotGiven => write!(
+                f,
+                "no token: pass --token-file FILE (created with a random token if missing) or set {TOKEN_ENV}"
+            ),
+            TokenError::Empty { path } => write!(
+                f,
+                "token file {path} is empty: put a token in it or delete it to have one generated"
+            ),
+            TokenError::Io { path, error } => write!(f, "token file {path}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for TokenError {}
+
 /// Reads the token in `path`, or when the file does not exist and `create` is set, creates it
 /// with mode 0600 holding a new random token. Errors name the file and what to do.
-pub fn token_from_file(path: &Path, create: bool) -> Result<String, String> {
+pub fn token_from_file(path: &Path, create: bool) -> Result<String, TokenError> {
+    let io = |what: &str, e: std::io::Error| TokenError::Io {
+        path: path.display().to_string(),
+        error: format!("{what}: {e}"),
+    };
     match fs::read_to_string(path) {
         Ok(text) => {
             let token = text.trim().to_string();
             if token.is_empty() {
-                return Err(format!(
-                    "token file {} is empty: put a token in it or delete it to have one generated",
-                    path.display()
-                ));
+                return Err(TokenError::Empty {
+                    path: path.display().to_string(),
+                });
             }
             if let Ok(meta) = fs::metadata(path)
                 && meta.permissions().mode() & 0o077 != 0
@@ -40,35 +89,36 @@ pub fn token_from_file(path: &Path, create: bool) -> Result<String, String> {
             Ok(token)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-            let token = random_token().map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+            let token = random_token().map_err(|e| TokenError::Io {
+                path: "/dev/urandom".into(),
+                error: e.to_string(),
+            })?;
             let mut f = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(path)
-                .map_err(|e| format!("cannot create token file {}: {e}", path.display()))?;
+                .map_err(|e| io("cannot create it", e))?;
             f.write_all(format!("{token}\n").as_bytes())
-                .map_err(|e| format!("cannot write token file {}: {e}", path.display()))?;
+                .map_err(|e| io("cannot write it", e))?;
             log::info!(
                 "created token file {} (mode 600) with a new random token",
                 path.display()
             );
             Ok(token)
         }
-        Err(e) => Err(format!("cannot read token file {}: {e}", path.display())),
+        Err(e) => Err(io("cannot read it", e)),
     }
 }
 
 /// The enrollment token: from `--token-file` when given, else from `WARP_TOKEN`.
-pub fn resolve_token(token_file: Option<&Path>, create: bool) -> Result<String, String> {
+pub fn resolve_token(token_file: Option<&Path>, create: bool) -> Result<String, TokenError> {
     if let Some(path) = token_file {
         return token_from_file(path, create);
     }
     match std::env::var(TOKEN_ENV) {
         Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
-        _ => Err(format!(
-            "no token: pass --token-file FILE (created with a random token if missing) or set {TOKEN_ENV}"
-        )),
+        _ => Err(TokenError::NotGiven),
     }
 }
 
@@ -104,7 +154,8 @@ mod tests {
         );
         assert_eq!(token_from_file(&path, false).unwrap(), t);
         fs::write(&path, "  \n").unwrap();
-        assert!(token_from_file(&path, true).unwrap_err().contains("empty"));
+        let e = token_from_file(&path, true).unwrap_err();
+        assert!(e.to_string().contains("empty") && e.is_usage(), "{e}");
         fs::remove_dir_all(&dir).unwrap();
     }
 

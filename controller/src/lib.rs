@@ -9,19 +9,17 @@
 //!   direct-mode wrapper.
 //! * [`provision`]: submits worker jobs to SLURM while work is queued (`serve --provision`).
 //! * [`logging`]: the stderr logger.
-//! * [`preprocess`]: the main job: preprocess a folder of movies over the workers.
-//! * [`simulate`]: synthetic movies with known truth, and the check of results against it.
+//!
+//! The application (the preprocess job, the simulator, the `warp-controller` CLI) is the
+//! `warp-job` crate; this one knows no kernels.
 
 pub mod auth;
-pub mod cli;
 pub mod client;
 pub mod core;
 pub mod http;
 pub mod logging;
-pub mod preprocess;
 pub mod provision;
 pub mod server;
-pub mod simulate;
 pub mod wrapper;
 
 pub use server::{Controller, ControllerConfig, ControllerView, WorkerEvent};

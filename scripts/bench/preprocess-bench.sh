@@ -5,7 +5,7 @@
 #   KEEP=1 BENCH_DIR=/scratch/wb scripts/bench/preprocess-bench.sh
 #
 # Steps:
-#   1. cargo build --release -p warp-controller -p warp-worker --examples --bins
+#   1. cargo build --release -p warp-job -p warp-worker --examples --bins
 #   2. simulates one SIZE×SIZE×FRAMES movie (int16 MRC, 0.834 Å/px, 1 e⁻/Å² per frame) with
 #      `warp-controller simulate`
 #   3. single process: target/release/examples/bench_pipeline --repeat REPEAT on it (the
@@ -84,7 +84,7 @@ log "commit $COMMIT"
 
 # 1. Build.
 log "building release binaries and examples"
-(cd "$ROOT" && cargo build --release -p warp-controller -p warp-worker --examples --bins)
+(cd "$ROOT" && cargo build --release -p warp-job -p warp-worker --examples --bins)
 
 # 2. Simulate.
 rm -rf -- "$SIM"

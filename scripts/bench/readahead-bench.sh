@@ -7,7 +7,7 @@
 #   SIZE=4096 FRAMES=40 scripts/bench/readahead-bench.sh
 #
 # Steps:
-#   1. cargo build --release -p warp-controller -p warp-worker --bins
+#   1. cargo build --release -p warp-job -p warp-worker --bins
 #   2. simulates COUNT distinct SIZE×SIZE×FRAMES movies (separate files: hard links would
 #      share their cached pages)
 #   3. checks that evicting a file from the page cache works here (posix_fadvise DONTNEED,
@@ -53,7 +53,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 echo "== build"
-(cd "$ROOT" && cargo build --release -q -p warp-controller -p warp-worker --bins)
+(cd "$ROOT" && cargo build --release -q -p warp-job -p warp-worker --bins)
 
 rm -rf "$BENCH_DIR"
 mkdir -p "$BENCH_DIR"

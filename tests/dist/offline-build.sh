@@ -15,7 +15,7 @@ src=$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'warp-*' | head -n1)
 mkdir -p "$work/cargo-home"
 # An empty CARGO_HOME (no registry cache) and no network: only vendor/ can satisfy the build.
 (cd "$src" && unshare -n env CARGO_HOME="$work/cargo-home" CARGO_NET_OFFLINE=true \
-    cargo build --release --offline --quiet -p warp-controller -p warp-worker)
+    cargo build --release --offline --quiet -p warp-job -p warp-worker)
 "$src/target/release/warp-controller" --version
 "$src/target/release/warp-worker" --version
 log "PASS: built offline from the vendored archive with an empty CARGO_HOME and no network"

@@ -40,7 +40,7 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null
 fi
 if [ -z "${BIN:-}" ]; then
-    (cd "$repo" && cargo build --quiet -p warp-controller -p warp-worker --bins)
+    (cd "$repo" && cargo build --quiet -p warp-job -p warp-worker --bins)
     BIN=$repo/target/debug
 fi
 export SLURM_CONF=$BASE/slurm.conf

@@ -32,7 +32,7 @@ pub fn bin(name: &str) -> PathBuf {
                 "build",
                 "--quiet",
                 "-p",
-                "warp-controller",
+                "warp-job",
                 "-p",
                 "warp-worker",
                 "--bins",

@@ -35,8 +35,8 @@ use warp_common::protocol::{InitPart, TaskDetail, TaskId, TaskSpec, TaskState};
 use warp_kernels::gpu::{BackendChoice, probe};
 use warp_kernels::io::star::{StarTable, StarValue, write_star};
 
-use crate::server::Controller;
-use crate::wrapper::{ControllerBasedWorkerWrapper, WrapperOptions};
+use warp_controller::Controller;
+use warp_controller::wrapper::{ControllerBasedWorkerWrapper, WrapperOptions};
 
 /// Where the workers come from.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,383 @@
+//! `warp-controller preprocess`: the main job over local or remote workers
+//! ([`crate::preprocess`] does the work; this module turns the command line into its options).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use getopts::Options;
+use warp_common::preprocessing::{CtfParams, LoadGainRefParams, MovementParams, ThumbnailParams};
+use warp_controller::{Controller, auth, logging};
+use warp_kernels::gpu::BackendChoice;
+
+use super::provision::{self, ProvisionPlan};
+use crate::cli::{self, CliError, number, seconds, usage};
+use crate::preprocess::{self as job, PreprocessOptions, Workers};
+
+/// A checked `preprocess` command line.
+#[derive(Debug, Clone)]
+pub struct PreprocessConfig {
+    /// The job's options, validated (every command's parameters checked).
+    pub options: PreprocessOptions,
+    /// `--provision slurm` (with `--port`), checked.
+    pub provision: Option<ProvisionPlan>,
+    /// `-v`: the embedded controller's info lines too.
+    pub verbose: bool,
+}
+
+const BRIEF: &str = "Usage: warp-controller preprocess --input 'GLOB' --output DIR [options]\n\n\
+        Preprocesses every movie matching GLOB (MRC or TIFF): gain correction, motion (global\n\
+        and local), dose-weighted average, CTF, thumbnail. Runs an embedded controller with\n\
+        local workers (--workers/--devices) or waits for remote ones (--port). Writes\n\
+        DIR/<name>.json, DIR/average/, DIR/powerspectrum/, DIR/thumbnails/,\n\
+        DIR/micrographs_ctf.star, DIR/processed_items.json and DIR/failed_items.json.\n\
+        Re-running skips processed movies and retries failed ones. With --port and\n\
+        --provision slurm the job submits worker jobs itself while movies are queued (see\n\
+        warp-controller serve --help and docs/hpc.md).";
+
+fn options() -> Options {
+    // Help texts and defaults both come from the commands' defaults (Warp's).
+    let (ctf_d, motion_d) = (CtfParams::default(), MovementParams::default());
+    let thumb_d = ThumbnailParams::default();
+    let mut opts = Options::new();
+    opts.optflag("h", "help", "print this help");
+    opts.optopt(
+        "i",
+        "input",
+        "movies to process (wildcards in the file name: 'data/*.tif')",
+        "GLOB",
+    );
+    opts.optopt("o", "output", "output directory (created)", "DIR");
+    opts.optopt(
+        "",
+        "workers",
+        "local workers to start, one per device 0..N-1 (default 1)",
+        "N",
+    );
+    opts.optopt(
+        "",
+        "devices",
+        "local workers on these devices, e.g. 0,1",
+        "LIST",
+    );
+    opts.optopt(
+        "",
+        "port",
+        "start no local workers: serve on PORT and wait for remote ones",
+        "P",
+    );
+    opts.optopt("", "bind", "address for --port (default 0.0.0.0)", "ADDR");
+    opts.optopt(
+        "",
+        "token-file",
+        "enrollment token for remote workers (created 0600 if missing; default: WARP_TOKEN)",
+        "FILE",
+    );
+    opts.optopt(
+        "",
+        "angpix",
+        "pixel size in Å (default: from the file header)",
+        "A",
+    );
+    opts.optopt(
+        "",
+        "scale",
+        "Fourier-crop factor in (0, 1] (default 1)",
+        "F",
+    );
+    opts.optopt(
+        "",
+        "voltage",
+        &format!("acceleration voltage in kV (default {})", ctf_d.voltage_kv),
+        "KV",
+    );
+    opts.optopt(
+        "",
+        "cs",
+        &format!("spherical aberration in mm (default {})", ctf_d.cs_mm),
+        "MM",
+    );
+    opts.optopt(
+        "",
+        "amp",
+        &format!("amplitude contrast (default {})", ctf_d.amplitude_contrast),
+        "F",
+    );
+    opts.optopt(
+        "",
+        "dose-per-frame",
+        "exposure per frame in e/Å², enables dose weighting (default 0: off)",
+        "D",
+    );
+    opts.optopt("", "gain", "gain reference (MRC or TIFF)", "FILE");
+    opts.optflag("", "gain-flip-x", "mirror the gain reference along x");
+    opts.optflag("", "gain-flip-y", "mirror the gain reference along y");
+    opts.optflag(
+        "",
+        "gain-transpose",
+        "transpose the gain reference (after the flips)",
+    );
+    opts.optopt(
+        "",
+        "defects",
+        "defect map (non-zero = defect), same size as the gain",
+        "FILE",
+    );
+    opts.optopt(
+        "",
+        "window",
+        &format!("CTF spectrum tile in px (default {})", ctf_d.window),
+        "N",
+    );
+    opts.optopt(
+        "",
+        "range-min",
+        &format!(
+            "CTF fit low-resolution limit in Å (default {})",
+            ctf_d.range_min_a
+        ),
+        "A",
+    );
+    opts.optopt(
+        "",
+        "range-max",
+        &format!(
+            "CTF fit high-resolution limit in Å (default {})",
+            ctf_d.range_max_a
+        ),
+        "A",
+    );
+    opts.optopt(
+        "",
+        "defocus-min",
+        &format!(
+            "smallest defocus searched in µm (default {})",
+            ctf_d.defocus_min_um
+        ),
+        "UM",
+    );
+    opts.optopt(
+        "",
+        "defocus-max",
+        &format!(
+            "largest defocus searched in µm (default {})",
+            ctf_d.defocus_max_um
+        ),
+        "UM",
+    );
+    opts.optflag("", "fit-phase", "also fit a phase shift (phase plate)");
+    opts.optopt(
+        "",
+        "motion-range-max",
+        &format!(
+            "motion high-resolution limit in Å (default {})",
+            motion_d.range_max_a
+        ),
+        "A",
+    );
+    opts.optflag("", "no-local-motion", "skip the patch (local) motion");
+    opts.optflag("", "float16", "write float16 averages (MRC mode 12)");
+    opts.optflag("", "odd-even", "also write odd/even half averages");
+    opts.optopt(
+        "",
+        "thumbnail-size",
+        &format!("thumbnail long side in px (default {})", thumb_d.size),
+        "PX",
+    );
+    opts.optopt(
+        "",
+        "task-timeout",
+        "seconds one movie may take before it is retried (default 1800)",
+        "S",
+    );
+    provision::options(&mut opts);
+    opts.optopt(
+        "",
+        "backend",
+        "local workers' compute backend: auto (GPU when usable, else CPU), cpu, cuda (default auto)",
+        "KIND",
+    );
+    opts.optflag(
+        "",
+        "no-read-ahead",
+        "local workers do not read the next movie into the page cache while computing",
+    );
+    opts.optflag(
+        "v",
+        "verbose",
+        "also log the embedded controller's info lines",
+    );
+    opts
+}
+
+impl PreprocessConfig {
+    /// Parses and checks `args` (after `preprocess`); `None` after `--help`. Starts nothing.
+    pub fn from_args(args: &[String]) -> Result<Option<PreprocessConfig>, CliError> {
+        // Help texts and defaults both come from the commands' defaults (Warp's).
+        let (ctf_d, motion_d) = (CtfParams::default(), MovementParams::default());
+        let thumb_d = ThumbnailParams::default();
+        let Some(m) = cli::parse_options_only(&options(), args, BRIEF)? else {
+            return Ok(None);
+        };
+        let input = m
+            .opt_str("input")
+            .map_or_else(|| usage("--input GLOB is required; see --help"), Ok)?;
+        let output = m
+            .opt_str("output")
+            .map_or_else(|| usage("--output DIR is required; see --help"), Ok)?;
+        if m.opt_present("provision") && !m.opt_present("port") {
+            return usage("--provision needs --port: provisioned workers are remote workers");
+        }
+        let token_file = m.opt_str("token-file").map(PathBuf::from);
+        let workers = if let Some(p) = m.opt_str("port") {
+            if m.opt_present("workers") || m.opt_present("devices") {
+                return usage(
+                    "--port (remote workers only) cannot be combined with --workers or --devices",
+                );
+            }
+            let port: u16 = p
+                .parse()
+                .map_err(|_| CliError::Usage(format!("--port: '{p}' is not a port")))?;
+            let token = auth::resolve_token(token_file.as_deref(), true)?;
+            Workers::Remote {
+                bind: m.opt_str("bind").unwrap_or_else(|| "0.0.0.0".into()),
+                port,
+                token,
+            }
+        } else if let Some(list) = m.opt_str("devices") {
+            if m.opt_present("workers") {
+                return usage("give --workers N or --devices LIST, not both");
+            }
+            let devices: Result<Vec<i32>, _> =
+                list.split(',').map(|d| d.trim().parse::<i32>()).collect();
+            match devices {
+                Ok(d) if !d.is_empty() && d.iter().all(|&x| x >= 0) => Workers::Local(d),
+                _ => {
+                    return usage(format!(
+                        "--devices: '{list}' is not a list of device ids like 0,1"
+                    ));
+                }
+            }
+        } else {
+            let n: i32 = number(&m, "workers", 1)?;
+            if !(1..=256).contains(&n) {
+                return usage(format!("--workers must be 1 to 256, got {n}"));
+            }
+            Workers::Local((0..n).collect())
+        };
+        let defaults = ctf_d.clone();
+        let ctf = CtfParams {
+            voltage_kv: number(&m, "voltage", defaults.voltage_kv)?,
+            cs_mm: number(&m, "cs", defaults.cs_mm)?,
+            amplitude_contrast: number(&m, "amp", defaults.amplitude_contrast)?,
+            window: number(&m, "window", defaults.window)?,
+            range_min_a: number(&m, "range-min", defaults.range_min_a)?,
+            range_max_a: number(&m, "range-max", defaults.range_max_a)?,
+            defocus_min_um: number(&m, "defocus-min", defaults.defocus_min_um)?,
+            defocus_max_um: number(&m, "defocus-max", defaults.defocus_max_um)?,
+            fit_phase: m.opt_present("fit-phase"),
+            spectrum_path: None,
+        };
+        let movement = MovementParams {
+            range_max_a: number(&m, "motion-range-max", motion_d.range_max_a)?,
+            local: !m.opt_present("no-local-motion"),
+            ..motion_d
+        };
+        let gain = m.opt_str("gain").map(|path| LoadGainRefParams {
+            path,
+            flip_x: m.opt_present("gain-flip-x"),
+            flip_y: m.opt_present("gain-flip-y"),
+            transpose: m.opt_present("gain-transpose"),
+            defects_path: m.opt_str("defects"),
+        });
+        if gain.is_none() && m.opt_present("defects") {
+            return usage("--defects needs --gain");
+        }
+        let angpix = match m.opt_str("angpix") {
+            None => None,
+            Some(_) => Some(number(&m, "angpix", 0.0f64)?),
+        };
+        let options = PreprocessOptions {
+            input,
+            output: PathBuf::from(output),
+            workers,
+            angpix,
+            scale_factor: number(&m, "scale", 1.0)?,
+            gain,
+            dose_per_frame: number(&m, "dose-per-frame", 0.0)?,
+            movement,
+            ctf,
+            float16: m.opt_present("float16"),
+            odd_even: m.opt_present("odd-even"),
+            thumbnail_size: number(&m, "thumbnail-size", thumb_d.size)?,
+            task_timeout: seconds(&m, "task-timeout", Duration::from_secs(1800))?,
+            progress_every: Duration::from_secs(5),
+            backend: match m.opt_str("backend") {
+                Some(b) => b
+                    .parse()
+                    .map_err(|e| CliError::Usage(format!("--backend: {e}")))?,
+                None => BackendChoice::Auto,
+            },
+            read_ahead: !m.opt_present("no-read-ahead"),
+        };
+        // Check every command's parameters once, before starting anything.
+        options.validate().map_err(CliError::Usage)?;
+        let provision = match &options.workers {
+            Workers::Remote { bind, .. } => {
+                ProvisionPlan::from_matches(&m, bind, token_file.as_deref())?
+            }
+            Workers::Local(_) => None,
+        };
+        Ok(Some(PreprocessConfig {
+            options,
+            provision,
+            verbose: m.opt_present("verbose"),
+        }))
+    }
+}
+
+/// Runs the job; a failed or interrupted movie makes it a failure (exit 1).
+pub fn run(cfg: PreprocessConfig) -> Result<(), CliError> {
+    // The embedded controller's own log: warnings only, unless -v.
+    logging::init(if cfg.verbose {
+        log::LevelFilter::Info
+    } else {
+        log::LevelFilter::Warn
+    });
+    cli::install_signal_handlers();
+    let po = &cfg.options;
+    let mut provisioner = None;
+    let mut on_started = |c: &Controller| -> Result<(), String> {
+        if let Some(plan) = &cfg.provision {
+            provisioner = Some(plan.start(c).map_err(|e| e.message().to_string())?);
+            eprintln!(
+                "provisioning: slurm jobs from {} while movies are queued",
+                plan.template_path()
+            );
+        }
+        Ok(())
+    };
+    let summary = job::run(
+        po,
+        &cli::STOP,
+        &mut |line| eprintln!("{line}"),
+        &mut on_started,
+    );
+    if let Some(p) = provisioner.take() {
+        p.stop();
+    }
+    let summary = summary.map_err(CliError::Failed)?;
+    println!("{}", job::summary_table(&summary));
+    if summary.interrupted {
+        return Err(CliError::Failed(
+            "interrupted; run the same command again to continue".into(),
+        ));
+    }
+    if !summary.failed.is_empty() {
+        return Err(CliError::Failed(format!(
+            "{} movie(s) failed (listed in {}/failed_items.json); run again to retry them",
+            summary.failed.len(),
+            po.output.display()
+        )));
+    }
+    Ok(())
+}

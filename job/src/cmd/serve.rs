@@ -1,0 +1,267 @@
+//! `warp-controller serve`: run a controller until SIGINT/SIGTERM.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use getopts::Options;
+use warp_controller::{Controller, ControllerConfig, auth, logging};
+
+use super::provision::{self, ProvisionPlan};
+use crate::cli::{self, CliError, failed, number, seconds, usage};
+
+/// A checked `serve` command line.
+#[derive(Debug)]
+pub struct ServeConfig {
+    /// The controller's settings (token included).
+    pub controller: ControllerConfig,
+    /// Where the token came from, for the start-up log.
+    pub token_file: Option<PathBuf>,
+    /// `--port-file`.
+    pub port_file: Option<PathBuf>,
+    /// `--provision slurm`, checked.
+    pub provision: Option<ProvisionPlan>,
+    /// Log level.
+    pub log_level: log::LevelFilter,
+}
+
+const BRIEF: &str = "Usage: warp-controller serve [options]\n\nSeconds accept fractions (0.5). With --provision slurm the controller submits worker jobs\nfrom --provision-template while work is queued (policy: controller/src/provision/policy.rs;\nWARP_PROVISION_* variables override its timings) and cancels them when the queue drains or\nthe controller stops. Placeholders always filled: controller_url, token_file, job_name,\nprovision_dir.";
+
+fn options() -> Options {
+    let d = ControllerConfig::new(String::new());
+    let mut o = Options::new();
+    o.optflag("h", "help", "print this help");
+    o.optopt(
+        "",
+        "bind",
+        &format!("address to listen on (default {}: all interfaces)", d.bind),
+        "ADDR",
+    );
+    o.optopt(
+        "",
+        "port",
+        "port to listen on (default 0: any free port; see --port-file)",
+        "N",
+    );
+    o.optopt(
+        "",
+        "port-file",
+        "write the bound port to FILE (for scripts and batch jobs)",
+        "FILE",
+    );
+    o.optopt("", "token-file", "enrollment token file, created (mode 600, random 256-bit token) if missing; else WARP_TOKEN", "FILE");
+    o.optopt(
+        "",
+        "poll-hold",
+        "seconds a worker's poll is held before 'no work' (default 30)",
+        "S",
+    );
+    o.optopt(
+        "",
+        "heartbeat-interval",
+        "seconds between worker heartbeats (default 30, at most a quarter of the timeout)",
+        "S",
+    );
+    o.optopt(
+        "",
+        "heartbeat-timeout",
+        "seconds of silence after which a worker is offline and its task re-queued (default 120)",
+        "S",
+    );
+    o.optopt(
+        "",
+        "task-timeout",
+        "seconds an attempt may run before it fails and is re-queued (default 1800)",
+        "S",
+    );
+    o.optopt(
+        "",
+        "max-attempts",
+        "failed attempts after which a task fails for good (default 3)",
+        "N",
+    );
+    o.optopt(
+        "",
+        "max-body",
+        "largest request body in bytes (default 16 MiB)",
+        "BYTES",
+    );
+    o.optopt("", "threads", "request handler threads (default 4)", "N");
+    o.optflag("v", "verbose", "log debug lines (or WARP_LOG=debug)");
+    o.optflag("q", "quiet", "log warnings and errors only");
+    provision::options(&mut o);
+    o
+}
+
+impl ServeConfig {
+    /// Parses and checks `args` (after `serve`); `None` after printing `--help`. Binds nothing.
+    pub fn from_args(args: &[String]) -> Result<Option<ServeConfig>, CliError> {
+        let Some(m) = cli::parse_options_only(&options(), args, BRIEF)? else {
+            return Ok(None);
+        };
+        let token_file = m.opt_str("token-file").map(PathBuf::from);
+        let token = auth::resolve_token(token_file.as_deref(), true)?;
+        let mut cfg = ControllerConfig::new(token);
+        cfg.bind = m.opt_str("bind").unwrap_or(cfg.bind);
+        cfg.port = number(&m, "port", 0u16)?;
+        cfg.poll_hold = seconds(&m, "poll-hold", cfg.poll_hold)?;
+        cfg.heartbeat_interval = seconds(&m, "heartbeat-interval", cfg.heartbeat_interval)?;
+        cfg.heartbeat_timeout = seconds(&m, "heartbeat-timeout", cfg.heartbeat_timeout)?;
+        cfg.task_timeout = seconds(&m, "task-timeout", cfg.task_timeout)?;
+        cfg.max_attempts = number(&m, "max-attempts", cfg.max_attempts)?;
+        cfg.max_body_bytes = number(&m, "max-body", cfg.max_body_bytes)?;
+        cfg.handler_threads = number(&m, "threads", cfg.handler_threads)?;
+        if cfg.max_attempts == 0 || cfg.handler_threads == 0 {
+            return usage("--max-attempts and --threads must be at least 1");
+        }
+        if cfg.heartbeat_timeout.is_zero() || cfg.poll_hold.is_zero() || cfg.task_timeout.is_zero()
+        {
+            return usage("--poll-hold, --heartbeat-timeout and --task-timeout must be > 0");
+        }
+        let provision = ProvisionPlan::from_matches(&m, &cfg.bind, token_file.as_deref())?;
+        Ok(Some(ServeConfig {
+            controller: cfg,
+            token_file,
+            port_file: m.opt_str("port-file").map(PathBuf::from),
+            provision,
+            log_level: if m.opt_present("verbose") {
+                log::LevelFilter::Debug
+            } else if m.opt_present("quiet") {
+                log::LevelFilter::Warn
+            } else {
+                log::LevelFilter::Info
+            },
+        }))
+    }
+}
+
+/// Runs the controller until SIGINT/SIGTERM.
+pub fn run(cfg: ServeConfig) -> Result<(), CliError> {
+    logging::init(cfg.log_level);
+    cli::install_signal_handlers();
+    log::info!(
+        "warp-controller {} (protocol {}) starting",
+        warp_common::VERSION,
+        warp_common::PROTOCOL_VERSION
+    );
+    log::info!("configuration: {}", cfg.controller.describe());
+    log::info!(
+        "token: {}",
+        match &cfg.token_file {
+            Some(p) => format!("from file {}", p.display()),
+            None => format!("from {}", auth::TOKEN_ENV),
+        }
+    );
+    let bind = cfg.controller.bind.clone();
+    let controller = Controller::start(cfg.controller).map_err(CliError::Failed)?;
+    let provisioner = match &cfg.provision {
+        None => None,
+        Some(plan) => match plan.start(&controller) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                controller.shutdown();
+                return Err(e);
+            }
+        },
+    };
+    if let Some(path) = &cfg.port_file
+        && let Err(e) = std::fs::write(path, format!("{}\n", controller.port()))
+    {
+        if let Some(p) = provisioner {
+            p.stop();
+        }
+        controller.shutdown();
+        return Err(failed(format!(
+            "cannot write --port-file {}: {e}",
+            path.display()
+        )));
+    }
+    println!("listening on http://{bind}:{}", controller.port());
+    let _ = std::io::stdout().flush();
+    while !cli::STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    log::info!("signal received: shutting down");
+    if let Some(p) = provisioner {
+        p.stop();
+    }
+    controller.shutdown();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The regression of issue 10: `--provision-var bad` was a usage error only after the
+    /// controller was listening under `preprocess`; now it is found before anything starts.
+    #[test]
+    fn provision_var_without_equals_is_a_usage_error_before_binding() {
+        let dir = std::env::temp_dir().join(format!("warp-serve-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let template = dir.join("t.sbatch");
+        std::fs::write(&template, "#!/bin/sh\n{{controller_url}} {{partition}}\n").unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, "secret\n").unwrap();
+        let base = [
+            "--token-file",
+            token.to_str().unwrap(),
+            "--provision",
+            "slurm",
+            "--provision-template",
+            template.to_str().unwrap(),
+        ];
+        let mut bad = args(&base);
+        bad.extend(args(&["--provision-var", "bad"]));
+        let e = ServeConfig::from_args(&bad).unwrap_err();
+        assert!(
+            matches!(&e, CliError::Usage(m) if m.contains("--provision-var 'bad'")),
+            "{e:?}"
+        );
+        // A placeholder without a value is found before binding too.
+        let e = ServeConfig::from_args(&args(&base)).unwrap_err();
+        assert!(
+            matches!(&e, CliError::Usage(m) if m.contains("partition")),
+            "{e:?}"
+        );
+        let mut good = args(&base);
+        good.extend(args(&["--provision-var", "partition=gpu"]));
+        let cfg = ServeConfig::from_args(&good).unwrap().unwrap();
+        assert!(cfg.provision.is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_numbers_and_stray_arguments_are_usage_errors() {
+        for a in [
+            &["--port", "99999"][..],
+            &["--max-attempts", "0"],
+            &["--poll-hold", "0"],
+            &["stray"],
+            &["--provision", "pbs"],
+            &["--provision-template", "x"],
+        ] {
+            let mut a = args(a);
+            a.extend(args(&["--token-file", "/nonexistent-dir/never-created"]));
+            // Numbers are checked after the token, so give a usable one through a file.
+            let dir = std::env::temp_dir().join(format!(
+                "warp-serve-bad-{}-{}",
+                std::process::id(),
+                a[0].trim_start_matches('-')
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let token = dir.join("token");
+            std::fs::write(&token, "secret\n").unwrap();
+            let n = a.len();
+            a[n - 1] = token.display().to_string();
+            let e = ServeConfig::from_args(&a).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{a:?}: {e:?}");
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+}
