@@ -17,7 +17,7 @@ use warp_common::protocol::{
 
 use crate::auth;
 use crate::core::{CoreError, Event, Reply as CoreReply};
-use crate::server::{Inner, ParkedPoll, Shared, Waiter, json_response};
+use crate::server::{Inner, Locked, ParkedPoll, Shared, Waiter, json_response};
 
 /// The OpenAPI 3 document of every route below.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
@@ -289,10 +289,7 @@ impl Call {
     }
 
     /// Locks the state after checking the worker's own token.
-    fn lock_worker<'a>(
-        &self,
-        s: &'a Shared,
-    ) -> Result<(std::sync::MutexGuard<'a, Inner>, WorkerId), ApiError> {
+    fn lock_worker<'a>(&self, s: &'a Shared) -> Result<(Locked<'a>, WorkerId), ApiError> {
         let worker = self.uuid_param(0, "worker")?;
         let inner = s.lock();
         match inner
@@ -482,16 +479,10 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-/// Applies an event under the lock, then writes the responses it un-parked.
-fn apply_and_flush(
-    s: &Shared,
-    mut inner: std::sync::MutexGuard<'_, Inner>,
-    event: Event,
-) -> Result<CoreReply, ApiError> {
+/// Applies an event under the lock; dropping the lock writes the responses it un-parked.
+fn apply_and_flush(s: &Shared, mut inner: Locked<'_>, event: Event) -> Result<CoreReply, ApiError> {
     let result = s.apply(&mut inner, event);
-    let out = std::mem::take(&mut inner.outbox);
     drop(inner);
-    Shared::flush(out);
     result.map_err(ApiError::from)
 }
 
@@ -546,9 +537,7 @@ fn poll(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
     let (mut inner, worker) = call.lock_worker(s)?;
     match s.apply(&mut inner, Event::Poll { worker }) {
         Ok(CoreReply::Poll(Some(task))) => {
-            let out = std::mem::take(&mut inner.outbox);
             drop(inner);
-            Shared::flush(out);
             json(200, &warp_common::protocol::PollResponse { task })
         }
         Ok(CoreReply::Poll(None)) if s.stopping() => {
@@ -572,16 +561,12 @@ fn poll(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
                     body: None,
                 });
             }
-            let out = std::mem::take(&mut inner.outbox);
             drop(inner);
-            Shared::flush(out);
             Ok(Reply::Parked)
         }
         Ok(r) => unreachable!("poll replied {r:?}"),
         Err(e) => {
-            let out = std::mem::take(&mut inner.outbox);
             drop(inner);
-            Shared::flush(out);
             Err(e.into())
         }
     }

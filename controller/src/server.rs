@@ -158,6 +158,33 @@ pub(crate) struct Inner {
     pub outbox: Vec<Outgoing>,
 }
 
+/// The lock on [`Inner`]; see [`Shared::lock`].
+pub(crate) struct Locked<'a>(Option<MutexGuard<'a, Inner>>);
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        self.0.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        self.0.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let Some(mut guard) = self.0.take() else {
+            return;
+        };
+        let out = std::mem::take(&mut guard.outbox);
+        drop(guard);
+        Shared::flush(out);
+    }
+}
+
 pub(crate) struct Shared {
     pub cfg: ControllerConfig,
     pub started: Instant,
@@ -190,10 +217,13 @@ impl Shared {
         self.started.elapsed().as_millis() as Millis
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+    /// Locks the core and the parked requests. The guard writes the responses that events
+    /// un-parked (`inner.outbox`) after it releases the lock, when it is dropped: no handler
+    /// can forget them, and none is written while the lock is held.
+    pub fn lock(&self) -> Locked<'_> {
         // A handler that panicked while holding the lock was already answered with 500; the
         // state it left is still the best we have, so keep serving.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        Locked(Some(self.inner.lock().unwrap_or_else(|e| e.into_inner())))
     }
 
     /// Queues validated specs in one event (all or none); with `watch`, each task's detail is
@@ -225,15 +255,13 @@ impl Shared {
                 inner.waiters.remove(id);
             }
         }
-        let out = std::mem::take(&mut inner.outbox);
         drop(inner);
-        Shared::flush(out);
         result.map_err(ApiError::from)?;
         Ok(ids)
     }
 
     /// Applies an event and carries out the decisions it produced. Responses to parked
-    /// requests go to `inner.outbox`; the caller writes them with [`Shared::flush`].
+    /// requests go to `inner.outbox`; the [`Locked`] guard writes them when it is dropped.
     pub fn apply(&self, inner: &mut Inner, event: Event) -> Result<Reply, CoreError> {
         let reply = inner.core.apply(self.now(), event);
         let decisions = inner.core.take_decisions();
@@ -309,7 +337,7 @@ impl Shared {
     }
 
     /// Writes queued responses; call without holding the lock.
-    pub fn flush(outbox: Vec<Outgoing>) {
+    fn flush(outbox: Vec<Outgoing>) {
         for o in outbox {
             http::respond(o.request, o.status, o.body);
         }
@@ -362,9 +390,7 @@ impl Shared {
             }
         }
         let _ = self.apply(&mut inner, Event::Tick);
-        let out = std::mem::take(&mut inner.outbox);
         drop(inner);
-        Shared::flush(out);
     }
 }
 
@@ -525,9 +551,7 @@ impl Controller {
     pub fn cancel(&self, task: TaskId) -> Result<TaskState, ApiError> {
         let mut inner = self.shared.lock();
         let result = self.shared.apply(&mut inner, Event::Cancel { task });
-        let out = std::mem::take(&mut inner.outbox);
         drop(inner);
-        Shared::flush(out);
         match result.map_err(ApiError::from)? {
             Reply::Cancelled(s) => Ok(s),
             r => unreachable!("cancel replied {r:?}"),
@@ -699,4 +723,68 @@ pub(crate) fn validate_batch(specs: &[TaskSpec]) -> Result<(), ApiError> {
             .map_err(|e| ApiError::invalid(format!("task {i}: {e}")))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warp_common::commands::Command;
+    use warp_common::protocol::{Capabilities, RegisterRequest, RegisterResponse};
+
+    /// Issue 10: the "take the outbox, drop the lock, flush" sequence was repeated by hand; a
+    /// handler that forgot it left a parked worker's assignment waiting for an unrelated event.
+    /// Now dropping the lock writes it.
+    #[test]
+    fn dropping_the_lock_delivers_to_a_parked_poll() {
+        let mut cfg = ControllerConfig::new("admin".into());
+        cfg.bind = "127.0.0.1".into();
+        cfg.poll_hold = Duration::from_secs(20);
+        let c = Controller::start(cfg).unwrap();
+        let base = format!("http://127.0.0.1:{}", c.port());
+        let agent = ureq::AgentBuilder::new().try_proxy_from_env(false).build();
+        let reg: RegisterResponse = agent
+            .post(&format!("{base}/api/workers/register"))
+            .set("Authorization", "Bearer admin")
+            .send_json(RegisterRequest {
+                protocol_version: warp_common::PROTOCOL_VERSION,
+                device: 0,
+                hostname: "test".into(),
+                capabilities: Capabilities::default(),
+                worker_version: String::new(),
+                spawn_id: None,
+                pid: None,
+            })
+            .unwrap()
+            .into_json()
+            .unwrap();
+        let poll = {
+            let (agent, url) = (
+                agent.clone(),
+                format!("{base}/api/workers/{}/poll", reg.worker_id),
+            );
+            let auth = format!("Bearer {}", reg.token);
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let r = agent.get(&url).set("Authorization", &auth).call().unwrap();
+                (r.status(), started.elapsed())
+            })
+        };
+        let t0 = Instant::now();
+        while c.shared.lock().parked_polls.is_empty() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "poll never parked");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // What a handler does: apply an event under the lock, then let the lock go.
+        let mut inner = c.shared.lock();
+        let tasks = vec![(
+            uuid::Uuid::new_v4(),
+            TaskSpec::new(vec![Command::exec(["true".to_string()])]),
+        )];
+        c.shared.apply(&mut inner, Event::Submit { tasks }).unwrap();
+        assert_eq!(inner.outbox.len(), 1, "the assignment waits in the outbox");
+        drop(inner);
+        let (status, waited) = poll.join().unwrap();
+        assert_eq!(status, 200);
+        assert!(waited < Duration::from_secs(10), "{waited:?}");
+    }
 }
