@@ -58,9 +58,20 @@ pub enum WrapperError {
     },
     /// The task was cancelled.
     Cancelled(uuid::Uuid),
-    /// No result within the wrapper's command timeout.
+    /// No result within the wrapper's command timeout; the task was cancelled, so it does
+    /// not keep its worker busy.
     Timeout(uuid::Uuid),
-    /// The direct-mode worker could not be reached or answered nonsense.
+    /// The embedded controller stopped while the call waited.
+    ControllerStopped,
+    /// A worker answered with a result that is not what the command returns (a buggy or
+    /// older worker); `error` says what was wrong.
+    BadResult {
+        /// The command whose result it was.
+        command: String,
+        /// What was wrong with it.
+        error: String,
+    },
+    /// The direct-mode worker could not be reached or refused the command.
     Direct(String),
 }
 
@@ -72,8 +83,15 @@ impl std::fmt::Display for WrapperError {
             WrapperError::Spawn(m) => write!(f, "cannot start a worker: {m}"),
             WrapperError::TaskFailed { task, error } => write!(f, "task {task} failed: {error}"),
             WrapperError::Cancelled(t) => write!(f, "task {t} was cancelled"),
-            WrapperError::Timeout(t) => {
-                write!(f, "task {t} did not finish within the command timeout")
+            WrapperError::Timeout(t) => write!(
+                f,
+                "task {t} did not finish within the command timeout (it was cancelled)"
+            ),
+            WrapperError::ControllerStopped => {
+                f.write_str("the controller stopped before the task finished")
+            }
+            WrapperError::BadResult { command, error } => {
+                write!(f, "the worker's {command} result is malformed: {error}")
             }
             WrapperError::Direct(m) => write!(f, "direct-mode worker: {m}"),
         }
@@ -96,10 +114,7 @@ pub trait WorkerCommands {
 
     /// Runs an external program.
     fn exec(&self, argv: &[&str]) -> Result<ExecResult, WrapperError> {
-        let v = self
-            .execute(vec![Command::exec(argv.iter().copied())])?
-            .remove(0);
-        serde_json::from_value(v).map_err(|e| WrapperError::Direct(format!("bad Exec result: {e}")))
+        run_typed(self, Command::exec(argv.iter().copied()))
     }
 
     /// Sleeps on the worker.
@@ -109,8 +124,16 @@ pub trait WorkerCommands {
 
     /// Returns `value` from the worker (a round trip; the no-op of benchmarks).
     fn echo(&self, value: Value) -> Result<Value, WrapperError> {
-        let mut r = self.execute(vec![Command::Echo { value }])?.remove(0);
-        Ok(r["value"].take())
+        let r = only_result(self.execute(vec![Command::Echo { value }])?, "Echo")?;
+        match r {
+            Value::Object(mut m) if m.contains_key("value") => {
+                Ok(m.remove("value").expect("checked"))
+            }
+            other => Err(WrapperError::BadResult {
+                command: "Echo".into(),
+                error: format!("expected an object with 'value', got {other}"),
+            }),
+        }
     }
 
     /// Warp's `WaitAsyncTasks`.
@@ -160,8 +183,38 @@ fn run_typed<T: serde::de::DeserializeOwned>(
     c: Command,
 ) -> Result<T, WrapperError> {
     let name = c.name();
-    let v = w.execute(vec![c])?.remove(0);
-    serde_json::from_value(v).map_err(|e| WrapperError::Direct(format!("bad {name} result: {e}")))
+    let v = only_result(w.execute(vec![c])?, name)?;
+    serde_json::from_value(v).map_err(|e| WrapperError::BadResult {
+        command: name.into(),
+        error: e.to_string(),
+    })
+}
+
+/// The one result of a one-command call.
+fn only_result(results: Vec<Value>, command: &str) -> Result<Value, WrapperError> {
+    let n = results.len();
+    match <[Value; 1]>::try_from(results) {
+        Ok([v]) => Ok(v),
+        Err(_) => Err(WrapperError::BadResult {
+            command: command.into(),
+            error: format!("{n} results for one command"),
+        }),
+    }
+}
+
+/// Checks that a task's results answer its commands one to one.
+fn results_for(commands: &[Command], results: Vec<Value>) -> Result<Vec<Value>, WrapperError> {
+    if results.len() == commands.len() {
+        return Ok(results);
+    }
+    Err(WrapperError::BadResult {
+        command: commands
+            .iter()
+            .map(Command::name)
+            .collect::<Vec<_>>()
+            .join(", "),
+        error: format!("{} results for {} commands", results.len(), commands.len()),
+    })
 }
 
 /// Finds the `warp-worker` binary: `$WARP_WORKER_BIN`, then beside the running executable (and
@@ -374,7 +427,7 @@ impl ControllerBasedWorkerWrapper {
                 }
                 Ok(_) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                    return Err(WrapperError::Spawn("the controller stopped".into()));
+                    return Err(WrapperError::ControllerStopped);
                 }
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -445,16 +498,29 @@ impl ControllerBasedWorkerWrapper {
         }
     }
 
-    /// Runs a whole work package and waits for its result.
+    /// Runs a whole work package and waits for its result. When the command timeout passes
+    /// first, the task is cancelled (a running attempt is stopped on its worker), so the next
+    /// call does not queue behind it and a retry does not run the commands twice.
     pub fn execute_package(&self, spec: TaskSpec) -> Result<TaskResult, WrapperError> {
-        let (task, rx) = self.controller()?.submit_watch(spec)?;
+        let controller = self.controller()?;
+        let (task, rx) = controller.submit_watch(spec)?;
         let detail = match self.opts.command_timeout {
-            Some(t) => rx
-                .recv_timeout(t)
-                .map_err(|_| WrapperError::Timeout(task))?,
-            None => rx
-                .recv()
-                .map_err(|_| WrapperError::Spawn("the controller stopped".into()))?,
+            Some(t) => match rx.recv_timeout(t) {
+                Ok(d) => d,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    // It may have finished just now; then its outcome stands.
+                    match controller.cancel(task) {
+                        Ok(TaskState::Cancelled) | Err(_) => {
+                            return Err(WrapperError::Timeout(task));
+                        }
+                        Ok(_) => rx.recv().map_err(|_| WrapperError::ControllerStopped)?,
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return Err(WrapperError::ControllerStopped);
+                }
+            },
+            None => rx.recv().map_err(|_| WrapperError::ControllerStopped)?,
         };
         task_outcome(detail)
     }
@@ -525,7 +591,8 @@ impl Addressed<'_> {
 
 impl WorkerCommands for Addressed<'_> {
     fn execute(&self, commands: Vec<Command>) -> Result<Vec<Value>, WrapperError> {
-        self.execute_with_init(None, commands).map(|r| r.results)
+        let results = self.execute_with_init(None, commands.clone())?.results;
+        results_for(&commands, results)
     }
 }
 
@@ -533,9 +600,9 @@ fn task_outcome(detail: TaskDetail) -> Result<TaskResult, WrapperError> {
     match detail.state {
         TaskState::Completed => {
             let v = detail.result.unwrap_or(Value::Null);
-            serde_json::from_value(v).map_err(|e| WrapperError::TaskFailed {
-                task: detail.id,
-                error: format!("the worker's result is not a task result: {e}"),
+            serde_json::from_value(v).map_err(|e| WrapperError::BadResult {
+                command: format!("task {}", detail.id),
+                error: format!("not a task result: {e}"),
             })
         }
         TaskState::Cancelled => Err(WrapperError::Cancelled(detail.id)),
@@ -714,10 +781,19 @@ impl DirectWorkerWrapper {
         let url = format!("{}/v1/Service/EvaluateCommand", self.base);
         match self.agent.post(&url).send_json(command) {
             Ok(resp) => {
-                let mut v: Value = resp
-                    .into_json()
-                    .map_err(|e| WrapperError::Direct(e.to_string()))?;
-                Ok(v["result"].take())
+                let bad = |error: String| WrapperError::BadResult {
+                    command: command.name().into(),
+                    error,
+                };
+                let v: Value = resp.into_json().map_err(|e| bad(e.to_string()))?;
+                match v {
+                    Value::Object(mut m) if m.contains_key("result") => {
+                        Ok(m.remove("result").expect("checked"))
+                    }
+                    other => Err(bad(format!(
+                        "expected an object with 'result', got {other}"
+                    ))),
+                }
             }
             Err(ureq::Error::Status(code, resp)) => {
                 let v: Value = resp.into_json().unwrap_or(Value::Null);
@@ -804,5 +880,118 @@ fn read_port(fifo: &Path, child: &mut Child, timeout: Duration) -> Result<u16, S
             ));
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warp_common::protocol::{
+        Capabilities, PollResponse, RegisterRequest, RegisterResponse, ReportState, StatusUpdate,
+    };
+
+    /// A worker that speaks the protocol but answers every task with `result`: what a buggy or
+    /// older worker build could send. Serves `tasks` tasks, then returns.
+    fn buggy_worker(url: String, token: String, tasks: usize, result: Value) -> JoinHandle<()> {
+        std::thread::spawn(move || {
+            let agent = ureq::AgentBuilder::new().try_proxy_from_env(false).build();
+            let reg: RegisterResponse = agent
+                .post(&format!("{url}/api/workers/register"))
+                .set("Authorization", &format!("Bearer {token}"))
+                .send_json(RegisterRequest {
+                    protocol_version: warp_common::PROTOCOL_VERSION,
+                    device: 0,
+                    hostname: "buggy".into(),
+                    capabilities: Capabilities::default(),
+                    worker_version: "0.0.0-buggy".into(),
+                    spawn_id: None,
+                    pid: None,
+                })
+                .unwrap()
+                .into_json()
+                .unwrap();
+            let auth = format!("Bearer {}", reg.token);
+            let mut served = 0;
+            while served < tasks {
+                let r = agent
+                    .get(&format!("{url}/api/workers/{}/poll", reg.worker_id))
+                    .set("Authorization", &auth)
+                    .call()
+                    .unwrap();
+                if r.status() != 200 {
+                    continue;
+                }
+                let p: PollResponse = r.into_json().unwrap();
+                agent
+                    .post(&format!(
+                        "{url}/api/workers/{}/tasks/{}/status",
+                        reg.worker_id, p.task.id
+                    ))
+                    .set("Authorization", &auth)
+                    .send_json(StatusUpdate {
+                        lease: p.task.lease,
+                        state: ReportState::Completed,
+                        result: Some(result.clone()),
+                        error: None,
+                        progress: None,
+                        elapsed_ms: None,
+                        held_fingerprint: None,
+                        console: Vec::new(),
+                        want_next: false,
+                    })
+                    .unwrap();
+                served += 1;
+            }
+        })
+    }
+
+    /// Issue 10: `.remove(0)` on an empty result list and indexing into non-object JSON
+    /// panicked in the embedding program; each is an error now.
+    #[test]
+    fn malformed_results_from_a_worker_are_errors_not_panics() {
+        let cases = [
+            serde_json::json!({"results": [], "init_ran": false}),
+            serde_json::json!({"results": [[1, 2]], "init_ran": false}),
+            serde_json::json!({"results": [7], "init_ran": false}),
+            serde_json::json!("not a task result"),
+        ];
+        for result in cases {
+            let mut w = ControllerBasedWorkerWrapper::with_options(WrapperOptions {
+                poll_hold: Duration::from_millis(200),
+                ..WrapperOptions::default()
+            });
+            w.start_controller(0).unwrap();
+            let c = w.controller().unwrap();
+            // Three calls below reach the worker.
+            let worker = buggy_worker(c.url(), c.token().to_string(), 3, result.clone());
+            let e = w.any().echo(serde_json::json!(1)).unwrap_err();
+            assert!(matches!(e, WrapperError::BadResult { .. }), "{result}: {e}");
+            assert!(e.to_string().contains("malformed"), "{e}");
+            let e = w.any().exec(&["true"]).unwrap_err();
+            assert!(matches!(e, WrapperError::BadResult { .. }), "{result}: {e}");
+            // Any one value answers GcCollect; no value or no task result does not.
+            let r = w.any().execute(vec![Command::GcCollect {}]);
+            if result["results"].as_array().map(Vec::len) == Some(1) {
+                assert!(r.is_ok(), "{result}: {r:?}");
+            } else {
+                assert!(
+                    matches!(r, Err(WrapperError::BadResult { .. })),
+                    "{result}: {r:?}"
+                );
+            }
+            worker.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_stopped_controller_is_not_a_spawn_failure() {
+        let e = WrapperError::ControllerStopped.to_string();
+        assert!(!e.contains("cannot start a worker"), "{e}");
+        let e = WrapperError::BadResult {
+            command: "Echo".into(),
+            error: "x".into(),
+        }
+        .to_string();
+        assert!(!e.contains("direct-mode"), "{e}");
     }
 }

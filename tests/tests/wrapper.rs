@@ -385,3 +385,31 @@ fn preprocessing_calls_through_both_wrappers() {
         .to_string();
     assert!(err.contains("scale_factor"), "{err}");
 }
+
+/// Issue 10: a call that timed out left its task running, so the next call to that worker
+/// queued behind it and a retry ran the command twice. The timeout now cancels the task.
+#[test]
+fn wrapper_call_that_times_out_cancels_its_task() {
+    warp_tests::bin("warp-worker");
+    let mut w = ControllerBasedWorkerWrapper::with_options(WrapperOptions {
+        command_timeout: Some(Duration::from_millis(500)),
+        ..options()
+    });
+    w.start_controller(0).unwrap();
+    let a = w.add_worker(0).unwrap();
+    let start = std::time::Instant::now();
+    let err = w.on(a).sleep(20_000).unwrap_err();
+    let WrapperError::Timeout(task) = err else {
+        panic!("expected a timeout, got {err}");
+    };
+    let state = w.controller().unwrap().task(task).unwrap().state;
+    assert_eq!(state, warp_common::protocol::TaskState::Cancelled);
+    // The worker is free again: the next call does not wait for the 20 s sleep.
+    assert_eq!(w.on(a).echo(json!("next")).unwrap(), json!("next"));
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(w.get_controller_status().unwrap().tasks.cancelled, 1);
+}
