@@ -31,7 +31,7 @@ use warp_common::preprocessing::{
     LocalMotionResult, MovementParams, MovementResult, ReadAheadReport, StackLoaded,
     ThumbnailParams, ThumbnailResult,
 };
-use warp_common::protocol::{InitPart, TaskDetail, TaskId, TaskSpec, TaskState};
+use warp_common::protocol::{InitPart, TaskDetail, TaskId, TaskResult, TaskSpec, TaskState};
 use warp_kernels::gpu::{BackendChoice, probe};
 use warp_kernels::io::star::{StarTable, StarValue, write_star};
 
@@ -292,9 +292,10 @@ fn path_string(p: &Path) -> String {
 
 impl PreprocessOptions {
     /// Checks every parameter the workers would check, so a typo fails before any work.
+    /// Messages name the `preprocess` flag to fix, not the command parameter behind it.
     pub fn validate(&self) -> Result<(), String> {
         let spec = self.package(Path::new("movie.mrc"), "movie");
-        spec.validate()?;
+        spec.validate().map_err(|e| name_the_flag(&e))?;
         if self.thumbnail_size == 0 {
             return Err("--thumbnail-size must be at least 1".into());
         }
@@ -364,28 +365,51 @@ impl PreprocessOptions {
 
     /// Builds the record of a finished package from its results.
     fn record(&self, movie: &Path, detail: &TaskDetail) -> Result<MovieRecord, String> {
-        let results = detail
-            .result
-            .as_ref()
-            .and_then(|r| r.get("results"))
-            .and_then(Value::as_array)
-            .ok_or("the task finished without results")?;
-        fn part<T: serde::de::DeserializeOwned>(
-            r: &[Value],
-            i: usize,
-            what: &str,
-        ) -> Result<T, String> {
-            let v = r
-                .get(i)
-                .cloned()
-                .ok_or_else(|| format!("no {what} result"))?;
-            serde_json::from_value(v).map_err(|e| format!("bad {what} result: {e}"))
+        let commands = self.package(movie, &movie_name(movie)).commands;
+        self.record_from(movie, &commands, detail)
+    }
+
+    /// [`Self::record`] for a package of `commands`: each result is found by its command's
+    /// name, not by its position, so the package's order can change.
+    fn record_from(
+        &self,
+        movie: &Path,
+        commands: &[Command],
+        detail: &TaskDetail,
+    ) -> Result<MovieRecord, String> {
+        let result: TaskResult = serde_json::from_value(
+            detail
+                .result
+                .clone()
+                .ok_or("the task finished without results")?,
+        )
+        .map_err(|e| format!("the task's result is not a task result: {e}"))?;
+        if result.results.len() != commands.len() {
+            return Err(format!(
+                "{} results for {} commands",
+                result.results.len(),
+                commands.len()
+            ));
         }
-        let load: StackLoaded = part(results, 0, "LoadStack")?;
-        let motion: MovementResult = part(results, 1, "MovieProcessMovement")?;
-        let export: ExportResult = part(results, 2, "MovieExportMovie")?;
-        let ctf: CtfResult = part(results, 3, "MovieProcessCTF")?;
-        let thumb: ThumbnailResult = part(results, 4, "MovieCreateThumbnail")?;
+        let by_name: HashMap<&str, &Value> = commands
+            .iter()
+            .map(Command::name)
+            .zip(&result.results)
+            .collect();
+        fn part<T: serde::de::DeserializeOwned>(
+            by_name: &HashMap<&str, &Value>,
+            name: &str,
+        ) -> Result<T, String> {
+            let v = by_name
+                .get(name)
+                .ok_or_else(|| format!("no {name} result"))?;
+            T::deserialize(*v).map_err(|e| format!("bad {name} result: {e}"))
+        }
+        let load: StackLoaded = part(&by_name, "LoadStack")?;
+        let motion: MovementResult = part(&by_name, "MovieProcessMovement")?;
+        let export: ExportResult = part(&by_name, "MovieExportMovie")?;
+        let ctf: CtfResult = part(&by_name, "MovieProcessCTF")?;
+        let thumb: ThumbnailResult = part(&by_name, "MovieCreateThumbnail")?;
         let name = movie_name(movie);
         let mut outputs = BTreeMap::new();
         outputs.insert("average".into(), format!("average/{name}.mrc"));
@@ -434,6 +458,63 @@ impl PreprocessOptions {
             read_ahead: load.read_ahead,
         })
     }
+}
+
+/// The `preprocess` flag behind each command parameter the job sets from one:
+/// `(command, parameter, flag)`.
+const PARAMETER_FLAGS: &[(&str, &str, &str)] = &[
+    ("LoadGainRef", "path", "--gain"),
+    ("LoadStack", "scale_factor", "--scale"),
+    ("LoadStack", "angpix", "--angpix"),
+    ("MovieProcessMovement", "range_max_a", "--motion-range-max"),
+    (
+        "MovieProcessMovement",
+        "range_min_a",
+        "the motion low-resolution limit",
+    ),
+    ("MovieProcessCTF", "voltage_kv", "--voltage"),
+    ("MovieProcessCTF", "cs_mm", "--cs"),
+    ("MovieProcessCTF", "amplitude_contrast", "--amp"),
+    ("MovieProcessCTF", "window", "--window"),
+    ("MovieProcessCTF", "range_min_a", "--range-min"),
+    ("MovieProcessCTF", "range_max_a", "--range-max"),
+    ("MovieProcessCTF", "defocus_min_um", "--defocus-min"),
+    (
+        "MovieProcessCTF",
+        "defocus range",
+        "--defocus-min/--defocus-max: the defocus range",
+    ),
+    ("MovieExportMovie", "dose_per_frame", "--dose-per-frame"),
+    ("MovieExportMovie", "voltage_kv", "--voltage"),
+    ("MovieCreateThumbnail", "size", "--thumbnail-size"),
+];
+
+/// Rewrites a work package's validation message (`command 3: MovieProcessCTF window must
+/// be ...`) in the terms of the `preprocess` command line (`--window must be ...`).
+fn name_the_flag(message: &str) -> String {
+    let body = match message.split_once(": ") {
+        Some((head, rest)) if head.starts_with("command ") => rest,
+        _ => message,
+    };
+    for (command, parameter, flag) in PARAMETER_FLAGS {
+        let Some(rest) = body
+            .strip_prefix(command)
+            .and_then(|r| r.strip_prefix(' '))
+            .filter(|r| r.starts_with(parameter))
+        else {
+            continue;
+        };
+        let mut out = format!("{flag}{}", &rest[parameter.len()..]);
+        // Other parameters of the same command named in the message ("range_min_a (30) must
+        // be larger than range_max_a (40)").
+        for (c, p, f) in PARAMETER_FLAGS {
+            if c == command && p != parameter && f.starts_with("--") {
+                out = out.replace(p, f);
+            }
+        }
+        return out;
+    }
+    body.to_string()
 }
 
 /// Writes `micrographs_ctf.star` from the records of `names` (read from their JSON files).
@@ -786,6 +867,172 @@ pub fn summary_table(s: &Summary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn options(output: &str) -> PreprocessOptions {
+        PreprocessOptions {
+            input: "in/*.mrc".into(),
+            output: PathBuf::from(output),
+            workers: Workers::Local(vec![0]),
+            angpix: None,
+            scale_factor: 1.0,
+            gain: None,
+            dose_per_frame: 0.0,
+            movement: MovementParams::default(),
+            ctf: CtfParams::default(),
+            float16: false,
+            odd_even: false,
+            thumbnail_size: 512,
+            task_timeout: Duration::from_secs(60),
+            progress_every: Duration::from_secs(5),
+            backend: BackendChoice::Cpu,
+            read_ahead: true,
+        }
+    }
+
+    /// The worker's result for `command` (plausible numbers; what matters is which is which).
+    fn result_of(command: &Command) -> Value {
+        let ms = 1.0;
+        match command {
+            Command::LoadStack(p) => serde_json::to_value(StackLoaded {
+                path: p.path.clone(),
+                frames: 8,
+                width: 64,
+                height: 64,
+                file_width: 64,
+                file_height: 64,
+                angpix: 1.25,
+                gain_corrected: false,
+                backend: "cpu".into(),
+                ms,
+                read_ahead: None,
+            }),
+            Command::MovieProcessMovement(_) => serde_json::to_value(MovementResult {
+                shifts_px: vec![[0.5, -0.5]; 8],
+                shifts_a: vec![[0.625, -0.625]; 8],
+                iterations: 3,
+                local: None,
+                ms: 2.0,
+            }),
+            Command::MovieExportMovie(p) => serde_json::to_value(ExportResult {
+                written: vec![p.output_path.clone()],
+                dose_weighted: false,
+                ms: 3.0,
+            }),
+            Command::MovieProcessCtf(_) => serde_json::to_value(CtfResult {
+                defocus_u_um: 1.9,
+                defocus_v_um: 1.7,
+                astig_angle_deg: 35.0,
+                phase_shift_pi: 0.0,
+                fit_resolution_a: 4.5,
+                score: 0.4,
+                angpix: 1.25,
+                tiles: 9,
+                aligned: true,
+                ms: 4.0,
+            }),
+            Command::MovieCreateThumbnail(p) => serde_json::to_value(ThumbnailResult {
+                path: p.output_path.clone(),
+                width: 64,
+                height: 64,
+                ms: 5.0,
+            }),
+            _ => Ok(serde_json::json!({})),
+        }
+        .unwrap()
+    }
+
+    fn detail_for(commands: &[Command]) -> TaskDetail {
+        let result = TaskResult {
+            results: commands.iter().map(result_of).collect(),
+            init_ran: true,
+        };
+        serde_json::from_value(serde_json::json!({
+            "id": uuid::Uuid::nil(),
+            "state": "completed",
+            "attempt": 1,
+            "target": "any",
+            "priority": 0,
+            "created_unix_ms": 0,
+            "result": result,
+            "history": [],
+        }))
+        .unwrap()
+    }
+
+    /// Issue 10: `preprocess --window 32` said "command 3: MovieProcessCTF window ...";
+    /// the message names the flag now.
+    #[test]
+    fn validation_errors_name_the_flag() {
+        let mut o = options("out");
+        o.ctf.window = 32;
+        let e = o.validate().unwrap_err();
+        assert!(
+            e.starts_with("--window must be 64 to 8192 px, got 32"),
+            "{e}"
+        );
+        let mut o = options("out");
+        o.ctf.range_min_a = 3.0;
+        let e = o.validate().unwrap_err();
+        assert!(
+            e.starts_with("--range-min (3) must be larger than --range-max (4)"),
+            "{e}"
+        );
+        let mut o = options("out");
+        o.scale_factor = 2.0;
+        assert!(o.validate().unwrap_err().starts_with("--scale "));
+        let mut o = options("out");
+        o.dose_per_frame = -1.0;
+        assert!(o.validate().unwrap_err().starts_with("--dose-per-frame "));
+        // A message it has no flag for stays as it was, without the command index.
+        assert_eq!(name_the_flag("command 2: Exec needs x"), "Exec needs x");
+    }
+
+    /// Issue 10: results were decoded by position, so a reordered command list mis-decoded
+    /// every movie. They are found by command name now.
+    #[test]
+    fn results_are_decoded_by_command_name_not_position() {
+        let opts = options("out");
+        let movie = Path::new("in/m1.mrc");
+        let mut commands = opts.package(movie, "m1").commands;
+        // CTF before the export, thumbnail first.
+        let (e, c) = (
+            commands
+                .iter()
+                .position(|c| c.name() == "MovieExportMovie")
+                .unwrap(),
+            commands
+                .iter()
+                .position(|c| c.name() == "MovieProcessCTF")
+                .unwrap(),
+        );
+        commands.swap(e, c);
+        let t = commands.len() - 2;
+        commands.swap(0, t);
+        let rec = opts
+            .record_from(movie, &commands, &detail_for(&commands))
+            .unwrap();
+        assert_eq!((rec.frames, rec.angpix), (8, 1.25));
+        assert_eq!(rec.ctf.defocus_u_um, 1.9);
+        assert_eq!(rec.ctf.fit_resolution_a, 4.5);
+        assert_eq!(rec.motion.shifts_px.len(), 8);
+        assert_eq!(rec.timings_ms["export"], 3.0);
+        assert_eq!(rec.timings_ms["ctf"], 4.0);
+        assert_eq!(rec.timings_ms["thumbnail"], 5.0);
+        // The package as built decodes the same way.
+        let built = opts.package(movie, "m1").commands;
+        assert_eq!(
+            opts.record(movie, &detail_for(&built)).unwrap().ctf,
+            rec.ctf
+        );
+        // A result list of the wrong length is an error, not a mis-decoded movie.
+        let mut short = detail_for(&commands);
+        short.result.as_mut().unwrap()["results"]
+            .as_array_mut()
+            .unwrap()
+            .pop();
+        let e = opts.record_from(movie, &commands, &short).unwrap_err();
+        assert!(e.contains("results for"), "{e}");
+    }
 
     #[test]
     fn wildcards_match_like_a_shell() {
