@@ -1,4 +1,4 @@
-//! The HTTP layer: one route table, handlers `fn(&Shared, &mut Call) -> Result<Reply, ApiError>`,
+//! The HTTP layer: one route table, handlers `fn(&Shared, &mut Call) -> Result<Answer, ApiError>`,
 //! JSON errors. Only this module (with [`crate::server`]) knows HTTP; the core knows none.
 //!
 //! Every route is in [`ROUTES`]; the OpenAPI document (`controller/openapi.json`, served at
@@ -82,15 +82,15 @@ impl From<CoreError> for ApiError {
     }
 }
 
-/// What a handler answers.
-pub(crate) enum Reply {
+/// What a handler answers (the core's answer to an event is [`crate::core::Reply`]).
+pub(crate) enum Answer {
     Json(u16, Vec<u8>),
     /// The request was parked; whoever un-parks it answers it.
     Parked,
 }
 
-fn json<T: Serialize>(status: u16, value: &T) -> Result<Reply, ApiError> {
-    Ok(Reply::Json(
+fn json<T: Serialize>(status: u16, value: &T) -> Result<Answer, ApiError> {
+    Ok(Answer::Json(
         status,
         serde_json::to_vec(value).expect("wire types serialise"),
     ))
@@ -116,7 +116,7 @@ pub struct Route {
     pub pattern: &'static str,
     /// Who may call it.
     pub auth: Auth,
-    handler: fn(&Shared, &mut Call) -> Result<Reply, ApiError>,
+    handler: fn(&Shared, &mut Call) -> Result<Answer, ApiError>,
 }
 
 /// Every route the controller serves.
@@ -457,8 +457,8 @@ pub(crate) fn handle(s: &Shared, mut request: tiny_http::Request) {
         return;
     };
     match outcome {
-        Ok(Ok(Reply::Json(status, body))) => respond(request, status, Some(body)),
-        Ok(Ok(Reply::Parked)) => unreachable!("a parking handler takes the request"),
+        Ok(Ok(Answer::Json(status, body))) => respond(request, status, Some(body)),
+        Ok(Ok(Answer::Parked)) => unreachable!("a parking handler takes the request"),
         Ok(Err(e)) => respond_error(request, &e),
         Err(_) => respond_error(
             request,
@@ -488,7 +488,7 @@ fn apply_and_flush(s: &Shared, mut inner: Locked<'_>, event: Event) -> Result<Co
 
 // ----- worker routes -------------------------------------------------------------------------
 
-fn register(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+fn register(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     let req: RegisterRequest = call.body()?;
     if req.protocol_version != PROTOCOL_VERSION {
         return Err(ApiError::new(
@@ -533,7 +533,7 @@ fn register(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
     )
 }
 
-fn poll(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+fn poll(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     let (mut inner, worker) = call.lock_worker(s)?;
     match s.apply(&mut inner, Event::Poll { worker }) {
         Ok(CoreReply::Poll(Some(task))) => {
@@ -562,7 +562,7 @@ fn poll(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
                 });
             }
             drop(inner);
-            Ok(Reply::Parked)
+            Ok(Answer::Parked)
         }
         Ok(r) => unreachable!("poll replied {r:?}"),
         Err(e) => {
@@ -572,7 +572,7 @@ fn poll(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
     }
 }
 
-fn heartbeat(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+fn heartbeat(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     let mut req: HeartbeatRequest = call.body()?;
     let (mut inner, worker) = call.lock_worker(s)?;
     ship_console(
@@ -587,7 +587,7 @@ fn heartbeat(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
     }
 }
 
-fn status(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+fn status(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     let mut update: StatusUpdate = call.body()?;
     let task = call.uuid_param(1, "task")?;
     let (mut inner, worker) = call.lock_worker(s)?;
@@ -611,7 +611,7 @@ fn status(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
     }
 }
 
-fn deregister(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+fn deregister(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     let req: DeregisterRequest = if call.body.is_empty() {
         DeregisterRequest::default()
     } else {
@@ -658,21 +658,21 @@ fn ship_console(
 
 // ----- client routes -------------------------------------------------------------------------
 
-fn submit(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+fn submit(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     let spec: TaskSpec = call.body()?;
     spec.validate().map_err(ApiError::invalid)?;
     let id = s.submit(vec![spec], None)?[0];
     json(201, &SubmitResponse { id })
 }
 
-fn submit_batch(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+fn submit_batch(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     let batch: BatchSubmit = call.body()?;
     crate::server::validate_batch(&batch.tasks)?;
     let ids = s.submit(batch.tasks, None)?;
     json(201, &BatchSubmitResponse { ids })
 }
 
-fn cancel(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+fn cancel(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     let task = call.uuid_param(0, "task")?;
     match apply_and_flush(s, s.lock(), Event::Cancel { task })? {
         CoreReply::Cancelled(state) => json(200, &serde_json::json!({"id": task, "state": state})),
@@ -689,7 +689,7 @@ const MAX_CONSOLE_LINE: usize = 4096;
 /// Longest hold of `GET /api/tasks/{id}/wait`.
 const MAX_WAIT_S: f64 = 300.0;
 
-fn wait_task(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+fn wait_task(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     let task = call.uuid_param(0, "task")?;
     let timeout_s: f64 = call.query_num("timeout_s")?.unwrap_or(30.0);
     if !(0.0..=MAX_WAIT_S).contains(&timeout_s) {
@@ -715,14 +715,14 @@ fn wait_task(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
         .entry(task)
         .or_default()
         .push(Waiter::Http { request, deadline });
-    Ok(Reply::Parked)
+    Ok(Answer::Parked)
 }
 
-fn controller_status(s: &Shared, _call: &mut Call) -> Result<Reply, ApiError> {
+fn controller_status(s: &Shared, _call: &mut Call) -> Result<Answer, ApiError> {
     json(200, &s.status())
 }
 
-fn active_workers(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+fn active_workers(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     let all = call.query("all").is_some_and(|v| v == "1" || v == "true");
     let mut list = s.lock().core.workers(s.epoch_ms);
     if !all {
@@ -731,7 +731,7 @@ fn active_workers(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
     json(200, &list)
 }
 
-fn list_tasks(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+fn list_tasks(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     let state = match call.query("state") {
         None => None,
         Some(v) => Some(
@@ -754,7 +754,7 @@ fn list_tasks(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
     json(200, &list)
 }
 
-fn task_detail(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+fn task_detail(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     let task = call.uuid_param(0, "task")?;
     let detail = s
         .lock()
@@ -765,7 +765,7 @@ fn task_detail(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
 }
 
 /// Console of a worker: `?first=N`, `?last=N`, `?start=A&end=B` (absolute line numbers), or all.
-fn console_lines(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+fn console_lines(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     let worker = call.uuid_param(0, "worker")?;
     let first: Option<usize> = call.query_num("first")?;
     let last: Option<usize> = call.query_num("last")?;
@@ -788,7 +788,7 @@ fn console_lines(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
     json(200, &lines)
 }
 
-fn console_count(s: &Shared, call: &mut Call) -> Result<Reply, ApiError> {
+fn console_count(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     let worker = call.uuid_param(0, "worker")?;
     let inner = s.lock();
     let count = console_of(&inner, worker)?.total();
@@ -809,15 +809,15 @@ fn console_of(
     }
 }
 
-fn health(_s: &Shared, _call: &mut Call) -> Result<Reply, ApiError> {
+fn health(_s: &Shared, _call: &mut Call) -> Result<Answer, ApiError> {
     json(
         200,
         &serde_json::json!({"ok": true, "version": warp_common::VERSION, "protocol_version": PROTOCOL_VERSION}),
     )
 }
 
-fn openapi(_s: &Shared, _call: &mut Call) -> Result<Reply, ApiError> {
-    Ok(Reply::Json(200, OPENAPI_JSON.as_bytes().to_vec()))
+fn openapi(_s: &Shared, _call: &mut Call) -> Result<Answer, ApiError> {
+    Ok(Answer::Json(200, OPENAPI_JSON.as_bytes().to_vec()))
 }
 
 #[cfg(test)]
