@@ -237,11 +237,11 @@ impl PreprocessConfig {
             let port: u16 = p
                 .parse()
                 .map_err(|_| CliError::Usage(format!("--port: '{p}' is not a port")))?;
-            let token = auth::resolve_token(token_file.as_deref(), true)?;
             Workers::Remote {
                 bind: m.opt_str("bind").unwrap_or_else(|| "0.0.0.0".into()),
                 port,
-                token,
+                // Resolved last, once every flag is checked.
+                token: String::new(),
             }
         } else if let Some(list) = m.opt_str("devices") {
             if m.opt_present("workers") {
@@ -321,6 +321,10 @@ impl PreprocessConfig {
         };
         // Check every command's parameters once, before starting anything.
         options.validate().map_err(CliError::Usage)?;
+        let mut options = options;
+        if let Workers::Remote { token, .. } = &mut options.workers {
+            *token = auth::resolve_token(token_file.as_deref(), true)?;
+        }
         let provision = match &options.workers {
             Workers::Remote { bind, .. } => {
                 ProvisionPlan::from_matches(&m, bind, token_file.as_deref())?

@@ -101,8 +101,8 @@ impl ServeConfig {
             return Ok(None);
         };
         let token_file = m.opt_str("token-file").map(PathBuf::from);
-        let token = auth::resolve_token(token_file.as_deref(), true)?;
-        let mut cfg = ControllerConfig::new(token);
+        // The token last: every flag is checked before a token file is created.
+        let mut cfg = ControllerConfig::new(String::new());
         cfg.bind = m.opt_str("bind").unwrap_or(cfg.bind);
         cfg.port = number(&m, "port", 0u16)?;
         cfg.poll_hold = seconds(&m, "poll-hold", cfg.poll_hold)?;
@@ -120,6 +120,7 @@ impl ServeConfig {
             return usage("--poll-hold, --heartbeat-timeout and --task-timeout must be > 0");
         }
         let provision = ProvisionPlan::from_matches(&m, &cfg.bind, token_file.as_deref())?;
+        cfg.token = auth::resolve_token(token_file.as_deref(), true)?;
         Ok(Some(ServeConfig {
             controller: cfg,
             token_file,
