@@ -1,6 +1,6 @@
 // Host entry points for the kernels of warp.cu under host_emulation.h, launched with the same
-// grid shapes as kernels/src/gpu.rs (cfg_1d: 256 threads per block; cfg_2d: 128 along x, one
-// block per row). Built only by kernels/tests/cuda_kernels_on_host.rs.
+// grid shapes as kernels/src/backend/cuda/mod.rs (cfg_1d: 256 threads per block; cfg_2d: 128
+// along x, one block per row). Built only by kernels/tests/cuda_kernels_on_host.rs.
 #include "host_emulation.h"
 #include "warp.cu"
 

@@ -26,11 +26,11 @@
 
 use std::time::Instant;
 
-use warp_kernels::backend::{Backend, CpuBackend, Optics};
+use warp_kernels::backend::cuda::CudaBackend;
+use warp_kernels::backend::{Backend, BackendError, CpuBackend, Optics, probe};
 use warp_kernels::ctf::CtfParams;
 use warp_kernels::ctf_fit::CtfFitOptions;
 use warp_kernels::gain::GainRef;
-use warp_kernels::gpu::{CudaBackend, probe};
 use warp_kernels::io::mrc::{WriteMode, write_mrc};
 use warp_kernels::motion::MotionOptions;
 use warp_kernels::movie::{AccumulateRequest, DoseWeighting, LoadOptions, Movie};
@@ -58,6 +58,11 @@ fn spectra_rel(a: &Movie, b: &Movie) -> f64 {
             (d / n.max(1e-300)).sqrt()
         })
         .fold(0.0, f64::max)
+}
+
+/// A backend error as the run's failure message, naming the step.
+fn failed(step: &str) -> impl Fn(BackendError) -> String + '_ {
+    move |e| format!("{step}: {e}")
 }
 
 struct Check {
@@ -247,8 +252,12 @@ fn run(device: usize, size: usize, n_frames: usize) -> Result<bool, String> {
     drop((hc, hg));
 
     let mopts = MotionOptions::default();
-    let motion_c = cpu.motion_global(&mc, 1.0, &mopts);
-    let motion_g = gpu.motion_global(&mg, 1.0, &mopts);
+    let motion_c = cpu
+        .motion_global(&mc, 1.0, &mopts)
+        .map_err(failed("motion cpu"))?;
+    let motion_g = gpu
+        .motion_global(&mg, 1.0, &mopts)
+        .map_err(failed("motion gpu"))?;
     let rms = (motion_c
         .shifts_px
         .iter()
@@ -278,7 +287,8 @@ fn run(device: usize, size: usize, n_frames: usize) -> Result<bool, String> {
     timed("accumulate gpu", &mut || {
         sg = Some(gpu.accumulate(&mc, &req))
     });
-    let (sc, sg) = (sc.expect("ran"), sg.expect("ran"));
+    let sc = sc.expect("ran").map_err(failed("accumulate cpu"))?;
+    let sg = sg.expect("ran").map_err(failed("accumulate gpu"))?;
     let pairs = [
         ("average rel L2", Some(&sc.average), Some(&sg.average)),
         (
@@ -307,7 +317,8 @@ fn run(device: usize, size: usize, n_frames: usize) -> Result<bool, String> {
     timed("power spectrum gpu", &mut || {
         pg = Some(gpu.power_spectrum(&sc.average, nx, ny, 512))
     });
-    let (pc, pg) = (pc.expect("ran"), pg.expect("ran"));
+    let pc = pc.expect("ran").map_err(failed("power spectrum cpu"))?;
+    let pg = pg.expect("ran").map_err(failed("power spectrum gpu"))?;
     checks.push(Check {
         name: "power spectrum rel L2",
         value: rel_l2(&pc.data, &pg.data),
@@ -318,8 +329,12 @@ fn run(device: usize, size: usize, n_frames: usize) -> Result<bool, String> {
         cs_mm: 2.7,
         amplitude_contrast: 0.07,
     };
-    let fc = cpu.fit_ctf(&pc, 1.0, &optics, &CtfFitOptions::default());
-    let fg = gpu.fit_ctf(&pg, 1.0, &optics, &CtfFitOptions::default());
+    let fc = cpu
+        .fit_ctf(&pc, 1.0, &optics, &CtfFitOptions::default())
+        .map_err(failed("CTF fit cpu"))?;
+    let fg = gpu
+        .fit_ctf(&pg, 1.0, &optics, &CtfFitOptions::default())
+        .map_err(failed("CTF fit gpu"))?;
     let (dc, dg) = (
         (fc.defocus_u_um + fc.defocus_v_um) / 2.0,
         (fg.defocus_u_um + fg.defocus_v_um) / 2.0,

@@ -236,3 +236,89 @@ fn phase_shift_release() {
         fit.phase_shift_pi
     );
 }
+
+/// A radial spectrum: a smooth background plus, for each `(defocus µm, amplitude)`, an
+/// enveloped `CTF²` (300 kV, Cs 2.7 mm, 7 % amplitude contrast); no noise.
+fn two_defocus_spectrum(n: usize, pixel_a: f64, defoci: &[(f64, f64)]) -> Spectrum {
+    let optics = Optics::new(300.0, 2.7, 0.07);
+    let nxh = n / 2 + 1;
+    let mut data = vec![0.0f32; nxh * n];
+    for j in 0..n {
+        for i in 0..nxh {
+            let (kx, ky) = bin_k(i, j, n, n, pixel_a);
+            let k2 = kx * kx + ky * ky;
+            let mut v = 1.0 / (1.0 + 400.0 * k2);
+            for &(df, a) in defoci {
+                v += a * optics.chi(k2, df, 0.0).sin().powi(2) * (-20.0 * k2).exp();
+            }
+            data[j * nxh + i] = v as f32;
+        }
+    }
+    Spectrum { n, data, tiles: 1 }
+}
+
+/// A 64 px spectrum whose background passes alternate between 4.51 and 3.37 µm for ever (each
+/// estimate's knots make the other win), found by a search over two-defocus spectra.
+fn alternating_spectrum() -> Spectrum {
+    two_defocus_spectrum(64, 1.0, &[(3.775, 1.0), (1.211, 0.026)])
+}
+
+/// Regression: the background loop had no pass limit, so `estimate_ctf` never returned for a
+/// spectrum whose passes alternate (this test timed out). It must return, within a bound.
+#[test]
+fn ctf_fit_returns_when_the_background_passes_alternate() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let fit = estimate_ctf(
+            &alternating_spectrum(),
+            1.0,
+            300.0,
+            2.7,
+            0.07,
+            &CtfFitOptions::default(),
+        );
+        let _ = tx.send(fit);
+    });
+    let fit = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("estimate_ctf did not return within 120 s: the background passes do not stop");
+    assert!(
+        fit.defocus_u_um.is_finite() && fit.defocus_v_um.is_finite(),
+        "{fit:?}"
+    );
+    assert!(fit.defocus_u_um >= fit.defocus_v_um, "{fit:?}");
+}
+
+/// The alternating passes stop at [`MAX_BACKGROUND_PASSES`] and keep the better-correlating of
+/// the two estimates; a spectrum that settles stops long before.
+#[test]
+fn background_passes_stop_at_the_limit_and_keep_the_best_pass() {
+    let opts = CtfFitOptions::default();
+    let run = |s: &Spectrum| {
+        let n = s.n;
+        let n_rings = n / 2;
+        let (k_lo, k_hi) = (1.0 / opts.range_min_a, 1.0 / opts.range_max_a);
+        let prof = radial_average(&s.data, n, n, n_rings);
+        let rings: Vec<usize> = (0..n_rings)
+            .filter(|&b| (k_lo..=k_hi).contains(&radial_bin_k(b, n_rings, 1.0)))
+            .collect();
+        let ks: Vec<f64> = rings
+            .iter()
+            .map(|&b| radial_bin_k(b, n_rings, 1.0))
+            .collect();
+        let ps: Vec<f64> = rings.iter().map(|&b| prof[b] as f64).collect();
+        let optics = Optics::new(300.0, 2.7, 0.07);
+        let (_, res, passes) =
+            background_passes(&ks, &ps, &optics, &opts, (k_lo, k_hi), 1.0 / n as f64);
+        (res, passes)
+    };
+    let ((df, _, score), passes) = run(&alternating_spectrum());
+    assert_eq!(passes, MAX_BACKGROUND_PASSES);
+    // The two estimates correlate 0.867 (4.51 µm) and 0.807 (3.37 µm).
+    assert!(
+        (df - 4.51).abs() < 0.01 && score > 0.85,
+        "{df} µm, score {score}"
+    );
+    let (_, passes) = run(&two_defocus_spectrum(128, 1.0, &[(1.8, 1.0)]));
+    assert!(passes < 6, "a single-defocus spectrum took {passes} passes");
+}

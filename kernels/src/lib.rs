@@ -8,8 +8,9 @@
 //! * [`ctf`], [`ctf_fit`]: the CTF model and its estimation from a power spectrum.
 //! * [`dose`]: exposure weighting.
 //! * [`thumbnail`]: 8-bit previews.
-//! * [`backend`]: the `Backend` trait the worker calls, and its CPU implementation.
-//! * [`gpu`]: the CUDA backend (PTX kernels, cuFFT, dynamic loading, probing, selection).
+//! * [`backend`]: the `Backend` trait the worker calls, its errors, probing and selection; the
+//!   CPU implementation and the CUDA one ([`backend::cuda`]: PTX kernels, cuFFT, dynamic
+//!   loading).
 //! * [`sim`]: synthetic movies with known motion and CTF.
 //!
 //! It knows nothing of the network: no sockets, no HTTP, no controller or worker types. The
@@ -21,12 +22,16 @@ pub mod ctf_fit;
 pub mod dose;
 pub mod fft;
 pub mod gain;
-pub mod gpu;
 pub mod io;
 pub mod motion;
 pub mod movie;
 pub mod sim;
 pub mod thumbnail;
+
+/// temporary: removed once job/ uses backend::
+pub mod gpu {
+    pub use crate::backend::{BackendChoice, GpuInfo, probe, select_backend};
+}
 
 #[cfg(test)]
 mod test_util;

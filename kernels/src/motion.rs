@@ -467,8 +467,12 @@ pub fn align_setup(nx: usize, ny: usize, pixel_size_a: f64, opts: &MotionOptions
 /// (row-major, offset `(−hx, −hy)` first; any positive scale). The rest of the estimator
 /// ([`align_with`]) is shared, so both give the same shifts up to rounding.
 pub trait CorrelationEngine {
+    /// Why a round failed: a device error for a GPU engine; [`std::convert::Infallible`] for
+    /// the CPU's.
+    type Error;
+
     /// One round for `shifts` (working pixels, per frame).
-    fn round(&mut self, shifts: &[[f64; 2]]) -> Vec<Vec<f32>>;
+    fn round(&mut self, shifts: &[[f64; 2]]) -> Result<Vec<Vec<f32>>, Self::Error>;
 }
 
 /// The CPU [`CorrelationEngine`]: rayon over frames, one FFT plan per thread.
@@ -495,7 +499,9 @@ impl<'a> CpuCorrelation<'a> {
 }
 
 impl CorrelationEngine for CpuCorrelation<'_> {
-    fn round(&mut self, shifts: &[[f64; 2]]) -> Vec<Vec<f32>> {
+    type Error = std::convert::Infallible;
+
+    fn round(&mut self, shifts: &[[f64; 2]]) -> Result<Vec<Vec<f32>>, Self::Error> {
         let (cx, cy) = (self.setup.cx, self.setup.cy);
         self.sum.fill(Complex32::new(0.0, 0.0));
         self.aligned
@@ -513,7 +519,8 @@ impl CorrelationEngine for CpuCorrelation<'_> {
         }
         let (sum, weight, pool) = (&self.sum, &self.setup.weight, &self.pool);
         let (hx, hy) = (self.setup.hx, self.setup.hy);
-        self.aligned
+        Ok(self
+            .aligned
             .par_iter()
             .map(|a| {
                 let cc: Vec<Complex32> = a
@@ -525,7 +532,7 @@ impl CorrelationEngine for CpuCorrelation<'_> {
                 let map = pool.with(|fft| fft.inverse(&cc));
                 peak_window(&map, cx, cy, hx, hy)
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -544,19 +551,23 @@ pub fn peak_window(map: &[f32], nx: usize, ny: usize, hx: usize, hy: usize) -> V
     out
 }
 
+/// What the estimator's rounds give: the shifts in input pixels (mean zero), the number of
+/// rounds, and the last round's largest update (input pixels).
+pub type Alignment = (Vec<[f32; 2]>, usize, f64);
+
 /// Runs the estimator's rounds (module docs, steps 2–5) with `engine` doing the per-frame work,
 /// for `nf` frames of an `nx × ny` movie; returns (shifts in input pixels with mean zero,
-/// rounds, last update).
-pub fn align_with(
-    engine: &mut dyn CorrelationEngine,
+/// rounds, last update), or the engine's first error (the rounds stop there).
+pub fn align_with<E: CorrelationEngine + ?Sized>(
+    engine: &mut E,
     nf: usize,
     nx: usize,
     ny: usize,
     setup: &AlignSetup,
     opts: &MotionOptions,
-) -> (Vec<[f32; 2]>, usize, f64) {
+) -> Result<Alignment, E::Error> {
     if nf < 2 {
-        return (vec![[0.0, 0.0]; nf], 0, 0.0);
+        return Ok((vec![[0.0, 0.0]; nf], 0, 0.0));
     }
     let (sx, sy) = (setup.cx as f64 / nx as f64, setup.cy as f64 / ny as f64);
     let mut shifts = vec![[0.0f64; 2]; nf];
@@ -565,7 +576,7 @@ pub fn align_with(
     while rounds < opts.iterations.max(1) {
         rounds += 1;
         let working: Vec<[f64; 2]> = shifts.iter().map(|s| [s[0] * sx, s[1] * sy]).collect();
-        let windows = engine.round(&working);
+        let windows = engine.round(&working)?;
         let mut updated = shifts.clone();
         // Against the mean of the other frames a frame's measured residual is n/(n−1) times
         // its residual relative to the mean of all frames (for residuals with mean zero).
@@ -590,7 +601,7 @@ pub fn align_with(
         }
     }
     let out = shifts.iter().map(|s| [s[0] as f32, s[1] as f32]).collect();
-    (out, rounds, last_update)
+    Ok((out, rounds, last_update))
 }
 
 /// Core estimator on the frames' spectra already cropped to the working grid of an `nx × ny`
@@ -601,9 +612,12 @@ fn align_spectra(
     ny: usize,
     setup: &AlignSetup,
     opts: &MotionOptions,
-) -> (Vec<[f32; 2]>, usize, f64) {
+) -> Alignment {
     let mut engine = CpuCorrelation::new(spectra, setup);
-    align_with(&mut engine, spectra.len(), nx, ny, setup, opts)
+    match align_with(&mut engine, spectra.len(), nx, ny, setup, opts) {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
 }
 
 fn remove_mean(shifts: &mut [[f64; 2]]) {

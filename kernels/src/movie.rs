@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use rustfft::num_complex::Complex32;
 
+use crate::backend::BackendError;
 use crate::dose;
 use crate::fft::{Fft2d, FftPool, crop_spectrum, signed_freq};
 use crate::gain::{GainError, GainRef};
@@ -58,6 +59,13 @@ pub enum LoadError {
         /// What is wrong.
         reason: String,
     },
+    /// The compute device failed while transforming the frames.
+    Backend {
+        /// The movie.
+        path: PathBuf,
+        /// What failed.
+        error: BackendError,
+    },
 }
 
 impl fmt::Display for LoadError {
@@ -66,11 +74,19 @@ impl fmt::Display for LoadError {
             LoadError::Read(e) => write!(f, "{e}"),
             LoadError::Gain(e) => write!(f, "{e}"),
             LoadError::Invalid { path, reason } => write!(f, "{}: {reason}", path.display()),
+            LoadError::Backend { path, error } => write!(f, "{}: {error}", path.display()),
         }
     }
 }
 
-impl std::error::Error for LoadError {}
+impl std::error::Error for LoadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LoadError::Backend { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
 
 impl From<MovieError> for LoadError {
     fn from(e: MovieError) -> LoadError {
@@ -131,6 +147,42 @@ fn chunk_frames() -> usize {
     2 * rayon::current_num_threads().max(1)
 }
 
+/// The CPU's per-chunk work of a load: gain correction, forward FFT and crop of each frame,
+/// in parallel over the frames (rayon, one FFT plan per thread). [`Movie::load`] passes it to
+/// [`Movie::load_with`]; a GPU backend uses it for a movie that does not fit its device.
+#[derive(Debug, Default)]
+pub struct CpuFrameTransform {
+    pool: std::sync::OnceLock<FftPool>,
+}
+
+impl CpuFrameTransform {
+    /// The spectra of `frames` (a [`FrameTransform`]); the FFT plans are made on the first
+    /// chunk, for its geometry, and kept for the movie's other chunks.
+    pub fn transform(
+        &self,
+        frames: Vec<Vec<f32>>,
+        g: &FrameGeometry<'_>,
+    ) -> Result<Vec<Vec<Complex32>>, LoadError> {
+        let pool = self.pool.get_or_init(|| FftPool::new(g.file_nx, g.file_ny));
+        frames
+            .into_par_iter()
+            .map(|mut f| {
+                if let Some(gain) = g.gain {
+                    gain.correct(&mut f)?;
+                }
+                let s = pool.with(|fft| fft.forward(&f));
+                drop(f);
+                Ok(if (g.nx, g.ny) == (g.file_nx, g.file_ny) {
+                    s
+                } else {
+                    crop_spectrum(&s, g.file_nx, g.file_ny, g.nx, g.ny)
+                })
+            })
+            .collect::<Result<Vec<_>, GainError>>()
+            .map_err(LoadError::from)
+    }
+}
+
 impl Movie {
     /// Reads `path`, gain-corrects with `gain` (when given and `opts.correct_gain`), crops,
     /// and transforms every frame (module docs). Errors name the file.
@@ -139,26 +191,8 @@ impl Movie {
         gain: Option<&GainRef>,
         opts: &LoadOptions,
     ) -> Result<Movie, LoadError> {
-        let pool = std::sync::OnceLock::new();
-        Movie::load_with(path, gain, opts, &|frames, g| {
-            let pool = pool.get_or_init(|| FftPool::new(g.file_nx, g.file_ny));
-            frames
-                .into_par_iter()
-                .map(|mut f| {
-                    if let Some(gain) = g.gain {
-                        gain.correct(&mut f)?;
-                    }
-                    let s = pool.with(|fft| fft.forward(&f));
-                    drop(f);
-                    Ok(if (g.nx, g.ny) == (g.file_nx, g.file_ny) {
-                        s
-                    } else {
-                        crop_spectrum(&s, g.file_nx, g.file_ny, g.nx, g.ny)
-                    })
-                })
-                .collect::<Result<Vec<_>, GainError>>()
-                .map_err(LoadError::from)
-        })
+        let cpu = CpuFrameTransform::default();
+        Movie::load_with(path, gain, opts, &|frames, g| cpu.transform(frames, g))
     }
 
     /// [`Movie::load`] with the per-frame work (gain correction, forward FFT, crop) done by

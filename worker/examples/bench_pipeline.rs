@@ -44,7 +44,7 @@ struct Args {
     angpix: Option<f64>,
     dose: f64,
     repeat: usize,
-    backend: warp_kernels::gpu::BackendChoice,
+    backend: warp_kernels::backend::BackendChoice,
     device: i32,
 }
 
@@ -63,7 +63,7 @@ fn parse_args() -> Result<Args, String> {
     let mut angpix = None;
     let mut dose: f64 = 0.0;
     let mut repeat = 1;
-    let mut backend = warp_kernels::gpu::BackendChoice::Cpu;
+    let mut backend = warp_kernels::backend::BackendChoice::Cpu;
     let mut device = 0;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -163,7 +163,7 @@ struct PipelineRun {
 }
 
 /// The commands of one movie, as `warp-controller preprocess` builds them with its defaults
-/// (controller/src/preprocess.rs, `PreprocessOptions::package`).
+/// (job/src/preprocess.rs, `PreprocessOptions::package`).
 fn commands(args: &Args, out: &Path) -> Vec<Command> {
     let s = |p: PathBuf| p.to_string_lossy().into_owned();
     let ctf = CtfParams {
@@ -302,7 +302,7 @@ fn bench(args: &Args) -> Result<(), String> {
     );
     let rss_start_kib = proc_status_kib("VmRSS");
 
-    let (backend, line) = warp_kernels::gpu::select_backend(args.backend, args.device)?;
+    let (backend, line) = warp_kernels::backend::select_backend(args.backend, args.device)?;
     println!("{line}");
     let mut pre = Preprocessor::new(backend);
     let mut pipelines: Vec<PipelineRun> = Vec::new();

@@ -7,8 +7,11 @@
 //! math is the backend's (`warp_kernels::backend`); this module checks preconditions, resolves
 //! the pixel size, writes files and shapes results.
 //!
-//! Every error names the file or the missing step; a panic inside a kernel is caught and
-//! reported as the command's error, so the worker stays up and takes the next task.
+//! Every error names the file or the missing step. A backend's error (a GPU error, a device out
+//! of memory, an invalid request: `warp_kernels::backend::BackendError`) fails the command with
+//! its message, prefixed by the command's name. A panic inside a kernel (a bug) is still caught,
+//! as a last guard, and reported as an internal error, so the worker stays up and takes the next
+//! task.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -21,7 +24,7 @@ use warp_common::preprocessing::{
     LoadStackParams, LocalMotionResult, MovementParams, MovementResult, ReadAheadReport,
     StackLoaded, ThumbnailParams, ThumbnailResult,
 };
-use warp_kernels::backend::{Backend, CpuBackend, Optics};
+use warp_kernels::backend::{Backend, BackendError, CpuBackend, GpuInfo, Optics};
 use warp_kernels::ctf_fit::{CtfFitOptions, Spectrum};
 use warp_kernels::gain::GainRef;
 use warp_kernels::io::mrc::{WriteMode, write_mrc};
@@ -107,10 +110,17 @@ fn cached_sums<'l>(
             }),
             odd_even: key.odd_even,
         };
-        let sums = backend.accumulate(&l.movie, &req);
+        let sums = backend
+            .accumulate(&l.movie, &req)
+            .map_err(failed(command))?;
         l.sums = Some((key, sums));
     }
     Ok(&l.sums.as_ref().expect("set above").1)
+}
+
+/// A backend error as `command`'s failure message.
+fn failed(command: &str) -> impl Fn(BackendError) -> String + '_ {
+    move |e| format!("{command}: {e}")
 }
 
 fn ms_since(t: Instant) -> f64 {
@@ -185,7 +195,7 @@ impl Preprocessor {
     }
 
     /// The GPU of the backend, if it has one.
-    pub fn gpu(&self) -> Option<warp_kernels::gpu::GpuInfo> {
+    pub fn gpu(&self) -> Option<GpuInfo> {
         self.backend.gpu()
     }
 
@@ -209,6 +219,7 @@ impl Preprocessor {
     /// Runs a preprocessing command (any other command is an error).
     pub fn run(&mut self, cmd: &Command) -> Result<Value, String> {
         let name = cmd.name();
+        // Errors come back as values; the guard only catches a kernel's bug.
         let outcome = catch_unwind(AssertUnwindSafe(|| match cmd {
             Command::LoadGainRef(p) => self.load_gain_ref(p),
             Command::LoadStack(p) => self.load_stack(p),
@@ -331,12 +342,16 @@ impl Preprocessor {
             bfactor_a2: p.bfactor_a2,
             ..MotionOptions::default()
         };
-        let global = backend.motion_global(&l.movie, l.angpix, &opts);
+        let global = backend
+            .motion_global(&l.movie, l.angpix, &opts)
+            .map_err(failed("MovieProcessMovement"))?;
         let local = if p.local && l.movie.frames() >= 2 {
             let patch_a = p.patch_a.unwrap_or(DEFAULT_PATCH_A);
             let patch_px = ((patch_a / l.angpix).round() as usize).max(MIN_PATCH_PX);
             if patch_px <= l.movie.nx.min(l.movie.ny) {
-                let lm = backend.motion_local(&l.movie, l.angpix, &global, patch_px, &opts);
+                let lm = backend
+                    .motion_local(&l.movie, l.angpix, &global, patch_px, &opts)
+                    .map_err(failed("MovieProcessMovement (local motion)"))?;
                 Some(LocalMotionResult {
                     grid: [lm.grid_x, lm.grid_y],
                     patch_px: lm.patch_px,
@@ -393,7 +408,9 @@ impl Preprocessor {
         };
         let backend = &*self.backend;
         let sums = cached_sums(backend, self.loaded.as_mut(), key, "MovieProcessCTF")?;
-        let spectrum = backend.power_spectrum(&sums.average, nx, ny, window);
+        let spectrum = backend
+            .power_spectrum(&sums.average, nx, ny, window)
+            .map_err(failed("MovieProcessCTF"))?;
         if let Some(out) = &p.spectrum_path {
             let out = Path::new(out);
             ensure_parent(out)?;
@@ -422,7 +439,9 @@ impl Preprocessor {
             fit_phase: p.fit_phase,
             ..CtfFitOptions::default()
         };
-        let fit = backend.fit_ctf(&spectrum, angpix, &optics, &opts);
+        let fit = backend
+            .fit_ctf(&spectrum, angpix, &optics, &opts)
+            .map_err(failed("MovieProcessCTF"))?;
         let r = CtfResult {
             defocus_u_um: fit.defocus_u_um,
             defocus_v_um: fit.defocus_v_um,
@@ -506,5 +525,142 @@ impl Preprocessor {
             ms: ms_since(start),
         };
         to_json(&r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warp_common::preprocessing::{CtfParams, MovementParams};
+    use warp_kernels::motion::MotionOptions;
+
+    /// A device whose global motion fails with a GPU error and whose power spectrum runs out
+    /// of memory (what a CUDA error looks like to the worker); it stays healthy.
+    #[derive(Debug)]
+    struct FailingGpu;
+
+    impl Backend for FailingGpu {
+        fn name(&self) -> &'static str {
+            "cuda"
+        }
+        fn gpu(&self) -> Option<GpuInfo> {
+            Some(GpuInfo {
+                device: 0,
+                name: "failing".into(),
+                memory_bytes: 1 << 30,
+            })
+        }
+        fn motion_global(
+            &self,
+            _: &Movie,
+            _: f64,
+            _: &MotionOptions,
+        ) -> Result<MotionResult, BackendError> {
+            Err(BackendError::Gpu(
+                "warp_cc_product: CUDA_ERROR_LAUNCH_FAILED".into(),
+            ))
+        }
+        fn power_spectrum(
+            &self,
+            _: &[f32],
+            _: usize,
+            _: usize,
+            _: usize,
+        ) -> Result<Spectrum, BackendError> {
+            Err(BackendError::OutOfMemory {
+                needed: 600 << 20,
+                free: 100 << 20,
+            })
+        }
+    }
+
+    /// A preprocessor on `backend` holding a 256² × 4 movie of noise at 1 Å/px.
+    fn with_movie(backend: Box<dyn Backend>) -> Preprocessor {
+        let mut rng = warp_kernels::sim::SplitMix64::new(7);
+        let frames: Vec<Vec<f32>> = (0..4)
+            .map(|_| (0..256 * 256).map(|_| rng.normal() as f32).collect())
+            .collect();
+        let mut pre = Preprocessor::new(backend);
+        pre.loaded = Some(Loaded {
+            movie: Movie::from_frames(&frames, 256, 256),
+            angpix: 1.0,
+            motion: None,
+            sums: None,
+        });
+        pre
+    }
+
+    /// A backend error fails the command with its message, named after the command, not as an
+    /// internal error (panic); the movie stays loaded and the worker healthy.
+    #[test]
+    fn a_gpu_error_fails_the_command_with_its_message() {
+        let mut pre = with_movie(Box::new(FailingGpu));
+        let e = pre
+            .run(&Command::MovieProcessMovement(MovementParams::default()))
+            .unwrap_err();
+        assert!(
+            e.starts_with("MovieProcessMovement: GPU error: warp_cc_product")
+                && e.contains("CUDA_ERROR_LAUNCH_FAILED"),
+            "{e}"
+        );
+        assert!(pre.loaded.is_some(), "the movie was dropped");
+        assert_eq!(pre.unhealthy(), None);
+
+        let e = pre
+            .run(&Command::MovieProcessCtf(CtfParams::default()))
+            .unwrap_err();
+        assert!(
+            e.starts_with("MovieProcessCTF: GPU out of memory")
+                && e.contains("600 MiB")
+                && e.contains("100 MiB are free"),
+            "{e}"
+        );
+    }
+
+    /// A panic (a bug in a kernel) is still caught, as an internal error, and the movie dropped.
+    #[test]
+    fn a_kernel_panic_is_still_caught_as_an_internal_error() {
+        #[derive(Debug)]
+        struct Buggy;
+        impl Backend for Buggy {
+            fn name(&self) -> &'static str {
+                "cpu"
+            }
+            fn motion_global(
+                &self,
+                _: &Movie,
+                _: f64,
+                _: &MotionOptions,
+            ) -> Result<MotionResult, BackendError> {
+                panic!("index out of bounds")
+            }
+        }
+        let mut pre = with_movie(Box::new(Buggy));
+        let e = pre
+            .run(&Command::MovieProcessMovement(MovementParams::default()))
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "internal error in MovieProcessMovement: index out of bounds"
+        );
+        assert!(pre.loaded.is_none());
+    }
+
+    /// The CPU backend runs the same commands through (the errors above are the backend's).
+    #[test]
+    fn the_cpu_backend_runs_motion_and_ctf() {
+        let mut pre = with_movie(Box::new(CpuBackend));
+        pre.run(&Command::MovieProcessMovement(MovementParams {
+            local: false,
+            ..MovementParams::default()
+        }))
+        .unwrap();
+        let r = pre
+            .run(&Command::MovieProcessCtf(CtfParams {
+                window: 128,
+                ..CtfParams::default()
+            }))
+            .unwrap();
+        assert!(r.get("defocus_u_um").is_some(), "{r}");
     }
 }
