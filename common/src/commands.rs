@@ -127,6 +127,14 @@ impl Command {
                 if p.argv.is_empty() || p.argv[0].is_empty() {
                     return Err("Exec needs a non-empty argv (the program to run)".into());
                 }
+                for (what, path) in [
+                    ("stdout_path", &p.stdout_path),
+                    ("stderr_path", &p.stderr_path),
+                ] {
+                    if path.as_ref().is_some_and(|f| f.is_empty()) {
+                        return Err(format!("Exec {what} must not be empty"));
+                    }
+                }
                 if let Some(t) = p.timeout_s
                     && (!t.is_finite() || t <= 0.0 || t > MAX_TIMEOUT_S)
                 {
@@ -266,6 +274,13 @@ pub struct ExecParams {
     /// When true, a non-zero exit is a result, not a failure.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_failure: bool,
+    /// Also write the whole standard output to this file on the worker (created or
+    /// truncated; relative to `cwd`); the result keeps its tail as always.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_path: Option<String>,
+    /// The same for standard error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_path: Option<String>,
 }
 
 /// Result of [`Command::Exec`].

@@ -194,6 +194,27 @@ impl AdminClient {
         self.get(&format!("/api/workers/tasks?limit={limit}{filter}"))
     }
 
+    /// Every task, paged through `offset` (the controller answers at most 10,000 a call),
+    /// optionally filtered by state.
+    pub fn all_tasks(&self, state: Option<TaskState>) -> Result<Vec<TaskDetail>, ClientError> {
+        const PAGE: usize = 10_000;
+        let filter = state
+            .map(|s| format!("&state={}", s.as_str()))
+            .unwrap_or_default();
+        let mut all = Vec::new();
+        loop {
+            let page: Vec<TaskDetail> = self.get(&format!(
+                "/api/workers/tasks?limit={PAGE}&offset={}{filter}",
+                all.len()
+            ))?;
+            let n = page.len();
+            all.extend(page);
+            if n < PAGE {
+                return Ok(all);
+            }
+        }
+    }
+
     /// `GET /api/workers/tasks/{id}`.
     pub fn task(&self, task: TaskId) -> Result<TaskDetail, ClientError> {
         self.get(&format!("/api/workers/tasks/{task}"))

@@ -32,7 +32,7 @@ use warp_common::preprocessing::{
     ThumbnailParams, ThumbnailResult,
 };
 use warp_common::protocol::{InitPart, TaskDetail, TaskId, TaskResult, TaskSpec, TaskState};
-use warp_kernels::gpu::{BackendChoice, probe};
+use warp_kernels::backend::{BackendChoice, probe};
 use warp_kernels::io::star::{StarTable, StarValue, write_star};
 
 use warp_controller::Controller;

@@ -454,7 +454,7 @@ fn preprocess_with_remote_workers_only() {
 /// and for a worker; `auto` (the default, used by every other test) falls back to the CPU.
 #[test]
 fn backend_cuda_without_a_gpu_fails_with_the_reason() {
-    let reason = match warp_kernels::gpu::probe(0) {
+    let reason = match warp_kernels::backend::probe(0) {
         Ok(info) => {
             eprintln!("SKIP: a GPU is usable here ({info:?}); this test checks the failure path");
             return;

@@ -11,6 +11,7 @@ pub mod provision;
 pub mod serve;
 pub mod simulate;
 pub mod submit;
+pub mod wait;
 
 use crate::cli::CliError;
 
@@ -24,6 +25,9 @@ them, so workers run on compute nodes that accept no inbound connections.
 Usage:
   warp-controller serve [options]        run a controller
   warp-controller submit [options] (--exec -- ARGV... | --json FILE)
+                                         (--array 1-N / --each-line FILE: many at once)
+  warp-controller wait (TASK_ID... | - | --label L)
+                                         wait for tasks, with progress and a summary
   warp-controller status|workers|tasks [--json] [options]
   warp-controller cancel TASK_ID [options]
   warp-controller preprocess --input 'GLOB' --output DIR [options]
@@ -73,6 +77,7 @@ pub fn dispatch(args: &[String]) -> Result<(), CliError> {
         Some(cmd @ ("status" | "workers" | "tasks")) => {
             then(monitor::MonitorConfig::from_args(cmd, rest), monitor::run)
         }
+        Some("wait") => then(wait::WaitConfig::from_args(rest), wait::run),
         Some("cancel") => then(cancel::CancelConfig::from_args(rest), cancel::run),
         Some("preprocess") => then(
             preprocess::PreprocessConfig::from_args(rest),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use getopts::Options;
 use warp_common::preprocessing::{CtfParams, LoadGainRefParams, MovementParams, ThumbnailParams};
 use warp_controller::{Controller, auth, logging};
-use warp_kernels::gpu::BackendChoice;
+use warp_kernels::backend::BackendChoice;
 
 use super::provision::{self, ProvisionPlan};
 use crate::cli::{self, CliError, number, seconds, usage};
