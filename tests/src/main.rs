@@ -6,6 +6,8 @@
 //! test-controller-architecture --stress   many workers, tens of thousands of tasks, random kills
 //! test-controller-architecture --bench    controller vs direct mode: throughput and latency (JSON)
 //! test-controller-architecture --bench-parked N   controller memory with N parked long-polls
+//! test-controller-architecture --bench-exec   /bin/true through the controller vs the raw
+//!                                             spawn limit, latency, controller memory (JSON)
 //! ```
 //!
 //! Exit code 0 when every check passed, 1 when one failed (the message says which), 2 on usage.
@@ -50,6 +52,11 @@ fn main() -> ExitCode {
         "bench-parked",
         "controller memory with N parked long-polls, as JSON",
         "N",
+    );
+    o.optflag(
+        "",
+        "bench-exec",
+        "Exec of /bin/true through a controller vs the raw spawn limit, as JSON",
     );
     o.optopt(
         "",
@@ -105,6 +112,8 @@ fn main() -> ExitCode {
             num("tasks", 20_000),
             num("samples", 1000),
         )
+    } else if m.opt_present("bench-exec") {
+        bench_exec(num("workers", 2), num("tasks", 10_000), num("samples", 200))
     } else if m.opt_present("bench-parked") {
         bench_parked(num("bench-parked", 1000))
     } else {
@@ -424,6 +433,187 @@ fn bench(workers: usize, tasks: usize, samples: usize) -> Check {
         "controller_latency_p50_ms": c50, "controller_latency_p99_ms": c99,
         "direct_latency_p50_ms": d50, "direct_latency_p99_ms": d99,
         "latency_ratio_p50": c50 / d50,
+    });
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    Ok(())
+}
+
+/// `workers` threads spawning `/bin/true` back to back, `tasks` in all: the rate no task
+/// runner on this machine can beat (tasks per second).
+fn raw_spawn_rate(workers: usize, tasks: usize) -> Result<f64, String> {
+    let per = tasks / workers;
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(move || {
+                    for _ in 0..per {
+                        let st = std::process::Command::new("/bin/true")
+                            .stdin(std::process::Stdio::null())
+                            .stdout(std::process::Stdio::piped())
+                            .stderr(std::process::Stdio::piped())
+                            .status()
+                            .map_err(|e| format!("cannot run /bin/true: {e}"))?;
+                        if !st.success() {
+                            return Err("/bin/true failed".to_string());
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .try_for_each(|r| r.join().expect("spawn loop"))
+    })?;
+    Ok((per * workers) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// `workers` shell loops running `/bin/true` back to back (fork and exec from `sh`, the
+/// "plain loop" of a batch script), `tasks` in all, tasks per second.
+fn shell_loop_rate(workers: usize, tasks: usize) -> Result<f64, String> {
+    let per = tasks / workers;
+    let script = format!("i=0; while [ $i -lt {per} ]; do /bin/true; i=$((i+1)); done");
+    let t = Instant::now();
+    let children: Vec<_> = (0..workers)
+        .map(|_| {
+            std::process::Command::new("sh")
+                .args(["-c", &script])
+                .spawn()
+                .map_err(|e| format!("cannot run sh: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    for mut c in children {
+        c.wait().map_err(|e| e.to_string())?;
+    }
+    Ok((per * workers) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Issue 14's benchmark: `tasks` Exec tasks of `/bin/true` submitted over HTTP in batches to
+/// a `warp-controller serve` with `workers` CPU workers, against the raw spawn limit measured
+/// before and after it in the same run; submit-to-done latency through the CLI
+/// (`submit --wait`) and in process (the wrapper); the controller's RSS.
+fn bench_exec(workers: usize, tasks: usize, samples: usize) -> Check {
+    let dir = TempDir::new("bench-exec");
+    let raw_before = raw_spawn_rate(workers, tasks)?;
+    let shell_before = shell_loop_rate(workers, tasks)?;
+    let c = ControllerProc::start(
+        dir.path(),
+        0,
+        &["--poll-hold", "30", "--heartbeat-interval", "5"],
+    );
+    let rss_idle = rss_kib(c.proc.pid()).unwrap_or(0);
+    let _workers: Vec<_> = (0..workers)
+        .map(|d| {
+            warp_tests::start_worker(
+                dir.path(),
+                &c.url,
+                &c.token,
+                d as i32,
+                &["--backend", "cpu"],
+            )
+        })
+        .collect();
+    let client = c.client();
+    warp_tests::wait_for(Duration::from_secs(30), "the workers to register", || {
+        (client.workers(false).ok()?.len() == workers).then_some(())
+    });
+    let exec = || TaskSpec::new(vec![Command::exec(["/bin/true"])]);
+    // Warm-up.
+    let ids = client
+        .submit_batch((0..workers * 20).map(|_| exec()).collect())
+        .map_err(|e| e.to_string())?;
+    for id in ids {
+        client.wait(id, None).map_err(|e| e.to_string())?;
+    }
+    let cpu = |pid: u32| warp_tests::cpu_ms(pid).unwrap_or(0.0);
+    let worker_cpu = |ws: &[warp_tests::Proc]| ws.iter().map(|w| cpu(w.pid())).sum::<f64>();
+    let (c_cpu0, w_cpu0) = (cpu(c.proc.pid()), worker_cpu(&_workers));
+    let t = Instant::now();
+    let mut ids = Vec::with_capacity(tasks);
+    let mut left = tasks;
+    while left > 0 {
+        let n = left.min(10_000);
+        ids.extend(
+            client
+                .submit_batch((0..n).map(|_| exec()).collect())
+                .map_err(|e| e.to_string())?,
+        );
+        left -= n;
+    }
+    let mut failed = 0;
+    for id in &ids {
+        let d = client.wait(*id, None).map_err(|e| e.to_string())?;
+        failed += usize::from(d.state != TaskState::Completed);
+    }
+    let controller_rate = tasks as f64 / t.elapsed().as_secs_f64();
+    let controller_cpu_ms = (cpu(c.proc.pid()) - c_cpu0) / tasks as f64;
+    let worker_cpu_ms = (worker_cpu(&_workers) - w_cpu0) / tasks as f64;
+    ensure(failed == 0, || format!("{failed} of {tasks} tasks failed"))?;
+    let rss_after = rss_kib(c.proc.pid()).unwrap_or(0);
+    // Submit-to-done through the CLI, one task at a time.
+    let mut cli = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        let out = std::process::Command::new(warp_tests::bin("warp-controller"))
+            .args([
+                "submit",
+                "--controller",
+                &c.url,
+                "--wait",
+                "--exec",
+                "--",
+                "/bin/true",
+            ])
+            .env("WARP_TOKEN", &c.token)
+            .output()
+            .map_err(|e| e.to_string())?;
+        cli.push(t.elapsed().as_secs_f64() * 1000.0);
+        ensure(out.status.success(), || {
+            format!(
+                "submit --wait failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    }
+    cli.sort_by(f64::total_cmp);
+    drop(_workers);
+    drop(c);
+    let raw_after = raw_spawn_rate(workers, tasks)?;
+    let shell_after = shell_loop_rate(workers, tasks)?;
+    // In process: the wrapper's embedded controller and one worker.
+    let mut inproc = Vec::with_capacity(samples);
+    {
+        let mut w = wrapper(Duration::from_secs(30));
+        w.start_controller(0).map_err(|e| e.to_string())?;
+        let id = w.add_worker(0).map_err(|e| e.to_string())?;
+        for i in 0..samples + 20 {
+            let t = Instant::now();
+            w.on(id).exec(&["/bin/true"]).map_err(|e| e.to_string())?;
+            if i >= 20 {
+                inproc.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    inproc.sort_by(f64::total_cmp);
+    let raw = 0.5 * (raw_before + raw_after);
+    let shell = 0.5 * (shell_before + shell_after);
+    let report = json!({
+        "workers": workers, "tasks": tasks, "latency_samples": samples,
+        "raw_spawn_per_s_before": raw_before.round(), "raw_spawn_per_s_after": raw_after.round(),
+        "controller_tasks_per_s": controller_rate.round(),
+        "ratio_to_raw": (controller_rate / raw * 1000.0).round() / 1000.0,
+        "shell_loop_per_s_before": shell_before.round(), "shell_loop_per_s_after": shell_after.round(),
+        "ratio_to_shell_loop": (controller_rate / shell * 1000.0).round() / 1000.0,
+        "controller_cpu_ms_per_task": (controller_cpu_ms * 1000.0).round() / 1000.0,
+        "worker_cpu_ms_per_task": (worker_cpu_ms * 1000.0).round() / 1000.0,
+        "cli_submit_wait_p50_ms": percentile(&cli, 50.0),
+        "cli_submit_wait_p90_ms": percentile(&cli, 90.0),
+        "in_process_p50_ms": percentile(&inproc, 50.0),
+        "in_process_p90_ms": percentile(&inproc, 90.0),
+        "controller_rss_idle_kib": rss_idle,
+        "controller_rss_after_kib": rss_after,
+        "controller_kib_per_10k_finished": ((rss_after.saturating_sub(rss_idle)) as f64
+            * 10_000.0 / (tasks + workers * 20) as f64).round(),
     });
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
     Ok(())

@@ -162,3 +162,87 @@ fn every_subcommand_refuses_a_bad_flag_with_exit_2() {
     }
     assert!(!dir.path().join("o").exists() && !dir.path().join("s").exists());
 }
+
+/// Issue 14: `submit --array` makes one task per index with `WARP_TASK_INDEX`, `--stdout`
+/// keeps each task's whole output in its own file, and `wait -` reads the ids `submit`
+/// printed, then summarises the failures and exits 1 when any task failed.
+#[test]
+fn array_submission_files_and_wait_with_a_failure_summary() {
+    let dir = TempDir::new("cli-array");
+    let c = warp_tests::ControllerProc::start(dir.path(), 0, &[]);
+    let _w = warp_tests::start_worker(dir.path(), &c.url, &c.token, 0, &["-s"]);
+    let ctl = |args: &[&str], stdin: Option<&[u8]>| {
+        let mut cmd = Command::new(warp_tests::bin("warp-controller"));
+        cmd.args(args)
+            .env("WARP_CONTROLLER", &c.url)
+            .env("WARP_TOKEN", &c.token)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let input = stdin.map(<[u8]>::to_vec).unwrap_or_default();
+        let mut pipe = child.stdin.take().unwrap();
+        std::thread::spawn(move || std::io::Write::write_all(&mut pipe, &input));
+        child.wait_with_output().unwrap()
+    };
+    let logs = dir.path().join("logs");
+    let pattern = format!("{}/%{{INDEX}}.out", logs.display());
+    let out = ctl(
+        &[
+            "submit",
+            "--array",
+            "1-4",
+            "--stdout",
+            &pattern,
+            "--label",
+            "sweep",
+            "--exec",
+            "--",
+            "sh",
+            "-c",
+            "seq 1 $WARP_TASK_INDEX",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids = out.stdout.clone();
+    assert_eq!(String::from_utf8_lossy(&ids).lines().count(), 4);
+    let waited = ctl(&["wait", "-"], Some(&ids));
+    let stderr = String::from_utf8_lossy(&waited.stderr);
+    assert!(waited.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("4 task(s)") && stderr.contains("4 completed"),
+        "{stderr}"
+    );
+    for i in 1..=4 {
+        let text = std::fs::read_to_string(logs.join(format!("{i}.out"))).unwrap();
+        assert_eq!(text.lines().count(), i, "{i}: {text}");
+    }
+    // By label, with failures: odd indices exit 1.
+    let out = ctl(
+        &[
+            "submit",
+            "--array",
+            "1-3",
+            "--label",
+            "odd",
+            "--exec",
+            "--",
+            "sh",
+            "-c",
+            "echo index $WARP_TASK_INDEX >&2; exit $((WARP_TASK_INDEX % 2))",
+        ],
+        None,
+    );
+    assert!(out.status.success());
+    let waited = ctl(&["wait", "--label", "odd"], None);
+    let stderr = String::from_utf8_lossy(&waited.stderr);
+    assert_eq!(waited.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("1 completed, 2 failed"), "{stderr}");
+    assert!(stderr.contains("exited with status 1"), "{stderr}");
+    assert!(stderr.contains("(odd)"), "{stderr}");
+}

@@ -4,21 +4,21 @@
 //! init fingerprint of the state it holds, so a task whose init part produces state the worker
 //! already holds skips it. An init failure drops the held state; a main failure keeps it.
 //!
-//! An `Exec` runs in its own process group. The group is killed (SIGKILL) on cancel, on timeout,
-//! and when the program exits, so a command's processes never outlive it.
+//! An `Exec` runs in its own process group ([`crate::program`]: one `poll` for the pipes, the
+//! exit and the cancel wake-up). The group is killed (SIGKILL) on cancel, on timeout, and when
+//! the program exits, so a command's processes never outlive it.
 
-use crossbeam_channel::Sender;
 use serde_json::{Value, json};
-use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-use warp_common::commands::{Command, EXEC_TAIL_BYTES, ExecParams, ExecResult};
+use warp_common::commands::{Command, ExecParams, ExecResult};
 use warp_common::protocol::{Assignment, TaskResult};
 
 use crate::preprocess::Preprocessor;
+use crate::program::{self, Waker};
 use crate::readahead::ReadAhead;
 
 /// How much of stderr an Exec failure message quotes.
@@ -28,6 +28,8 @@ const ERROR_TAIL_BYTES: usize = 2048;
 #[derive(Clone, Debug, Default)]
 pub struct CancelFlag {
     inner: Arc<(AtomicBool, Mutex<()>, Condvar)>,
+    /// Made on first use by a `poll` loop (an `Exec`); `cancel` wakes it.
+    waker: Arc<std::sync::OnceLock<Option<Waker>>>,
 }
 
 impl CancelFlag {
@@ -42,6 +44,16 @@ impl CancelFlag {
         flag.store(true, Ordering::SeqCst);
         let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
         cv.notify_all();
+        // After the store: a waiter that made its waker later sees the flag on its next check.
+        if let Some(Some(w)) = self.waker.get() {
+            w.wake();
+        }
+    }
+
+    /// A pipe that becomes readable on [`Self::cancel`], for a `poll` loop; `None` when no
+    /// pipe could be made (the loop then checks the flag at its own pace).
+    pub fn waker(&self) -> Option<&Waker> {
+        self.waker.get_or_init(|| Waker::new().ok()).as_ref()
     }
 
     /// Whether cancellation was requested.
@@ -227,61 +239,44 @@ fn run_exec(p: &ExecParams, cancel: &CancelFlag) -> Result<ExecResult, String> {
     if let Some(dir) = &p.cwd {
         cmd.current_dir(dir);
     }
+    let files = [
+        p.stdout_path
+            .as_deref()
+            .map(|f| program::open_output(f, p.cwd.as_deref()))
+            .transpose()?,
+        p.stderr_path
+            .as_deref()
+            .map(|f| program::open_output(f, p.cwd.as_deref()))
+            .transpose()?,
+    ];
+    let waker = cancel.waker();
     let start = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| match &p.cwd {
+    let child = cmd.spawn().map_err(|e| match &p.cwd {
         Some(dir) => format!("cannot start '{program}' in '{dir}': {e}"),
         None => format!("cannot start '{program}': {e}"),
     })?;
     let pid = child.id() as libc::pid_t;
     RUNNING_GROUP.store(pid, std::sync::atomic::Ordering::SeqCst);
-    let (done_tx, done_rx) = crossbeam_channel::bounded(2);
-    let stdout = tail_reader(child.stdout.take(), done_tx.clone());
-    let stderr = tail_reader(child.stderr.take(), done_tx);
-
     // validate() bounds timeout_s; checked arithmetic keeps a bad value from panicking anyway.
     let deadline = p
         .timeout_s
         .and_then(|t| Duration::try_from_secs_f64(t).ok())
         .and_then(|t| start.checked_add(t));
-    let mut step = Duration::from_millis(2);
-    let stopped = loop {
-        if has_exited(pid) {
-            break None;
-        }
-        if cancel.is_cancelled() {
-            break Some("cancelled");
-        }
-        let mut wait = step;
-        if let Some(d) = deadline {
-            let left = d.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break Some("timed out");
-            }
-            wait = wait.min(left);
-        }
-        cancel.wait_timeout(wait);
-        step = (step * 2).min(Duration::from_millis(20));
-    };
-    // The leader is not reaped yet, so its pid still names our group: kill what is left of it.
-    // SAFETY: kill(2) on our own child's process group.
-    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    let finished = program::run(child, deadline, waker, &|| cancel.is_cancelled(), files);
     RUNNING_GROUP.store(0, std::sync::atomic::Ordering::SeqCst);
-    let status = child
-        .wait()
-        .map_err(|e| format!("cannot wait for '{program}': {e}"))?;
+    let finished = finished.map_err(|e| format!("'{program}': {e}"))?;
     let duration_ms = start.elapsed().as_millis() as u64;
-    // Readers end when the pipes close; a process that left the group may keep them open.
-    let readers_deadline = Instant::now() + Duration::from_secs(2);
-    for _ in 0..2 {
-        if done_rx.recv_deadline(readers_deadline).is_err() {
-            break;
-        }
-    }
+    let status = finished.status;
+    let stopped = match finished.ending {
+        program::Ending::Exited => None,
+        program::Ending::Cancelled => Some("cancelled"),
+        program::Ending::TimedOut => Some("timed out"),
+    };
     let result = ExecResult {
         exit_code: status.code(),
         signal: status.signal(),
-        stdout_tail: take_tail(&stdout),
-        stderr_tail: take_tail(&stderr),
+        stdout_tail: String::from_utf8_lossy(&finished.stdout_tail).into_owned(),
+        stderr_tail: String::from_utf8_lossy(&finished.stderr_tail).into_owned(),
         duration_ms,
     };
     let stderr = match tail_str(&result.stderr_tail, ERROR_TAIL_BYTES).trim_end() {
@@ -315,52 +310,6 @@ pub fn kill_running_program() {
         // SAFETY: kill(2) on the process group of our own unreaped child.
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
     }
-}
-
-/// True once `pid` has exited; leaves it unreaped (WNOWAIT) so its process group stays ours.
-fn has_exited(pid: libc::pid_t) -> bool {
-    // SAFETY: a zeroed siginfo_t is valid; waitid only writes into it.
-    unsafe {
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
-        let r = libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags);
-        r != 0 || info.si_pid() != 0
-    }
-}
-
-type Tail = Arc<Mutex<Vec<u8>>>;
-
-/// Reads `stream` to its end on a thread, keeping the last [`EXEC_TAIL_BYTES`].
-fn tail_reader<R: Read + Send + 'static>(stream: Option<R>, done: Sender<()>) -> Tail {
-    let tail: Tail = Arc::default();
-    let keep = tail.clone();
-    let reader = move || {
-        if let Some(mut s) = stream {
-            let mut buf = [0u8; 8192];
-            while let Ok(n @ 1..) = s.read(&mut buf) {
-                let mut t = keep.lock().unwrap_or_else(|e| e.into_inner());
-                t.extend_from_slice(&buf[..n]);
-                if t.len() > 2 * EXEC_TAIL_BYTES {
-                    let cut = t.len() - EXEC_TAIL_BYTES;
-                    t.drain(..cut);
-                }
-            }
-        }
-        let _ = done.send(());
-    };
-    if let Err(e) = std::thread::Builder::new()
-        .name("exec-output".into())
-        .spawn(reader)
-    {
-        log::warn!("cannot start an output reader thread: {e}");
-    }
-    tail
-}
-
-fn take_tail(tail: &Tail) -> String {
-    let t = tail.lock().unwrap_or_else(|e| e.into_inner());
-    let from = t.len().saturating_sub(EXEC_TAIL_BYTES);
-    String::from_utf8_lossy(&t[from..]).into_owned()
 }
 
 /// The last at most `max` bytes of `s`, cut at a character boundary.
@@ -397,7 +346,7 @@ mod tests {
             ("out\n", "err\n")
         );
         let big = exec(sh("head -c 100000 /dev/zero | tr '\\0' x")).unwrap();
-        assert_eq!(big.stdout_tail.len(), EXEC_TAIL_BYTES);
+        assert_eq!(big.stdout_tail.len(), warp_common::commands::EXEC_TAIL_BYTES);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! | [`heartbeat`] | the heartbeat thread: liveness, `running`/progress reports, cancels |
 //! | [`exec`] | command execution and the held (init) state |
 //! | [`preprocess`] | the preprocessing commands and the movie/gain state they share |
+//! | [`program`] | running an `Exec` program: one `poll` for its pipes, its exit (pidfd) and the cancel wake-up |
 //! | [`console`] | the logger and its numbered ring buffer |
 //! | [`direct`] | the direct mode server (tiny_http) |
 //! | [`signals`] | SIGTERM/SIGINT and stop requests |
@@ -30,6 +31,7 @@ pub mod direct;
 pub mod exec;
 pub mod heartbeat;
 pub mod preprocess;
+pub mod program;
 pub mod pull;
 pub mod readahead;
 pub mod signals;
