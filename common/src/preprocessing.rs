@@ -275,17 +275,35 @@ impl Default for CtfParams {
     }
 }
 
-/// Result of `MovieProcessCTF`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CtfResult {
-    /// Defocus along U (major axis), µm.
+/// The astigmatic defocus and phase shift of a CTF (DESIGN.md §6): what a CTF fit estimates
+/// ([`CtfResult`]) and what a simulated movie's truth records. One shape for both, so results
+/// and truth compare field by field; on the wire its fields sit in the enclosing object.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Defocus {
+    /// Defocus along U (major axis), µm, underfocus positive; `≥ defocus_v_um`.
     pub defocus_u_um: f64,
-    /// Defocus along V, µm.
+    /// Defocus along V (minor axis), µm.
     pub defocus_v_um: f64,
     /// Angle of U from +x, degrees, `[0, 180)`.
     pub astig_angle_deg: f64,
     /// Phase shift, units of π.
     pub phase_shift_pi: f64,
+}
+
+impl Defocus {
+    /// Mean defocus `(U + V)/2`, µm.
+    pub fn mean_um(&self) -> f64 {
+        0.5 * (self.defocus_u_um + self.defocus_v_um)
+    }
+}
+
+/// Result of `MovieProcessCTF`: the wire form of the kernels' `CtfFit` (the kernels know no
+/// wire types) plus what the worker knows of the spectrum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CtfResult {
+    /// The fitted defocus (its fields at the top level of the JSON object).
+    #[serde(flatten)]
+    pub defocus: Defocus,
     /// Resolution to which the fit agrees with the spectrum, Å.
     #[serde(rename = "fit_resolution_A")]
     pub fit_resolution_a: f64,

@@ -216,8 +216,11 @@ fn compare_one(
         .map(|s| [f64::from(s[0]), f64::from(s[1])])
         .collect();
     let c = &out.ctf;
-    let (fit_df, fit_ast, fit_ang) =
-        normalised_ctf(c.defocus_u_um, c.defocus_v_um, c.astig_angle_deg);
+    let (fit_df, fit_ast, fit_ang) = normalised_ctf(
+        c.defocus.defocus_u_um,
+        c.defocus.defocus_v_um,
+        c.defocus.astig_angle_deg,
+    );
     let t = &truth.ctf;
     let (true_df, true_ast, true_ang) =
         normalised_ctf(t.defocus_u_um, t.defocus_v_um, t.astig_angle_deg);
@@ -291,6 +294,7 @@ mod tests {
     use crate::dataset::{SimulateOptions, simulate_dataset};
     use crate::preprocess::{CtfRecord, MotionRecord};
     use crate::test_util::{TempDir, small_dataset};
+    use warp_common::preprocessing::Defocus;
 
     /// A preprocessing result for `truth`, shifts offset by a constant (mean is removed).
     fn fake_output(truth: &Truth, df_scale: f64) -> MovieRecord {
@@ -311,11 +315,13 @@ mod tests {
                 local: None,
             },
             ctf: CtfRecord {
-                defocus_u_um: c.defocus_u_um * df_scale,
-                defocus_v_um: c.defocus_v_um * df_scale,
-                // Same axis, written the other way round.
-                astig_angle_deg: c.astig_angle_deg + 180.0,
-                phase_shift_pi: 0.0,
+                defocus: Defocus {
+                    defocus_u_um: c.defocus_u_um * df_scale,
+                    defocus_v_um: c.defocus_v_um * df_scale,
+                    // Same axis, written the other way round.
+                    astig_angle_deg: c.astig_angle_deg + 180.0,
+                    phase_shift_pi: 0.0,
+                },
                 fit_resolution_a: 4.0,
                 score: 0.5,
                 voltage_kv: truth.voltage_kv,

@@ -27,7 +27,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use warp_kernels::ctf::CtfParams;
+use warp_common::preprocessing::Defocus;
+use warp_kernels::ctf::Ctf;
 use warp_kernels::io::mrc::{WriteMode, write_mrc};
 use warp_kernels::sim::{SimParams, SplitMix64, simulate};
 
@@ -208,15 +209,6 @@ impl SimulateOptions {
     }
 }
 
-/// The CTF part of a [`Truth`] (DESIGN.md §6: µm, U ≥ V, degrees from +x, units of π).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct TruthCtf {
-    pub defocus_u_um: f64,
-    pub defocus_v_um: f64,
-    pub astig_angle_deg: f64,
-    pub phase_shift_pi: f64,
-}
-
 /// What went into one simulated movie: the `*.truth.json` beside it (see the module docs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Truth {
@@ -236,7 +228,8 @@ pub struct Truth {
     pub seed: u64,
     /// Per-frame shift `[x, y]` in pixels, mean zero.
     pub shifts_px: Vec<[f32; 2]>,
-    pub ctf: TruthCtf,
+    /// The CTF that went in (the same shape a fit reports).
+    pub ctf: Defocus,
 }
 
 /// Reads a `*.truth.json` file.
@@ -334,7 +327,7 @@ pub fn simulate_dataset(
             frames,
             pixel_size_a: opts.angpix,
             dose_per_px_per_frame: opts.counts_per_px(),
-            ctf: CtfParams {
+            ctf: Ctf {
                 voltage_kv: opts.voltage_kv,
                 cs_mm: opts.cs_mm,
                 amplitude_contrast: opts.amp,
@@ -378,7 +371,7 @@ pub fn simulate_dataset(
             amplitude_contrast: opts.amp,
             seed: movie_seed,
             shifts_px: movie.truth.shifts_px,
-            ctf: TruthCtf {
+            ctf: Defocus {
                 defocus_u_um: ctf.defocus_u_um,
                 defocus_v_um: ctf.defocus_v_um,
                 astig_angle_deg: ctf.astig_angle_deg,
@@ -451,7 +444,7 @@ mod tests {
                 frames: 4,
                 pixel_size_a: 1.5,
                 dose_per_px_per_frame: want_counts,
-                ctf: CtfParams {
+                ctf: Ctf {
                     voltage_kv: truth.voltage_kv,
                     cs_mm: truth.cs_mm,
                     amplitude_contrast: truth.amplitude_contrast,

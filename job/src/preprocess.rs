@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use warp_common::commands::Command;
 use warp_common::preprocessing::{
-    CtfParams, CtfResult, ExportParams, ExportResult, LoadGainRefParams, LoadStackParams,
+    CtfParams, CtfResult, Defocus, ExportParams, ExportResult, LoadGainRefParams, LoadStackParams,
     LocalMotionResult, MovementParams, MovementResult, ReadAheadReport, StackLoaded,
     ThumbnailParams, ThumbnailResult,
 };
@@ -135,17 +135,15 @@ pub struct MotionRecord {
     pub local: Option<LocalMotionResult>,
 }
 
-/// CTF part of [`MovieRecord`].
+/// CTF part of [`MovieRecord`]: the fit's defocus, resolution and score with the optics it
+/// assumed (what RELION's micrograph table needs). A different thing from [`CtfResult`] by
+/// design: the command's result carries how the spectrum was made (tiles, alignment, time),
+/// the record the optics; both share [`Defocus`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CtfRecord {
-    /// Defocus U, µm.
-    pub defocus_u_um: f64,
-    /// Defocus V, µm.
-    pub defocus_v_um: f64,
-    /// Astigmatism angle, degrees.
-    pub astig_angle_deg: f64,
-    /// Phase shift, π.
-    pub phase_shift_pi: f64,
+    /// The fitted defocus (its fields at the top level of the JSON object).
+    #[serde(flatten)]
+    pub defocus: Defocus,
     /// Fit resolution, Å.
     #[serde(rename = "fit_resolution_A")]
     pub fit_resolution_a: f64,
@@ -441,10 +439,7 @@ impl PreprocessOptions {
                 local: motion.local,
             },
             ctf: CtfRecord {
-                defocus_u_um: ctf.defocus_u_um,
-                defocus_v_um: ctf.defocus_v_um,
-                astig_angle_deg: ctf.astig_angle_deg,
-                phase_shift_pi: ctf.phase_shift_pi,
+                defocus: ctf.defocus,
                 fit_resolution_a: ctf.fit_resolution_a,
                 score: ctf.score,
                 voltage_kv: self.ctf.voltage_kv,
@@ -536,9 +531,9 @@ pub fn write_micrographs_star(output: &Path, names: &[String]) -> Result<usize, 
         let r = read_record(&output.join(format!("{name}.json")))?;
         rows.push(vec![
             StarValue::Str(format!("average/{name}.mrc")),
-            StarValue::Num(r.ctf.defocus_u_um * 1e4),
-            StarValue::Num(r.ctf.defocus_v_um * 1e4),
-            StarValue::Num(r.ctf.astig_angle_deg),
+            StarValue::Num(r.ctf.defocus.defocus_u_um * 1e4),
+            StarValue::Num(r.ctf.defocus.defocus_v_um * 1e4),
+            StarValue::Num(r.ctf.defocus.astig_angle_deg),
             StarValue::Num(r.ctf.fit_resolution_a),
             StarValue::Num(r.ctf.score),
             StarValue::Num(r.ctf.voltage_kv),
@@ -742,8 +737,8 @@ pub fn run(
                     write_json_atomic(&opts.output.join(format!("{name}.json")), &rec)?;
                     log(&format!(
                         "done   {name}: defocus {:.3}/{:.3} µm, fit to {:.1} Å, {:.1} s",
-                        rec.ctf.defocus_u_um,
-                        rec.ctf.defocus_v_um,
+                        rec.ctf.defocus.defocus_u_um,
+                        rec.ctf.defocus.defocus_v_um,
                         rec.ctf.fit_resolution_a,
                         rec.timings_ms["total"] / 1e3
                     ));
@@ -824,9 +819,9 @@ pub fn summary_table(s: &Summary) -> String {
             "{:<24} {:>6} {:>9.3} {:>9.3} {:>7.1} {:>8.2} {:>6.3} {:>8.2}px {:>8.1}\n",
             name,
             r.frames,
-            r.ctf.defocus_u_um,
-            r.ctf.defocus_v_um,
-            r.ctf.astig_angle_deg,
+            r.ctf.defocus.defocus_u_um,
+            r.ctf.defocus.defocus_v_um,
+            r.ctf.defocus.astig_angle_deg,
             r.ctf.fit_resolution_a,
             r.ctf.score,
             max_shift,
@@ -919,10 +914,12 @@ mod tests {
                 ms: 3.0,
             }),
             Command::MovieProcessCtf(_) => serde_json::to_value(CtfResult {
-                defocus_u_um: 1.9,
-                defocus_v_um: 1.7,
-                astig_angle_deg: 35.0,
-                phase_shift_pi: 0.0,
+                defocus: Defocus {
+                    defocus_u_um: 1.9,
+                    defocus_v_um: 1.7,
+                    astig_angle_deg: 35.0,
+                    phase_shift_pi: 0.0,
+                },
                 fit_resolution_a: 4.5,
                 score: 0.4,
                 angpix: 1.25,
@@ -1012,7 +1009,7 @@ mod tests {
             .record_from(movie, &commands, &detail_for(&commands))
             .unwrap();
         assert_eq!((rec.frames, rec.angpix), (8, 1.25));
-        assert_eq!(rec.ctf.defocus_u_um, 1.9);
+        assert_eq!(rec.ctf.defocus.defocus_u_um, 1.9);
         assert_eq!(rec.ctf.fit_resolution_a, 4.5);
         assert_eq!(rec.motion.shifts_px.len(), 8);
         assert_eq!(rec.timings_ms["export"], 3.0);

@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use warp_kernels::backend::cuda::CudaBackend;
 use warp_kernels::backend::{Backend, BackendError, CpuBackend, Optics, probe};
-use warp_kernels::ctf::CtfParams;
+use warp_kernels::ctf::Ctf;
 use warp_kernels::ctf_fit::CtfFitOptions;
 use warp_kernels::gain::GainRef;
 use warp_kernels::io::mrc::{WriteMode, write_mrc};
@@ -120,7 +120,7 @@ fn run(device: usize, size: usize, n_frames: usize) -> Result<bool, String> {
     let dir = std::env::temp_dir().join(format!("warp-gpu-parity-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let (nx, ny) = (size, size);
-    let truth_ctf = CtfParams {
+    let truth_ctf = Ctf {
         voltage_kv: 300.0,
         cs_mm: 2.7,
         amplitude_contrast: 0.07,

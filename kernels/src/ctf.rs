@@ -24,9 +24,10 @@ pub fn wavelength_a(kv: f64) -> f64 {
     12.2643247 / (v * (1.0 + 0.978466e-6 * v)).sqrt()
 }
 
-/// Parameters of one CTF, in the units of DESIGN.md §6.
+/// One CTF: optics, pixel size and defocus, in the units of DESIGN.md §6 (the settings of the
+/// `MovieProcessCTF` command are a different thing: `warp_common::preprocessing::CtfParams`).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CtfParams {
+pub struct Ctf {
     /// Acceleration voltage, kV.
     pub voltage_kv: f64,
     /// Spherical aberration, mm.
@@ -45,7 +46,7 @@ pub struct CtfParams {
     pub phase_shift_pi: f64,
 }
 
-impl CtfParams {
+impl Ctf {
     /// Electron wavelength in Å for this voltage; see [`wavelength_a`].
     pub fn wavelength_a(&self) -> f64 {
         wavelength_a(self.voltage_kv)
@@ -126,7 +127,7 @@ impl CtfParams {
 /// `params` (layout in the module docs). Bin `(i, j)` holds `ctf_at(kx, ky)` with
 /// `kx = i/(nx·p)`, `ky = signed_freq(j, ny)/(ny·p)`; θ = atan2(ky, kx) measured from +x toward
 /// +y (increasing row).
-pub fn ctf_2d(params: &CtfParams, nx: usize, ny: usize) -> Vec<f32> {
+pub fn ctf_2d(params: &Ctf, nx: usize, ny: usize) -> Vec<f32> {
     let nxh = nx / 2 + 1;
     let mut out = Vec::with_capacity(nxh * ny);
     for j in 0..ny {
@@ -179,8 +180,8 @@ pub fn radial_bin_k(b: usize, n_bins: usize, pixel_size_a: f64) -> f64 {
 mod tests {
     use super::*;
 
-    fn params() -> CtfParams {
-        CtfParams {
+    fn params() -> Ctf {
+        Ctf {
             voltage_kv: 300.0,
             cs_mm: 2.7,
             amplitude_contrast: 0.07,

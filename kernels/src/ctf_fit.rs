@@ -44,7 +44,7 @@
 
 use std::f64::consts::PI;
 
-use crate::ctf::{CtfParams, radial_average, radial_bin_k};
+use crate::ctf::{Ctf, radial_average, radial_bin_k};
 use crate::fft::{Fft2d, bin_k};
 
 /// An averaged power spectrum of square tiles, in the half-complex layout of [`crate::fft`]:
@@ -226,15 +226,15 @@ pub struct CtfFit {
 }
 
 impl CtfFit {
-    /// The fitted CTF as [`CtfParams`], with the given optics.
+    /// The fitted CTF as [`Ctf`], with the given optics.
     pub fn params(
         &self,
         pixel_size_a: f64,
         voltage_kv: f64,
         cs_mm: f64,
         amplitude_contrast: f64,
-    ) -> CtfParams {
-        CtfParams {
+    ) -> Ctf {
+        Ctf {
             voltage_kv,
             cs_mm,
             amplitude_contrast,
@@ -463,15 +463,15 @@ impl Background {
 
 /// Constants of χ for one optics set: `χ = c2·k²·Δf − c4·k⁴ + w + π·φ` (Δf Å, k 1/Å).
 #[derive(Clone, Copy)]
-struct Optics {
+struct ChiTerms {
     c2: f64,
     c4: f64,
     w: f64,
 }
 
-impl Optics {
-    fn new(voltage_kv: f64, cs_mm: f64, amplitude_contrast: f64) -> Optics {
-        let p = CtfParams {
+impl ChiTerms {
+    fn new(voltage_kv: f64, cs_mm: f64, amplitude_contrast: f64) -> ChiTerms {
+        let p = Ctf {
             voltage_kv,
             cs_mm,
             amplitude_contrast,
@@ -482,7 +482,7 @@ impl Optics {
             phase_shift_pi: 0.0,
         };
         let l = p.wavelength_a();
-        Optics {
+        ChiTerms {
             c2: PI * l,
             c4: 0.5 * PI * cs_mm * 1e7 * l.powi(3),
             w: p.phase_offset(),
@@ -609,7 +609,7 @@ fn thin_knots(cands: Vec<f64>, min_gap: f64) -> Vec<f64> {
 
 /// Background knots for the estimate `(df, ph)`: the fit-range ends and every second CTF zero
 /// in between, at least `min_gap` apart.
-fn zero_knots(optics: &Optics, df: f64, ph: f64, k_lo: f64, k_hi: f64, min_gap: f64) -> Vec<f64> {
+fn zero_knots(optics: &ChiTerms, df: f64, ph: f64, k_lo: f64, k_hi: f64, min_gap: f64) -> Vec<f64> {
     let mut c = vec![k_lo];
     let m0 = (optics.chi(k_lo * k_lo, df, ph) / PI).ceil() as i64;
     let mut m = m0;
@@ -633,7 +633,7 @@ fn search_1d(
     ks: &[f64],
     sub: &[f64],
     env: &[f64],
-    optics: &Optics,
+    optics: &ChiTerms,
     opts: &CtfFitOptions,
 ) -> (f64, f64, f64) {
     let score_1d = |df: f64, ph: f64| -> f64 {
@@ -697,7 +697,7 @@ pub const MAX_BACKGROUND_PASSES: usize = 20;
 fn background_passes(
     ks: &[f64],
     ps: &[f64],
-    optics: &Optics,
+    optics: &ChiTerms,
     opts: &CtfFitOptions,
     (k_lo, k_hi): (f64, f64),
     ring_dk: f64,
@@ -821,7 +821,7 @@ pub fn estimate_ctf(
     }
     let n = spectrum.n;
     let n_rings = n / 2;
-    let optics = Optics::new(voltage_kv, cs_mm, amplitude_contrast);
+    let optics = ChiTerms::new(voltage_kv, cs_mm, amplitude_contrast);
     let (k_lo, k_hi) = fit_range(pixel_size_a, opts);
 
     // Radial profile and background (step 2).

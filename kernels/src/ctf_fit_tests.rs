@@ -27,7 +27,7 @@ fn run(case: &Case, opts: &CtfFitOptions) -> CtfFit {
         frames: case.frames,
         pixel_size_a: case.pixel,
         dose_per_px_per_frame: case.dose,
-        ctf: CtfParams {
+        ctf: Ctf {
             voltage_kv: 300.0,
             cs_mm: 2.7,
             amplitude_contrast: 0.07,
@@ -240,7 +240,7 @@ fn phase_shift_release() {
 /// A radial spectrum: a smooth background plus, for each `(defocus µm, amplitude)`, an
 /// enveloped `CTF²` (300 kV, Cs 2.7 mm, 7 % amplitude contrast); no noise.
 fn two_defocus_spectrum(n: usize, pixel_a: f64, defoci: &[(f64, f64)]) -> Spectrum {
-    let optics = Optics::new(300.0, 2.7, 0.07);
+    let optics = ChiTerms::new(300.0, 2.7, 0.07);
     let nxh = n / 2 + 1;
     let mut data = vec![0.0f32; nxh * n];
     for j in 0..n {
@@ -307,7 +307,7 @@ fn background_passes_stop_at_the_limit_and_keep_the_best_pass() {
             .map(|&b| radial_bin_k(b, n_rings, 1.0))
             .collect();
         let ps: Vec<f64> = rings.iter().map(|&b| prof[b] as f64).collect();
-        let optics = Optics::new(300.0, 2.7, 0.07);
+        let optics = ChiTerms::new(300.0, 2.7, 0.07);
         let (_, res, passes) =
             background_passes(&ks, &ps, &optics, &opts, (k_lo, k_hi), 1.0 / n as f64);
         (res, passes)

@@ -1,5 +1,5 @@
 use super::*;
-use crate::ctf::CtfParams;
+use crate::ctf::Ctf;
 use crate::fft::shift_image;
 use crate::sim::{SimParams, SplitMix64, simulate, specimen};
 
@@ -17,7 +17,7 @@ fn sim_params(
         frames,
         pixel_size_a: pixel,
         dose_per_px_per_frame: dose,
-        ctf: CtfParams {
+        ctf: Ctf {
             voltage_kv: 300.0,
             cs_mm: 2.7,
             amplitude_contrast: 0.07,

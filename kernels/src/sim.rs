@@ -25,7 +25,7 @@
 
 use rustfft::num_complex::Complex32;
 
-use crate::ctf::{CtfParams, ctf_2d};
+use crate::ctf::{Ctf, ctf_2d};
 use crate::fft::{Fft2d, shift_spectrum};
 
 /// `ε` of the weak-phase image `I = 1 + ε·(CTF ⊗ φ)` for a unit-variance specimen `φ`.
@@ -48,7 +48,7 @@ pub struct SimParams {
     /// Mean electron count per pixel per frame.
     pub dose_per_px_per_frame: f64,
     /// The CTF applied to every frame.
-    pub ctf: CtfParams,
+    pub ctf: Ctf,
     /// Seed; equal parameters give identical movies.
     pub seed: u64,
     /// Largest whole-frame shift magnitude in pixels (after the mean is removed).
@@ -61,7 +61,7 @@ pub struct SimTruth {
     /// Per-frame shift `[x, y]` in pixels (DESIGN.md §6 convention; mean zero).
     pub shifts_px: Vec<[f32; 2]>,
     /// The CTF used, with `pixel_size_a` set to the movie's pixel size.
-    pub ctf: CtfParams,
+    pub ctf: Ctf,
 }
 
 /// A synthetic movie: frames of counts (`nx × ny`, x fastest) and the truth behind them.
@@ -296,7 +296,7 @@ mod tests {
             frames,
             pixel_size_a: 1.0,
             dose_per_px_per_frame: 2.0,
-            ctf: CtfParams {
+            ctf: Ctf {
                 voltage_kv: 300.0,
                 cs_mm: 2.7,
                 amplitude_contrast: 0.07,

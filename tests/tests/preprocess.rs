@@ -313,7 +313,7 @@ fn preprocess_refuses_bad_options_before_starting_anything() {
                 "--scale",
                 "2",
             ],
-            "scale_factor",
+            "--scale must be in (0, 1]",
         ),
         (
             vec![

@@ -165,7 +165,7 @@ fn worker_stops_when_its_spawning_process_dies() {
 /// A 512² × 8 synthetic movie `movie.mrc` and the same movie divided by a gain reference
 /// (`raw.mrc` + `gain.mrc`), so that gain correction must give back the first one.
 fn write_movies(dir: &std::path::Path) {
-    use warp_kernels::ctf::CtfParams;
+    use warp_kernels::ctf::Ctf;
     use warp_kernels::io::mrc::{WriteMode, write_mrc};
     use warp_kernels::sim::{SimParams, SplitMix64, simulate};
     let (nx, ny, nf) = (512, 512, 8);
@@ -175,7 +175,7 @@ fn write_movies(dir: &std::path::Path) {
         frames: nf,
         pixel_size_a: 1.0,
         dose_per_px_per_frame: 6.0,
-        ctf: CtfParams {
+        ctf: Ctf {
             voltage_kv: 300.0,
             cs_mm: 2.7,
             amplitude_contrast: 0.07,
@@ -320,7 +320,7 @@ fn preprocessing_calls_through_both_wrappers() {
     let mic_fit = worker.movie_process_ctf(ctf.clone()).unwrap();
     // Both fits find the simulated mean defocus (1.5 µm).
     for f in [&fit, &mic_fit] {
-        let mean = (f.defocus_u_um + f.defocus_v_um) / 2.0;
+        let mean = f.defocus.mean_um();
         assert!((mean - 1.5).abs() < 0.05, "{f:?}");
     }
 
@@ -372,10 +372,7 @@ fn preprocessing_calls_through_both_wrappers() {
     let motion_d = d.movie_process_movement(MovementParams::default()).unwrap();
     let fit_d = d.movie_process_ctf(ctf).unwrap();
     assert_eq!(motion_d.shifts_px, motion.shifts_px);
-    assert_eq!(
-        (fit_d.defocus_u_um, fit_d.defocus_v_um),
-        (fit.defocus_u_um, fit.defocus_v_um)
-    );
+    assert_eq!(fit_d.defocus, fit.defocus);
     let err = d
         .load_stack(LoadStackParams {
             scale_factor: 0.0,

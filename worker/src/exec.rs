@@ -346,7 +346,10 @@ mod tests {
             ("out\n", "err\n")
         );
         let big = exec(sh("head -c 100000 /dev/zero | tr '\\0' x")).unwrap();
-        assert_eq!(big.stdout_tail.len(), warp_common::commands::EXEC_TAIL_BYTES);
+        assert_eq!(
+            big.stdout_tail.len(),
+            warp_common::commands::EXEC_TAIL_BYTES
+        );
     }
 
     #[test]

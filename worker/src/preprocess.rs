@@ -20,7 +20,7 @@ use std::time::Instant;
 use serde_json::Value;
 use warp_common::commands::Command;
 use warp_common::preprocessing::{
-    CtfParams, CtfResult, ExportParams, ExportResult, GainRefLoaded, LoadGainRefParams,
+    CtfParams, CtfResult, Defocus, ExportParams, ExportResult, GainRefLoaded, LoadGainRefParams,
     LoadStackParams, LocalMotionResult, MovementParams, MovementResult, ReadAheadReport,
     StackLoaded, ThumbnailParams, ThumbnailResult,
 };
@@ -443,10 +443,12 @@ impl Preprocessor {
             .fit_ctf(&spectrum, angpix, &optics, &opts)
             .map_err(failed("MovieProcessCTF"))?;
         let r = CtfResult {
-            defocus_u_um: fit.defocus_u_um,
-            defocus_v_um: fit.defocus_v_um,
-            astig_angle_deg: fit.astig_angle_deg,
-            phase_shift_pi: fit.phase_shift_pi,
+            defocus: Defocus {
+                defocus_u_um: fit.defocus_u_um,
+                defocus_v_um: fit.defocus_v_um,
+                astig_angle_deg: fit.astig_angle_deg,
+                phase_shift_pi: fit.phase_shift_pi,
+            },
             fit_resolution_a: fit.fit_resolution_a,
             score: fit.score,
             angpix,
