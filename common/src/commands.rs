@@ -39,8 +39,9 @@ pub enum Command {
         #[serde(default)]
         value: serde_json::Value,
     },
-    /// Waits until the worker's background tasks have finished (Warp's `WaitAsyncTasks`).
-    /// Result: `{"waited_ms": N, "pending": 0}`.
+    /// Waits until the worker's background tasks (the read-ahead of the next movie) have
+    /// finished, at most 30 s (Warp's `WaitAsyncTasks`); the result says `waited_ms` and
+    /// `pending` (files not read yet when it gave up): `{"waited_ms": N, "pending": 0}`.
     WaitAsyncTasks {},
     /// Releases memory the worker holds for reuse (Warp's `GcCollect`): drops cached held state
     /// that is not needed by the current init fingerprint and returns freed heap pages to the

@@ -28,10 +28,5 @@ pub mod movie;
 pub mod sim;
 pub mod thumbnail;
 
-/// temporary: removed once job/ uses backend::
-pub mod gpu {
-    pub use crate::backend::{BackendChoice, GpuInfo, probe, select_backend};
-}
-
 #[cfg(test)]
 mod test_util;

@@ -9,7 +9,7 @@ use crate::signals::StopSignal;
 use std::path::PathBuf;
 use std::time::Duration;
 use warp_common::{normalize_controller_url, parse_seconds};
-use warp_kernels::gpu::BackendChoice;
+use warp_kernels::backend::BackendChoice;
 
 /// Default `--register-retries`.
 pub const DEFAULT_REGISTER_RETRIES: u32 = 5;
@@ -347,7 +347,8 @@ repeated SIGTERMs (a batch job signalled twice) are ignored.
 
 Seconds (S) accept fractions: 0.5, 1e-3. Exit status: 0 clean exit (SIGTERM, --idle-exit,
 Exit route, pulse timeout), 1 failure (controller lost, registration refused, protocol
-version mismatch), 2 usage error.",
+version mismatch), 2 usage error, 3 the GPU failed its health check after a command error
+(the task was handed back to the controller uncounted; replace or reset the device).",
         warp_common::VERSION
     );
     options().usage(&brief)
@@ -504,6 +505,19 @@ fn redact_userinfo(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// Issue 10: the help left out exit code 3 (GPU unhealthy).
+    #[test]
+    fn help_lists_every_exit_code() {
+        let u = super::usage();
+        for code in [
+            "0 clean exit",
+            "1 failure",
+            "2 usage error",
+            "3 the GPU failed",
+        ] {
+            assert!(u.contains(code), "--help lacks '{code}'");
+        }
+    }
 
     #[test]
     fn proxy_credentials_are_redacted_for_logs() {

@@ -21,6 +21,10 @@ use crate::preprocess::Preprocessor;
 use crate::program::{self, Waker};
 use crate::readahead::ReadAhead;
 
+/// Longest `WaitAsyncTasks` waits for the read-ahead (a hung file system must not hold the
+/// worker); past it the result's `pending` counts the files not read yet.
+pub const WAIT_ASYNC_LIMIT: Duration = Duration::from_secs(30);
+
 /// How much of stderr an Exec failure message quotes.
 const ERROR_TAIL_BYTES: usize = 2048;
 
@@ -87,7 +91,7 @@ impl Executor {
         Executor::default()
     }
 
-    /// An executor computing with `backend` (see `warp_kernels::gpu::select_backend`).
+    /// An executor computing with `backend` (see `warp_kernels::backend::select_backend`).
     pub fn with_backend(backend: Box<dyn warp_kernels::backend::Backend>) -> Executor {
         Executor {
             held: None,
@@ -107,7 +111,7 @@ impl Executor {
     }
 
     /// The GPU the preprocessing runs on, if any.
-    pub fn gpu(&self) -> Option<warp_kernels::gpu::GpuInfo> {
+    pub fn gpu(&self) -> Option<warp_kernels::backend::GpuInfo> {
         self.pre.gpu()
     }
 
@@ -143,7 +147,11 @@ impl Executor {
             | Command::MovieExportMovie(_)
             | Command::MovieCreateThumbnail(_) => self.pre.run(cmd),
             // No command runs in the background yet; once one does, this waits on that pool.
-            Command::WaitAsyncTasks {} => Ok(json!({ "waited_ms": 0, "pending": 0 })),
+            Command::WaitAsyncTasks {} => {
+                // The only background work a worker does is the read-ahead.
+                let (waited, pending) = self.read_ahead.wait_up_to(WAIT_ASYNC_LIMIT);
+                Ok(json!({ "waited_ms": waited.as_millis() as u64, "pending": pending }))
+            }
             Command::GcCollect {} => {
                 self.pre.release_movie();
                 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -350,6 +358,35 @@ mod tests {
             big.stdout_tail.len(),
             warp_common::commands::EXEC_TAIL_BYTES
         );
+    }
+
+    /// Issue 10: `WaitAsyncTasks` answered `{"waited_ms": 0, "pending": 0}` while a
+    /// read-ahead still ran. Here the read-ahead waits on a FIFO whose writer comes 200 ms
+    /// later; the command returns after it.
+    #[test]
+    fn wait_async_tasks_waits_for_the_read_ahead() {
+        let dir = std::env::temp_dir().join(format!("warp-exec-wait-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("next.mrc");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let mut ex = Executor::new();
+        ex.read_ahead.start(&[fifo.to_string_lossy().into_owned()]);
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                std::fs::write(&fifo, b"movie").unwrap();
+            })
+        };
+        let r = ex
+            .run_command(&Command::WaitAsyncTasks {}, &CancelFlag::new())
+            .unwrap();
+        writer.join().unwrap();
+        assert!(r["waited_ms"].as_u64().unwrap() >= 150, "{r}");
+        assert_eq!(r["pending"], 0, "{r}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -5,25 +5,22 @@
 //! run for `--running-report-delay`, so quick tasks cost one round trip (the terminal report)
 //! and slow ones still show up as running.
 //!
-//! Waking this thread for every task start would cost a context switch per task. Instead the
-//! `armed` flag says the thread will look at the current task again on its own; the main loop
-//! wakes it only when it is disarmed. The thread disarms *before* it looks, so a task started
-//! meanwhile is either seen or wakes it.
+//! It is woken for a task start only when it is not armed (the handshake is described in
+//! [`crate::state`]).
 
 use crate::client::CallError;
 use crate::exec::CancelFlag;
-use crate::pull::{CONSOLE_BATCH, Current, Shared, lock};
+use crate::state::{CONSOLE_BATCH, Current, WorkerState};
 use crossbeam_channel::{Receiver, select};
 use log::{debug, info, warn};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use warp_common::protocol::{HeartbeatRequest, Progress, ReportState, StatusUpdate, TaskId};
 
 /// Starts the thread; it ends when `done` disconnects.
 pub(crate) fn spawn(
-    sh: Arc<Shared>,
+    sh: Arc<WorkerState>,
     wake: Receiver<()>,
     done: Receiver<()>,
 ) -> std::io::Result<JoinHandle<()>> {
@@ -32,8 +29,8 @@ pub(crate) fn spawn(
         .spawn(move || run(&sh, &wake, &done))
 }
 
-fn run(sh: &Shared, wake: &Receiver<()>, done: &Receiver<()>) {
-    let interval = || Duration::from_millis(sh.heartbeat_ms.load(Ordering::Relaxed));
+fn run(sh: &WorkerState, wake: &Receiver<()>, done: &Receiver<()>) {
+    let interval = || sh.heartbeat_interval();
     let mut last_beat = Instant::now();
     let mut check_at: Option<Instant> = None;
     let mut failures = 0u32;
@@ -57,16 +54,15 @@ fn run(sh: &Shared, wake: &Receiver<()>, done: &Receiver<()>) {
 }
 
 /// Reports the current task `running` when it is due; returns when to look again.
-fn check_running(sh: &Shared) -> Option<Instant> {
-    sh.armed.store(false, Ordering::SeqCst);
-    let mut cur = lock(&sh.current);
+fn check_running(sh: &WorkerState) -> Option<Instant> {
+    let mut cur = sh.disarm_and_look();
     let task = cur.as_mut()?;
     if task.running_reported {
         return None;
     }
     let due = task.started + sh.cfg.running_report_delay;
     if Instant::now() < due {
-        sh.armed.store(true, Ordering::SeqCst);
+        sh.rearm();
         return Some(due);
     }
     task.running_reported = true;
@@ -97,7 +93,7 @@ fn report(task: &Current, state: ReportState, progress: Option<Progress>) -> Sta
 /// Called without holding `current`: the call may wait on an unreachable controller, and a stop
 /// must still be able to cancel the task meanwhile. A report that reaches the controller after
 /// the task's terminal one is refused (409) and changes nothing there.
-fn send(sh: &Shared, id: TaskId, lease: u64, cancel: &CancelFlag, update: &StatusUpdate) {
+fn send(sh: &WorkerState, id: TaskId, lease: u64, cancel: &CancelFlag, update: &StatusUpdate) {
     let Some(s) = sh.session() else { return };
     match sh.client.status(&s, id, update) {
         Ok(reply) if reply.cancel => {
@@ -113,30 +109,30 @@ fn send(sh: &Shared, id: TaskId, lease: u64, cancel: &CancelFlag, update: &Statu
     }
 }
 
-fn forgotten_or_log(sh: &Shared, e: &CallError, what: &str) {
+fn forgotten_or_log(sh: &WorkerState, e: &CallError, what: &str) {
     if sh.is_forgotten(e) {
         warn!("{what}: the controller does not know this worker ({e}); re-registering");
-        sh.reregister.store(true, Ordering::SeqCst);
+        sh.request_reregister();
     } else {
         debug!("{what} failed: {e}");
     }
 }
 
 /// One heartbeat, preceded by a progress report when a multi-command task moved on.
-fn beat(sh: &Shared, failures: &mut u32) {
+fn beat(sh: &WorkerState, failures: &mut u32) {
     let Some(s) = sh.session() else { return };
-    if sh.reregister.load(Ordering::SeqCst) {
+    if sh.reregister_pending() {
         return;
     }
     progress(sh);
-    let (current_task, lease) = match lock(&sh.current).as_ref() {
+    let (current_task, lease) = match sh.current().as_ref() {
         Some(c) => (Some(c.id), Some(c.lease)),
         None => (None, None),
     };
     let req = HeartbeatRequest {
         current_task,
         lease,
-        held_fingerprint: lock(&sh.held).clone(),
+        held_fingerprint: sh.held(),
         console: sh.console.take_unshipped(CONSOLE_BATCH),
     };
     match sh.client.heartbeat(&s, &req) {
@@ -158,8 +154,8 @@ fn beat(sh: &Shared, failures: &mut u32) {
     }
 }
 
-fn cancel_listed(sh: &Shared, ids: &[uuid::Uuid]) {
-    if let Some(c) = lock(&sh.current).as_ref()
+fn cancel_listed(sh: &WorkerState, ids: &[uuid::Uuid]) {
+    if let Some(c) = sh.current().as_ref()
         && ids.contains(&c.id)
     {
         info!("controller cancelled task {} (lease {})", c.id, c.lease);
@@ -167,8 +163,8 @@ fn cancel_listed(sh: &Shared, ids: &[uuid::Uuid]) {
     }
 }
 
-fn progress(sh: &Shared) {
-    let mut cur = lock(&sh.current);
+fn progress(sh: &WorkerState) {
+    let mut cur = sh.current();
     let Some(task) = cur.as_mut() else { return };
     let (i, name) = task.command;
     if task.commands < 2 || name.is_empty() || task.progress_reported == Some(i) {

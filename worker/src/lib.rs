@@ -35,6 +35,7 @@ pub mod program;
 pub mod pull;
 pub mod readahead;
 pub mod signals;
+pub(crate) mod state;
 
 pub use config::{Config, DirectConfig, PullConfig};
 pub use direct::run_direct;
@@ -164,11 +165,11 @@ impl WorkerError {
 /// for `auto` without a usable GPU, why). `cuda` without a usable GPU is an error that says
 /// what is missing.
 pub fn make_executor(
-    backend: warp_kernels::gpu::BackendChoice,
+    backend: warp_kernels::backend::BackendChoice,
     device: i32,
 ) -> Result<exec::Executor, WorkerError> {
     let (b, line) =
-        warp_kernels::gpu::select_backend(backend, device).map_err(|e| WorkerError::Io {
+        warp_kernels::backend::select_backend(backend, device).map_err(|e| WorkerError::Io {
             what: "no usable compute backend".into(),
             error: e,
         })?;

@@ -1,5 +1,6 @@
 //! `warp-worker`: parses flags, runs the worker, maps the outcome to the exit status
-//! (0 clean exit, 1 failure, 2 usage error). See `warp-worker --help`.
+//! (0 clean exit, 1 failure, 2 usage error, 3 the GPU failed its health check after a command
+//! error and the task was handed back). See `warp-worker --help`.
 
 use warp_worker::config::{self, Parsed};
 

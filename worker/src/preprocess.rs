@@ -248,7 +248,7 @@ impl Preprocessor {
             && let Err(reason) = self.backend.health_check()
         {
             self.loaded = None;
-            self.unhealthy = Some(reason);
+            self.unhealthy = Some(reason.to_string());
         }
         outcome
     }

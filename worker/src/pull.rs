@@ -23,101 +23,19 @@
 use crate::WorkerError;
 use crate::client::{CallError, Client, Incoming, Session};
 use crate::config::PullConfig;
-use crate::console::{self, Console};
+use crate::console;
 use crate::exec::{CancelFlag, Executor};
 use crate::signals;
-use crossbeam_channel::{Receiver, Sender, select};
+use crate::state::{CONSOLE_BATCH, Current, WorkerState};
+use crossbeam_channel::{Receiver, select};
 use log::{debug, error, info, warn};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use warp_common::commands::Command;
 use warp_common::protocol::{
     Capabilities, GpuInfo, RegisterRequest, ReportState, StatusUpdate, TaskId,
 };
 use warp_common::{PROTOCOL_VERSION, VERSION};
-
-/// Most console lines shipped with one heartbeat or status report.
-pub(crate) const CONSOLE_BATCH: usize = 1000;
-
-/// The task being executed, as the other threads see it.
-pub(crate) struct Current {
-    pub id: TaskId,
-    pub lease: u64,
-    pub started: Instant,
-    pub cancel: CancelFlag,
-    pub commands: usize,
-    /// Main command being run (index, name); kept for tasks of more than one command.
-    pub command: (usize, &'static str),
-    pub running_reported: bool,
-    pub progress_reported: Option<usize>,
-}
-
-/// The session and whether it was deregistered, changed together.
-pub(crate) struct SessionSlot {
-    pub session: Option<Arc<Session>>,
-    pub deregistered: bool,
-}
-
-/// State shared by the main loop, the heartbeat thread and the watcher thread.
-pub(crate) struct Shared {
-    pub cfg: PullConfig,
-    pub client: Client,
-    pub console: Arc<Console>,
-    pub session: Mutex<SessionSlot>,
-    pub current: Mutex<Option<Current>>,
-    pub held: Mutex<Option<String>>,
-    /// Set by the heartbeat thread when the controller forgot us; the main loop re-registers.
-    pub reregister: AtomicBool,
-    pub heartbeat_ms: AtomicU64,
-    /// The heartbeat thread will look at `current` again without a wake-up (see heartbeat.rs).
-    pub armed: AtomicBool,
-    pub wake: Sender<()>,
-    pub start: Instant,
-    /// Milliseconds since `start` when the worker last finished a task (or started).
-    pub last_activity_ms: AtomicU64,
-    pub stop_reason: Mutex<String>,
-    /// Set when the device failed its health check: the worker stops and exits 3.
-    pub unhealthy: Mutex<Option<String>>,
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Shared {
-    pub fn session(&self) -> Option<Arc<Session>> {
-        lock(&self.session).session.clone()
-    }
-
-    pub fn stopping(&self) -> bool {
-        self.cfg.stop.is_triggered()
-    }
-
-    /// Deregisters the current session unless already done. Holds the session lock throughout,
-    /// so it cannot interleave with a re-registration.
-    pub fn deregister_once(&self, reason: &str) {
-        let mut slot = lock(&self.session);
-        let Some(s) = slot.session.clone() else {
-            return;
-        };
-        if slot.deregistered {
-            return;
-        }
-        slot.deregistered = true;
-        match self.client.deregister(&s, reason) {
-            Ok(()) => info!("deregistered from {} ({reason})", self.client.base()),
-            Err(e) => warn!("deregistration failed ({reason}): {e}"),
-        }
-    }
-
-    /// Whether `e` means the controller no longer knows this worker.
-    pub fn is_forgotten(&self, e: &CallError) -> bool {
-        e.code() == Some("unknown_worker")
-            || e.status() == Some(401)
-            || (e.status() == Some(410) && !self.stopping())
-    }
-}
 
 /// Runs pull mode until a clean stop (`Ok`) or a failure the worker cannot recover from.
 /// The compute backend is chosen first (`--backend`; a GPU is probed before anything else).
@@ -135,28 +53,12 @@ pub fn run_pull_with(cfg: PullConfig, exec: Executor) -> Result<(), WorkerError>
     info!("configuration: {cfg:?}");
     let client = Client::new(&cfg.controller, cfg.proxy.as_deref()).map_err(WorkerError::Config)?;
     let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
-    let sh = Arc::new(Shared {
-        client,
-        console: console::global().clone(),
-        session: Mutex::new(SessionSlot {
-            session: None,
-            deregistered: false,
-        }),
-        current: Mutex::new(None),
-        held: Mutex::new(None),
-        reregister: AtomicBool::new(false),
-        heartbeat_ms: AtomicU64::new(
-            cfg.heartbeat_interval
-                .map_or(30_000, |d| d.as_millis() as u64),
-        ),
-        armed: AtomicBool::new(false),
-        wake: wake_tx,
-        start: Instant::now(),
-        last_activity_ms: AtomicU64::new(0),
-        stop_reason: Mutex::new(String::new()),
-        unhealthy: Mutex::new(None),
+    let sh = Arc::new(WorkerState::new(
         cfg,
-    });
+        client,
+        console::global().clone(),
+        wake_tx,
+    ));
     // Dropping `done_tx` disconnects `done_rx`: both helper threads end at once.
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let watcher = {
@@ -175,7 +77,7 @@ pub fn run_pull_with(cfg: PullConfig, exec: Executor) -> Result<(), WorkerError>
     };
     let result = worker.run();
     if result.is_ok() {
-        let reason = lock(&sh.stop_reason).clone();
+        let reason = sh.stop_reason();
         sh.deregister_once(if reason.is_empty() {
             "stopped"
         } else {
@@ -186,7 +88,7 @@ pub fn run_pull_with(cfg: PullConfig, exec: Executor) -> Result<(), WorkerError>
     for t in [watcher.ok(), heartbeat.ok()].into_iter().flatten() {
         let _ = t.join();
     }
-    if let Some(reason) = lock(&sh.unhealthy).take() {
+    if let Some(reason) = sh.take_unhealthy() {
         return Err(WorkerError::Unhealthy(reason));
     }
     if result.is_ok() {
@@ -197,15 +99,14 @@ pub fn run_pull_with(cfg: PullConfig, exec: Executor) -> Result<(), WorkerError>
 
 /// Waits for a stop (signal, the config's stop, idle exit), then cancels the current task and
 /// deregisters, which also ends a parked poll.
-fn watch(sh: &Shared, done: &Receiver<()>) {
+fn watch(sh: &WorkerState, done: &Receiver<()>) {
     let global = signals::global().receiver();
     let stop = sh.cfg.stop.receiver();
     let reason = loop {
         let wait = match sh.cfg.idle_exit {
             Some(idle) => {
-                let since = Duration::from_millis(sh.last_activity_ms.load(Ordering::Relaxed));
-                let idle_for = sh.start.elapsed().saturating_sub(since);
-                if idle_for >= idle && lock(&sh.current).is_none() {
+                let idle_for = sh.idle_for();
+                if idle_for >= idle && sh.current().is_none() {
                     break format!("idle for {:.1} s (--idle-exit)", idle_for.as_secs_f64());
                 }
                 idle.saturating_sub(idle_for).max(Duration::from_millis(10))
@@ -217,16 +118,16 @@ fn watch(sh: &Shared, done: &Receiver<()>) {
             recv(global) -> _ => break "signal (SIGTERM/SIGINT)".to_string(),
             // Whoever triggered the stop may have said why (e.g. an unhealthy GPU).
             recv(stop) -> _ => break {
-                let said = lock(&sh.stop_reason).clone();
+                let said = sh.stop_reason();
                 if said.is_empty() { "stop requested".to_string() } else { said }
             },
             default(wait) => {}
         }
     };
     info!("stopping: {reason}");
-    *lock(&sh.stop_reason) = reason.clone();
+    sh.set_stop_reason(reason.clone());
     sh.cfg.stop.trigger();
-    if let Some(c) = lock(&sh.current).as_ref() {
+    if let Some(c) = sh.current().as_ref() {
         info!(
             "cancelling task {} (lease {}); the controller re-queues it",
             c.id, c.lease
@@ -250,7 +151,7 @@ enum Handling {
 
 /// The main loop's own state.
 struct Worker {
-    sh: Arc<Shared>,
+    sh: Arc<WorkerState>,
     exec: Executor,
     /// Consecutive failed calls.
     failures: u32,
@@ -270,7 +171,7 @@ impl Worker {
             if self.sh.stopping() {
                 return Ok(());
             }
-            if self.sh.reregister.swap(false, Ordering::SeqCst) {
+            if self.sh.take_reregister() {
                 if let Some((id, r)) = pending.take() {
                     info!(
                         "dropping the report of task {id} lease {}: re-registered, so the lease is stale",
@@ -327,7 +228,7 @@ impl Worker {
                             Handling::Refused => warn!("status report of task {id} refused: {e}"),
                         }
                     }
-                    None => self.sh.reregister.store(true, Ordering::SeqCst),
+                    None => self.sh.request_reregister(),
                 }
                 continue;
             }
@@ -376,7 +277,6 @@ impl Worker {
                     let hb = cfg
                         .heartbeat_interval
                         .map_or(r.heartbeat_interval_ms, |d| d.as_millis() as u64);
-                    self.sh.heartbeat_ms.store(hb.max(10), Ordering::Relaxed);
                     self.poll_hold = Duration::from_millis(r.poll_hold_ms);
                     info!(
                         "{} as worker {} with {controller} (controller {}, heartbeat every {hb} ms, poll hold {} ms)",
@@ -389,11 +289,7 @@ impl Worker {
                         r.controller_version,
                         r.poll_hold_ms
                     );
-                    let mut slot = lock(&self.sh.session);
-                    slot.session = Some(Arc::new(Session::new(r.worker_id, &r.token)));
-                    slot.deregistered = false;
-                    // The heartbeat thread picks up the new interval.
-                    let _ = self.sh.wake.try_send(());
+                    self.sh.set_session(Session::new(r.worker_id, &r.token), hb);
                     return Ok(true);
                 }
                 Err(CallError::Refused { code, message, .. })
@@ -444,7 +340,7 @@ impl Worker {
     /// One long-poll. `None`: nothing to run (hold expired, retry, stop).
     fn poll(&mut self) -> Result<Option<Incoming>, WorkerError> {
         let Some(s) = self.sh.session() else {
-            self.sh.reregister.store(true, Ordering::SeqCst);
+            self.sh.request_reregister();
             return Ok(None);
         };
         let timeout = self.poll_hold + self.sh.cfg.poll_timeout_margin;
@@ -487,7 +383,7 @@ impl Worker {
         }
         if forgotten {
             warn!("{what}: the controller does not know this worker ({e}): registering again");
-            self.sh.reregister.store(true, Ordering::SeqCst);
+            self.sh.request_reregister();
             return Ok(Handling::Reregister);
         }
         let delay = self.rng.backoff(self.failures - 1, cfg);
@@ -514,7 +410,7 @@ impl Worker {
         let started = Instant::now();
         let cancel = CancelFlag::new();
         let sh = &*self.sh;
-        *lock(&sh.current) = Some(Current {
+        sh.set_current(Current {
             id: task.id,
             lease: task.lease,
             started,
@@ -529,9 +425,7 @@ impl Worker {
         if sh.stopping() {
             cancel.cancel();
         }
-        if !sh.armed.swap(true, Ordering::SeqCst) {
-            let _ = sh.wake.try_send(());
-        }
+        sh.arm_heartbeat();
         debug!(
             "task {} attempt {} (lease {}) started",
             task.id, task.attempt, task.lease
@@ -539,18 +433,16 @@ impl Worker {
         let held_before = self.exec.held_fingerprint().map(str::to_string);
         let outcome = self.exec.run_assignment(&task, &cancel, &mut |i, n, name| {
             if n > 1
-                && let Some(c) = lock(&sh.current).as_mut()
+                && let Some(c) = sh.current().as_mut()
             {
                 c.command = (i, name);
             }
         });
-        lock(&sh.current).take();
+        sh.clear_current();
         let elapsed = started.elapsed();
-        sh.last_activity_ms
-            .store(sh.start.elapsed().as_millis() as u64, Ordering::Relaxed);
         let held = self.exec.held_fingerprint();
         if held != held_before.as_deref() {
-            *lock(&sh.held) = held.map(str::to_string);
+            sh.set_held(held.map(str::to_string));
         }
         if let Some(reason) = self.exec.unhealthy() {
             // Not the task's fault: hand it back (the stop deregisters, which re-queues it
@@ -559,9 +451,7 @@ impl Worker {
                 "GPU health check failed after task {}: {reason}; handing the task back and stopping",
                 task.id
             );
-            *lock(&sh.unhealthy) = Some(reason.to_string());
-            *lock(&sh.stop_reason) = format!("GPU unhealthy: {reason}");
-            sh.cfg.stop.trigger();
+            sh.mark_unhealthy(reason);
             return None;
         }
         if sh.stopping() {
@@ -656,7 +546,9 @@ impl Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::lock;
     use serde_json::{Value, json};
+    use std::sync::Mutex;
     type CallLog = Arc<Mutex<Vec<(String, Value)>>>;
 
     /// A scripted controller: poll answers pop `tasks`; the status report of `forget_on` gets
@@ -780,15 +672,17 @@ mod tests {
         fn name(&self) -> &'static str {
             "cuda"
         }
-        fn gpu(&self) -> Option<warp_kernels::gpu::GpuInfo> {
-            Some(warp_kernels::gpu::GpuInfo {
+        fn gpu(&self) -> Option<warp_kernels::backend::GpuInfo> {
+            Some(warp_kernels::backend::GpuInfo {
                 device: 0,
                 name: "broken".into(),
                 memory_bytes: 1 << 30,
             })
         }
-        fn health_check(&self) -> Result<(), String> {
-            Err("an FFT round trip failed: CUDA_ERROR_ILLEGAL_ADDRESS".into())
+        fn health_check(&self) -> Result<(), warp_kernels::backend::BackendError> {
+            Err(warp_kernels::backend::BackendError::Gpu(
+                "an FFT round trip failed: CUDA_ERROR_ILLEGAL_ADDRESS".into(),
+            ))
         }
         fn load_movie(
             &self,

@@ -12,9 +12,11 @@ use std::fs::File;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use warp_common::preprocessing::ReadAheadReport;
+
+use crate::state::lock;
 
 /// Chunk size of the reads.
 const CHUNK: usize = 8 << 20;
@@ -46,10 +48,6 @@ impl Default for ReadAhead {
     fn default() -> ReadAhead {
         ReadAhead::new(true)
     }
-}
-
-fn lock(run: &Mutex<Vec<Entry>>) -> std::sync::MutexGuard<'_, Vec<Entry>> {
-    run.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ReadAhead {
@@ -127,6 +125,32 @@ impl ReadAhead {
         if let Some(h) = self.thread.take() {
             let _ = h.join();
         }
+    }
+
+    /// Waits for the current read-ahead to end, at most `limit` (a read hung on a file system
+    /// must not hold the worker for ever). Returns the time waited and how many of its files
+    /// are still unread (0 once it has ended).
+    pub fn wait_up_to(&mut self, limit: Duration) -> (Duration, usize) {
+        let start = Instant::now();
+        let Some(h) = &self.thread else {
+            return (Duration::ZERO, 0);
+        };
+        let mut step = Duration::from_micros(200);
+        while !h.is_finished() && start.elapsed() < limit {
+            std::thread::sleep(step.min(limit.saturating_sub(start.elapsed())));
+            step = (step * 2).min(Duration::from_millis(10));
+        }
+        if h.is_finished() {
+            if let Some(h) = self.thread.take() {
+                let _ = h.join();
+            }
+            return (start.elapsed(), 0);
+        }
+        let pending = lock(&self.run)
+            .iter()
+            .filter(|e| e.done_ms.is_none() && e.error.is_none())
+            .count();
+        (start.elapsed(), pending)
     }
 
     /// Tells the current read-ahead to stop (it does within one chunk) without waiting for
@@ -227,7 +251,51 @@ mod tests {
     fn remove(files: &[&String]) {
         for f in files {
             let _ = std::fs::remove_file(f);
+            // The last test out removes the shared directory (not empty before: fails, fine).
+            if let Some(dir) = std::path::Path::new(f).parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
         }
+    }
+
+    fn fifo(name: &str) -> String {
+        let path = temp_file(name, 0);
+        std::fs::remove_file(&path).unwrap();
+        let c = std::ffi::CString::new(path.clone()).unwrap();
+        // SAFETY: mkfifo with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        path
+    }
+
+    /// Issue 10: `WaitAsyncTasks` returned while a read-ahead still ran. The read-ahead here
+    /// waits on a FIFO until a writer comes 200 ms later.
+    #[test]
+    fn waiting_returns_once_the_read_ahead_ended_or_reports_what_is_pending() {
+        let f = fifo("slow.fifo");
+        let mut ra = ReadAhead::new(true);
+        ra.start(std::slice::from_ref(&f));
+        let writer = {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                std::fs::write(&f, vec![1u8; 1000]).unwrap();
+            })
+        };
+        let (waited, pending) = ra.wait_up_to(Duration::from_secs(20));
+        writer.join().unwrap();
+        assert_eq!(pending, 0);
+        assert!(waited >= Duration::from_millis(150), "{waited:?}");
+        let r = ra.report_for(&f).unwrap();
+        assert!(r.complete && r.bytes == 1000, "{r:?}");
+        // No writer: the wait gives up at its limit and says one file is pending.
+        let g = fifo("hung.fifo");
+        ra.start(std::slice::from_ref(&g));
+        let (waited, pending) = ra.wait_up_to(Duration::from_millis(100));
+        assert_eq!(pending, 1);
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        // Unblock the reader thread so it ends.
+        let _ = std::fs::OpenOptions::new().write(true).open(&g);
+        remove(&[&f, &g]);
     }
 
     #[test]

@@ -189,7 +189,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Whether the device still works, checked after a failed command: `Err` says why, and the
     /// worker then hands its task back and exits (a broken GPU must not fail every task).
-    fn health_check(&self) -> Result<(), String> {
+    fn health_check(&self) -> Result<(), BackendError> {
         Ok(())
     }
 

@@ -480,9 +480,9 @@ impl Backend for CudaBackend {
         Some(self.gpu.info.clone())
     }
 
-    fn health_check(&self) -> Result<(), String> {
+    fn health_check(&self) -> Result<(), BackendError> {
         let _g = self.guard();
-        self.gpu.health_check()
+        self.gpu.health_check().map_err(BackendError::Gpu)
     }
 
     fn load_movie(
