@@ -22,7 +22,8 @@ use crate::program::{self, Waker};
 use crate::readahead::ReadAhead;
 
 /// Longest `WaitAsyncTasks` waits for the read-ahead (a hung file system must not hold the
-/// worker); past it the result's `pending` counts the files not read yet.
+/// worker); past it the result's `pending` counts the files not read yet. A cancel of the task
+/// ends the wait at once (the command then fails, naming what was pending).
 pub const WAIT_ASYNC_LIMIT: Duration = Duration::from_secs(30);
 
 /// How much of stderr an Exec failure message quotes.
@@ -146,11 +147,16 @@ impl Executor {
             | Command::MovieProcessCtf(_)
             | Command::MovieExportMovie(_)
             | Command::MovieCreateThumbnail(_) => self.pre.run(cmd),
-            // No command runs in the background yet; once one does, this waits on that pool.
+            // The only background work a worker does is the read-ahead.
             Command::WaitAsyncTasks {} => {
-                // The only background work a worker does is the read-ahead.
-                let (waited, pending) = self.read_ahead.wait_up_to(WAIT_ASYNC_LIMIT);
-                Ok(json!({ "waited_ms": waited.as_millis() as u64, "pending": pending }))
+                let (waited, pending) = self.read_ahead.wait_up_to(WAIT_ASYNC_LIMIT, cancel);
+                let waited_ms = waited.as_millis() as u64;
+                if cancel.is_cancelled() {
+                    return Err(format!(
+                        "cancelled after {waited_ms} ms ({pending} file(s) of the read-ahead pending)"
+                    ));
+                }
+                Ok(json!({ "waited_ms": waited_ms, "pending": pending }))
             }
             Command::GcCollect {} => {
                 self.pre.release_movie();
@@ -386,6 +392,42 @@ mod tests {
         writer.join().unwrap();
         assert!(r["waited_ms"].as_u64().unwrap() >= 150, "{r}");
         assert_eq!(r["pending"], 0, "{r}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Issue 10: a cancelled task must not sit in `WaitAsyncTasks` until its limit while the
+    /// read-ahead hangs (here on a FIFO no writer opens).
+    #[test]
+    fn a_cancel_ends_wait_async_tasks_at_once() {
+        let dir = std::env::temp_dir().join(format!("warp-exec-cancel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("hung.mrc");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let mut ex = Executor::new();
+        ex.read_ahead.start(&[fifo.to_string_lossy().into_owned()]);
+        let cancel = CancelFlag::new();
+        let canceller = {
+            let cancel = cancel.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                cancel.cancel();
+            })
+        };
+        let start = Instant::now();
+        let err = ex
+            .run_command(&Command::WaitAsyncTasks {}, &cancel)
+            .unwrap_err();
+        canceller.join().unwrap();
+        assert!(err.contains("cancelled") && err.contains("1 file"), "{err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        // Unblock the reader thread (it waits for a writer) so it ends.
+        let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use warp_common::preprocessing::ReadAheadReport;
 
+use crate::exec::CancelFlag;
 use crate::state::lock;
 
 /// Chunk size of the reads.
@@ -128,16 +129,18 @@ impl ReadAhead {
     }
 
     /// Waits for the current read-ahead to end, at most `limit` (a read hung on a file system
-    /// must not hold the worker for ever). Returns the time waited and how many of its files
-    /// are still unread (0 once it has ended).
-    pub fn wait_up_to(&mut self, limit: Duration) -> (Duration, usize) {
+    /// must not hold the worker for ever) and no longer than until `cancel` is set. Returns the
+    /// time waited and how many of its files are still unread (0 once it has ended).
+    pub fn wait_up_to(&mut self, limit: Duration, cancel: &CancelFlag) -> (Duration, usize) {
         let start = Instant::now();
         let Some(h) = &self.thread else {
             return (Duration::ZERO, 0);
         };
         let mut step = Duration::from_micros(200);
         while !h.is_finished() && start.elapsed() < limit {
-            std::thread::sleep(step.min(limit.saturating_sub(start.elapsed())));
+            if cancel.wait_timeout(step.min(limit.saturating_sub(start.elapsed()))) {
+                break;
+            }
             step = (step * 2).min(Duration::from_millis(10));
         }
         if h.is_finished() {
@@ -281,7 +284,7 @@ mod tests {
                 std::fs::write(&f, vec![1u8; 1000]).unwrap();
             })
         };
-        let (waited, pending) = ra.wait_up_to(Duration::from_secs(20));
+        let (waited, pending) = ra.wait_up_to(Duration::from_secs(20), &CancelFlag::new());
         writer.join().unwrap();
         assert_eq!(pending, 0);
         assert!(waited >= Duration::from_millis(150), "{waited:?}");
@@ -290,7 +293,7 @@ mod tests {
         // No writer: the wait gives up at its limit and says one file is pending.
         let g = fifo("hung.fifo");
         ra.start(std::slice::from_ref(&g));
-        let (waited, pending) = ra.wait_up_to(Duration::from_millis(100));
+        let (waited, pending) = ra.wait_up_to(Duration::from_millis(100), &CancelFlag::new());
         assert_eq!(pending, 1);
         assert!(waited < Duration::from_secs(5), "{waited:?}");
         // Unblock the reader thread so it ends.
