@@ -394,6 +394,35 @@ impl Shared {
     }
 }
 
+/// Raises this process's soft limit of open files to its hard limit, once: every connection
+/// (a worker's poll, a client) holds a descriptor, and distributions default the soft limit to
+/// 1,024 while the hard one is often far higher.
+fn raise_open_file_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return;
+            }
+            if lim.rlim_cur < lim.rlim_max {
+                let before = lim.rlim_cur;
+                lim.rlim_cur = lim.rlim_max;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                    log::info!(
+                        "open files: soft limit raised from {before} to {}",
+                        lim.rlim_max
+                    );
+                }
+            }
+        }
+    });
+}
+
 /// A running controller. Dropping it shuts it down.
 pub struct Controller {
     shared: Arc<Shared>,
@@ -405,6 +434,7 @@ pub struct Controller {
 impl Controller {
     /// Binds and starts serving. Fails if the address cannot be bound.
     pub fn start(cfg: ControllerConfig) -> Result<Controller, String> {
+        raise_open_file_limit();
         let addr = format!("{}:{}", cfg.bind, cfg.port);
         let server = tiny_http::Server::http(&addr).map_err(|e| {
             format!("cannot listen on {addr}: {e} (is the port in use? try --port 0)")

@@ -885,3 +885,62 @@ fn idle_exit_deregisters_and_exits_0() {
         "deregistered, not just silent"
     );
 }
+
+/// Issue 16, row 3: with the descriptors used up by idle connections, `accept` failed with
+/// EMFILE and tiny_http's accept loop ended, so the port refused every connection for the rest
+/// of the process's life. Now it backs off and goes on once the connections are gone. The
+/// controller runs with soft = hard = 64 open files, so it cannot raise its limit out of reach.
+#[test]
+fn too_many_open_files_does_not_end_the_accept_loop() {
+    let tmp = TempDir::new("emfile");
+    let dir = tmp.path();
+    let port_file = dir.join("port");
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 64 && exec \"$0\" \"$@\"")
+        .arg(warp_tests::bin("warp-controller"))
+        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--port-file"])
+        .arg(&port_file)
+        .arg("--token-file")
+        .arg(dir.join("token"))
+        .stdout(std::process::Stdio::null());
+    let proc = warp_tests::Proc::spawn(cmd, "warp-controller serve (64 files)", dir.join("c.log"));
+    let port: u16 = wait_for(Duration::from_secs(20), "the port file", || {
+        std::fs::read_to_string(&port_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    });
+    let addr = format!("127.0.0.1:{port}");
+    let health = |timeout: Duration| {
+        ureq::AgentBuilder::new()
+            .try_proxy_from_env(false)
+            .timeout(timeout)
+            .build()
+            .get(&format!("http://{addr}/api/health"))
+            .call()
+            .map(|r| r.status())
+    };
+    assert_eq!(health(Duration::from_secs(5)).unwrap(), 200);
+    // More idle connections than descriptors: the accept loop runs out.
+    let idle: Vec<std::net::TcpStream> = (0..100)
+        .filter_map(|_| std::net::TcpStream::connect(&addr).ok())
+        .collect();
+    assert!(idle.len() > 64, "only {} connections", idle.len());
+    wait_for(
+        Duration::from_secs(10),
+        "an accept error in the log",
+        || {
+            proc.stderr()
+                .contains("cannot accept a connection")
+                .then_some(())
+        },
+    );
+    drop(idle);
+    // The attackers are gone: the controller answers again.
+    let back = wait_for(Duration::from_secs(20), "health to answer again", || {
+        health(Duration::from_secs(2)).ok()
+    });
+    assert_eq!(back, 200, "{}", proc.stderr());
+}

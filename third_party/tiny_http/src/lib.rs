@@ -293,11 +293,12 @@ impl Server {
             let tasks_pool = util::TaskPool::new();
 
             log::debug!("Running accept thread");
+            let mut accept_backoff = std::time::Duration::ZERO;
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
+                        let halves = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
@@ -313,8 +314,11 @@ impl Server {
                             #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
                             Some(ref _ssl) => unreachable!(),
                         };
-
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        // warp patch: splitting the socket needs a second descriptor; without
+                        // one the connection is dropped like a failed accept.
+                        halves.map(|(read_closable, write_closable)| {
+                            ClientConnection::new(write_closable, read_closable)
+                        })
                     }
                     Err(e) => Err(e),
                 };
@@ -341,11 +345,27 @@ impl Server {
                         }));
                     }
 
+                    // warp patch: an accept error (out of file descriptors, a connection
+                    // reset before it was accepted) ended this loop, so the port refused
+                    // every connection for the rest of the process's life. Log once per
+                    // run of errors, back off (10 ms doubling to 1 s) and go on.
                     Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
+                        if accept_backoff.is_zero() {
+                            log::error!(
+                                "cannot accept a connection: {} (backing off; new connections wait)",
+                                e
+                            );
+                        }
+                        accept_backoff = (accept_backoff * 2)
+                            .max(std::time::Duration::from_millis(10))
+                            .min(std::time::Duration::from_secs(1));
+                        thread::sleep(accept_backoff);
+                        continue;
                     }
+                }
+                if !accept_backoff.is_zero() {
+                    log::warn!("accepting connections again");
+                    accept_backoff = std::time::Duration::ZERO;
                 }
             }
             log::debug!("Terminating accept thread");
