@@ -944,3 +944,61 @@ fn too_many_open_files_does_not_end_the_accept_loop() {
     });
     assert_eq!(back, 200, "{}", proc.stderr());
 }
+
+/// Issue 16, row 4: request lines and headers had no limit (one 512 MiB header line took
+/// 509 MiB). Now a request line over 8 KiB gets 414, a header section over 16 KiB or 100
+/// lines gets 431, and the connection is closed without reading the rest.
+#[test]
+fn huge_header_lines_get_431_and_cost_no_memory() {
+    use std::io::{Read, Write};
+    let tmp = TempDir::new("headers");
+    let c = ControllerProc::start(tmp.path(), 0, &[]);
+    let addr = format!("127.0.0.1:{}", c.port);
+    let rss_before = warp_tests::rss_kib(c.proc.pid()).unwrap();
+    // What the server answers to `head` when it has read all of it.
+    let answer = |head: Vec<u8>| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&head).unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        reply
+    };
+    // The line that crosses the limit is the last thing sent: the server reads all of it.
+    let mut big = b"GET /api/health HTTP/1.1\r\nX-Big: ".to_vec();
+    big.resize(26 + 16 * 1024 + 1, b'a');
+    let reply = answer(big);
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply:?}");
+    let mut line = b"GET /api/health?".to_vec();
+    line.resize(8 * 1024 + 1, b'a');
+    let reply = answer(line);
+    assert!(reply.starts_with("HTTP/1.1 414"), "{reply:?}");
+    let mut many = b"GET /api/health HTTP/1.1\r\n".to_vec();
+    for i in 0..101 {
+        many.extend(format!("X-{i}: 1\r\n").as_bytes());
+    }
+    let reply = answer(many);
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply:?}");
+    // 256 MiB of one header line: the server stops reading after 16 KiB.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET /api/health HTTP/1.1\r\nX-Huge: ")
+        .unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    let mut sent = 0usize;
+    while sent < 256 << 20 && s.write_all(&chunk).is_ok() {
+        sent += chunk.len();
+    }
+    assert!(sent < 256 << 20, "the server read all {sent} bytes");
+    let rss_after = warp_tests::rss_kib(c.proc.pid()).unwrap();
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "RSS {rss_before} -> {rss_after} KiB"
+    );
+    let health = ureq::AgentBuilder::new()
+        .try_proxy_from_env(false)
+        .build()
+        .get(&format!("{}/api/health", c.url))
+        .call()
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}

@@ -40,11 +40,20 @@ pub struct ClientConnection {
 #[derive(Debug)]
 enum ReadError {
     WrongRequestLine,
+    /// warp patch: the request line or the header section is over its limit.
+    TooLarge(u16),
     WrongHeader(HTTPVersion),
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
 }
+
+/// warp patch: longest request line, in bytes (answered 414 beyond).
+pub const MAX_REQUEST_LINE: usize = 8 * 1024;
+/// warp patch: most bytes of all header lines together (answered 431 beyond).
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// warp patch: most header lines (answered 431 beyond).
+pub const MAX_HEADERS: usize = 100;
 
 impl ClientConnection {
     /// Creates a new `ClientConnection` that takes ownership of the `TcpStream`.
@@ -77,11 +86,16 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    /// warp patch: reads at most `limit` bytes; a longer line is `Ok(None)` (it was unbounded:
+    /// one 512 MiB header line took 512 MiB of memory).
+    fn read_next_line(&mut self, limit: usize) -> IoResult<Option<AsciiString>> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
         loop {
+            if buf.len() > limit {
+                return Ok(None);
+            }
             let byte = self.next_header_source.by_ref().bytes().next();
 
             let byte = match byte {
@@ -92,6 +106,7 @@ impl ClientConnection {
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
                 return AsciiString::from_ascii(buf)
+                    .map(Some)
                     .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
             }
 
@@ -107,7 +122,10 @@ impl ClientConnection {
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self
+                    .read_next_line(MAX_REQUEST_LINE)
+                    .map_err(ReadError::ReadIoError)?
+                    .ok_or(ReadError::TooLarge(414))?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -117,12 +135,19 @@ impl ClientConnection {
             // getting all headers
             let headers = {
                 let mut headers = Vec::new();
+                let mut header_bytes = 0;
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
-
+                    let line = self
+                        .read_next_line(MAX_HEADER_BYTES - header_bytes)
+                        .map_err(ReadError::ReadIoError)?
+                        .ok_or(ReadError::TooLarge(431))?;
                     if line.is_empty() {
                         break;
                     };
+                    header_bytes += line.len() + 2;
+                    if header_bytes > MAX_HEADER_BYTES || headers.len() >= MAX_HEADERS {
+                        return Err(ReadError::TooLarge(431));
+                    }
                     headers.push(match FromStr::from_str(line.as_str().trim()) {
                         // TODO: remove this conversion
                         Ok(h) => h,
@@ -193,6 +218,15 @@ impl Iterator for ClientConnection {
                         .ok();
                     return None; // we don't know where the next request would start,
                                  // se we have to close
+                }
+
+                Err(ReadError::TooLarge(code)) => {
+                    let writer = self.sink.next().unwrap();
+                    let response = Response::new_empty(StatusCode(code));
+                    response
+                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                        .ok();
+                    return None; // the rest of the request is not read: close
                 }
 
                 Err(ReadError::WrongHeader(ver)) => {
