@@ -20,6 +20,47 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Version of this build (all crates of the workspace share it).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Longest hostname a worker may register with, bytes (DNS names are at most 253).
+pub const MAX_HOSTNAME: usize = 255;
+/// Longest task label, bytes.
+pub const MAX_LABEL: usize = 256;
+/// Longest deregistration reason or progress message kept, bytes (longer ones are cut).
+pub const MAX_REASON: usize = 1024;
+/// Longest task error kept, bytes (longer ones are cut).
+pub const MAX_ERROR: usize = 64 * 1024;
+
+/// `s` cut to at most `max` bytes at a character boundary, with a note of what was cut.
+pub fn cap(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes)", &s[..end], s.len() - end)
+}
+
+/// `s` for one log line: control characters escaped (`\n`, `\u{1b}`), so text a client sent
+/// cannot forge log lines, and cut to `max` bytes.
+pub fn for_log(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max) + 8);
+    for (i, c) in s.char_indices() {
+        if out.len() >= max {
+            out += &format!("… ({} more bytes)", s.len() - i);
+            break;
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out += &format!("\\u{{{:x}}}", c as u32),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Parses a duration in seconds as given on a command line ("30", "0.5", "1e-3").
 ///
 /// Fractions are accepted so tests can shrink every interval to milliseconds. Negative, NaN and
@@ -81,6 +122,20 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_text_cannot_forge_lines_and_is_capped() {
+        assert_eq!(
+            for_log("a\nFORGED\r\t\u{1b}[31m", 100),
+            "a\\nFORGED\\r\\t\\u{1b}[31m"
+        );
+        let long = "é".repeat(1000);
+        let cut = for_log(&long, 10);
+        assert_eq!(cut, "ééééé… (1990 more bytes)");
+        assert_eq!(cap("short", 10), "short");
+        let c = cap(&long, 5);
+        assert!(c.starts_with("éé…") && c.contains("1996 more bytes"), "{c}");
+    }
 
     #[test]
     fn seconds_accept_fractions_and_refuse_nonsense() {

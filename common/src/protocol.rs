@@ -343,6 +343,15 @@ impl TaskSpec {
         if self.max_attempts == Some(0) {
             return Err("max_attempts must be at least 1".into());
         }
+        if let Some(l) = &self.label
+            && l.len() > crate::MAX_LABEL
+        {
+            return Err(format!(
+                "label is {} bytes; at most {} are kept",
+                l.len(),
+                crate::MAX_LABEL
+            ));
+        }
         if let Some(t) = self.timeout_s
             && (!t.is_finite() || t <= 0.0 || t > crate::commands::MAX_TIMEOUT_S)
         {

@@ -9,11 +9,11 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use warp_common::PROTOCOL_VERSION;
 use warp_common::protocol::{
     ApiErrorBody, BatchSubmit, BatchSubmitResponse, DeregisterRequest, HeartbeatRequest,
     RegisterRequest, RegisterResponse, StatusUpdate, SubmitResponse, TaskSpec, TaskState, WorkerId,
 };
+use warp_common::{MAX_ERROR, MAX_HOSTNAME, MAX_REASON, PROTOCOL_VERSION};
 
 use crate::auth;
 use crate::core::{CoreError, Event, Reply as CoreReply};
@@ -501,12 +501,13 @@ fn register(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
             ),
         ));
     }
+    check_registration(&req)?;
     let id = uuid::Uuid::new_v4();
     let token = auth::random_token()
         .map_err(|e| ApiError::new(500, "internal", format!("cannot make a token: {e}")))?;
     log::info!(
         "worker {id} registered: host {} device {} pid {:?}",
-        req.hostname,
+        warp_common::for_log(&req.hostname, MAX_HOSTNAME),
         req.device,
         req.pid
     );
@@ -531,6 +532,36 @@ fn register(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
             controller_version: warp_common::VERSION.to_string(),
         },
     )
+}
+
+/// Refuses registrations whose strings would be stored without bound (each worker's hostname is
+/// copied into every attempt record it makes).
+fn check_registration(req: &RegisterRequest) -> Result<(), ApiError> {
+    let too_long = |what: &str, s: &str, max: usize| {
+        (s.len() > max).then(|| {
+            ApiError::invalid(format!(
+                "{what} is {} bytes; at most {max} are accepted",
+                s.len()
+            ))
+        })
+    };
+    let caps = &req.capabilities;
+    let checks = [
+        too_long("hostname", &req.hostname, MAX_HOSTNAME),
+        too_long("worker_version", &req.worker_version, 64),
+        too_long("spawn_id", req.spawn_id.as_deref().unwrap_or(""), 128),
+        too_long(
+            "capabilities.gpu.name",
+            caps.gpu.as_ref().map_or("", |g| g.name.as_str()),
+            256,
+        ),
+        (caps.commands.len() > 256 || caps.commands.iter().any(|c| c.len() > 64))
+            .then(|| ApiError::invalid("capabilities.commands: at most 256 names of 64 bytes")),
+    ];
+    match checks.into_iter().flatten().next() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 fn poll(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
@@ -589,6 +620,13 @@ fn heartbeat(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
 
 fn status(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     let mut update: StatusUpdate = call.body()?;
+    // Kept for the task's lifetime: bounded.
+    if let Some(e) = &mut update.error {
+        *e = warp_common::cap(e, MAX_ERROR);
+    }
+    if let Some(m) = update.progress.as_mut().and_then(|p| p.message.as_mut()) {
+        *m = warp_common::cap(m, MAX_REASON);
+    }
     let task = call.uuid_param(1, "task")?;
     let (mut inner, worker) = call.lock_worker(s)?;
     ship_console(
@@ -618,15 +656,12 @@ fn deregister(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
         call.body()?
     };
     let (inner, worker) = call.lock_worker(s)?;
-    log::info!("worker {worker} deregisters: {}", req.reason);
-    apply_and_flush(
-        s,
-        inner,
-        Event::Deregister {
-            worker,
-            reason: req.reason,
-        },
-    )?;
+    let reason = warp_common::cap(&req.reason, MAX_REASON);
+    log::info!(
+        "worker {worker} deregisters: {}",
+        warp_common::for_log(&reason, MAX_REASON)
+    );
+    apply_and_flush(s, inner, Event::Deregister { worker, reason })?;
     json(200, &serde_json::json!({"ok": true}))
 }
 

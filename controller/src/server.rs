@@ -305,7 +305,7 @@ impl Shared {
                 if detail.state == TaskState::Failed {
                     log::info!(
                         "task {task} failed for good: {}",
-                        detail.error.as_deref().unwrap_or("")
+                        warp_common::for_log(detail.error.as_deref().unwrap_or(""), 2048)
                     );
                 }
                 for w in waiters {
@@ -329,7 +329,10 @@ impl Shared {
                 inner.subscribers.retain(|s| s.send(e.clone()).is_ok());
             }
             Decision::WorkerLost { worker, reason } => {
-                log::warn!("worker {worker} lost: {reason}");
+                log::warn!(
+                    "worker {worker} lost: {}",
+                    warp_common::for_log(&reason, warp_common::MAX_REASON)
+                );
                 let e = WorkerEvent::Lost { worker, reason };
                 inner.subscribers.retain(|s| s.send(e.clone()).is_ok());
             }

@@ -1002,3 +1002,65 @@ fn huge_header_lines_get_431_and_cost_no_memory() {
         .unwrap();
     assert_eq!(health.status(), 200);
 }
+
+/// Issue 16, row 7: a 1 MiB hostname was copied into every attempt record (300 tasks: RSS
+/// 6 → 307 MiB) and logged whole; newlines in a hostname or a deregistration reason forged
+/// log lines. Now over-long strings are refused (or cut, for free text) and logged escaped.
+#[test]
+fn hostile_hostnames_and_reasons_are_capped_and_escaped() {
+    let dir = TempDir::new("hostile-strings");
+    let c = ControllerProc::start(dir.path(), 0, FAST);
+    let agent = ureq_agent();
+    let register = |hostname: &str| {
+        agent
+            .post(&format!("{}/api/workers/register", c.url))
+            .set("Authorization", &format!("Bearer {}", c.token))
+            .send_json(json!({
+                "protocol_version": warp_common::PROTOCOL_VERSION,
+                "device": 0,
+                "hostname": hostname,
+            }))
+    };
+    let (code, body) = status_of(register(&"h".repeat(1 << 20)).unwrap_err());
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("hostname"),
+        "{body}"
+    );
+    let ok: Value = register("evil\nFORGED worker registered: host root")
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let (id, wtoken) = (
+        ok["worker_id"].as_str().unwrap(),
+        ok["token"].as_str().unwrap(),
+    );
+    // A label over the cap is refused at submission.
+    let mut spec = TaskSpec::new(vec![Command::Sleep { ms: 1 }]);
+    spec.label = Some("l".repeat(10_000));
+    assert!(c.client().submit(&spec).is_err());
+    // A reason of 1 MiB with a forged line in it: cut and escaped.
+    let reason = format!("bye\n[fake] controller compromised{}", "x".repeat(1 << 20));
+    agent
+        .post(&format!("{}/api/workers/{id}/deregister", c.url))
+        .set("Authorization", &format!("Bearer {wtoken}"))
+        .send_json(json!({ "reason": reason }))
+        .unwrap();
+    let log = wait_for(
+        Duration::from_secs(5),
+        "the deregistration in the log",
+        || {
+            let log = c.proc.stderr();
+            log.contains("deregisters").then_some(log)
+        },
+    );
+    assert!(log.contains("evil\\nFORGED"), "{log}");
+    assert!(log.contains("bye\\n[fake]"), "{log}");
+    for line in log.lines() {
+        assert!(
+            !line.starts_with("FORGED") && !line.starts_with("[fake]"),
+            "forged line: {line}"
+        );
+        assert!(line.len() < 8 * 1024, "a log line of {} bytes", line.len());
+    }
+}
