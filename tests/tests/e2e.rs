@@ -1064,3 +1064,42 @@ fn hostile_hostnames_and_reasons_are_capped_and_escaped() {
         assert!(line.len() < 8 * 1024, "a log line of {} bytes", line.len());
     }
 }
+
+/// Issue 16, row 8: a worker gave up after 10 failed calls (about 61 s), so a slow controller
+/// restart drained a whole SLURM fleet. Now it keeps trying for `--reconnect-for` (30 min by
+/// default): here far more than 10 failed calls in 2 s do not make it leave, and once the
+/// budget is spent it exits 1 saying for how long it tried.
+#[test]
+fn controller_outage_is_tolerated_by_time_not_by_count() {
+    let dir = TempDir::new("outage");
+    let c = ControllerProc::start(dir.path(), 0, FAST);
+    let port = c.port;
+    let mut args = vec!["--backoff-base", "0.01", "--backoff-max", "0.05"];
+    args.extend(["--reconnect-for", "4"]);
+    let mut w = start_worker(dir.path(), &c.url, &c.token, 0, &args);
+    wait_workers(&c, 1);
+    drop(c); // SIGKILL
+    std::thread::sleep(Duration::from_secs(2));
+    let failed_calls = w.stderr().matches("failed (").count();
+    assert!(
+        failed_calls > 10,
+        "only {failed_calls} failed calls:\n{}",
+        w.stderr()
+    );
+    assert!(
+        w.wait_exit(Duration::ZERO).is_none(),
+        "the worker left during the outage:\n{}",
+        w.stderr()
+    );
+    // Back within the budget: the same worker process registers again.
+    let c2 = ControllerProc::start(dir.path(), port, FAST);
+    let again = wait_workers(&c2, 1);
+    assert_eq!(again[0].pid, Some(w.pid()));
+    // Away for good: it exits 1 once the budget is spent, naming it.
+    let t = Instant::now();
+    drop(c2);
+    let code = w.wait_exit(Duration::from_secs(20)).expect("worker exits");
+    assert_eq!(code, Some(1), "{}", w.stderr());
+    assert!(t.elapsed() >= Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(w.stderr().contains("--reconnect-for"), "{}", w.stderr());
+}

@@ -13,8 +13,10 @@ use warp_kernels::backend::BackendChoice;
 
 /// Default `--register-retries`.
 pub const DEFAULT_REGISTER_RETRIES: u32 = 5;
-/// Default `--reconnect-retries`.
-pub const DEFAULT_RECONNECT_RETRIES: u32 = 10;
+/// Default `--reconnect-for`: how long a worker keeps trying a controller that went away (a
+/// worker under SLURM keeps its allocation that long; a slow controller restart must not drain
+/// a whole fleet).
+pub const DEFAULT_RECONNECT_FOR: Duration = Duration::from_secs(30 * 60);
 /// Default `--backoff-base`.
 pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(500);
 /// Default `--backoff-max`.
@@ -73,8 +75,11 @@ pub struct PullConfig {
     pub poll_timeout_margin: Duration,
     /// Registration retries after the first attempt.
     pub register_retries: u32,
-    /// Consecutive failed calls tolerated before giving up on the controller.
-    pub reconnect_retries: u32,
+    /// How long the controller may stay unreachable (failed calls in a row) before the worker
+    /// gives up and exits 1.
+    pub reconnect_for: Duration,
+    /// Also give up after this many failed calls in a row (none by default: time decides).
+    pub reconnect_retries: Option<u32>,
     /// First backoff step.
     pub backoff_base: Duration,
     /// Largest backoff step.
@@ -106,7 +111,8 @@ impl PullConfig {
             heartbeat_interval: None,
             poll_timeout_margin: DEFAULT_POLL_MARGIN,
             register_retries: DEFAULT_REGISTER_RETRIES,
-            reconnect_retries: DEFAULT_RECONNECT_RETRIES,
+            reconnect_for: DEFAULT_RECONNECT_FOR,
+            reconnect_retries: None,
             backoff_base: DEFAULT_BACKOFF_BASE,
             backoff_max: DEFAULT_BACKOFF_MAX,
             running_report_delay: DEFAULT_RUNNING_REPORT_DELAY,
@@ -123,7 +129,7 @@ impl std::fmt::Debug for PullConfig {
         write!(
             f,
             "controller={} device={} hostname={} proxy={} heartbeat_interval={} \
-             poll_timeout_margin={:?} register_retries={} reconnect_retries={} backoff={:?}..{:?} \
+             poll_timeout_margin={:?} register_retries={} reconnect_for={:?} reconnect_retries={:?} backoff={:?}..{:?} \
              running_report_delay={:?} idle_exit={:?} spawn_id={} silent={} token=<{} bytes>",
             self.controller,
             self.device,
@@ -136,6 +142,7 @@ impl std::fmt::Debug for PullConfig {
                 .map_or("controller's".into(), |d| format!("{d:?}")),
             self.poll_timeout_margin,
             self.register_retries,
+            self.reconnect_for,
             self.reconnect_retries,
             self.backoff_base,
             self.backoff_max,
@@ -261,8 +268,14 @@ fn options() -> getopts::Options {
     )
     .optopt(
         "",
+        "reconnect-for",
+        "keep trying a controller that went away this long before exit 1 (default 1800)",
+        "S",
+    )
+    .optopt(
+        "",
         "reconnect-retries",
-        "consecutive failed calls before exit (default 10)",
+        "also exit after N failed calls in a row (default: no count, --reconnect-for decides)",
         "N",
     )
     .optopt("", "backoff-base", "first backoff step (default 0.5)", "S")
@@ -413,6 +426,7 @@ pub fn parse_args(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Resu
         "heartbeat-interval",
         "poll-timeout-margin",
         "register-retries",
+        "reconnect-for",
         "reconnect-retries",
         "backoff-base",
         "backoff-max",
@@ -480,7 +494,11 @@ pub fn parse_args(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Resu
     }
     c.poll_timeout_margin = seconds(&m, "poll-timeout-margin")?.unwrap_or(DEFAULT_POLL_MARGIN);
     c.register_retries = number(&m, "register-retries")?.unwrap_or(DEFAULT_REGISTER_RETRIES);
-    c.reconnect_retries = number(&m, "reconnect-retries")?.unwrap_or(DEFAULT_RECONNECT_RETRIES);
+    c.reconnect_for = seconds(&m, "reconnect-for")?.unwrap_or(DEFAULT_RECONNECT_FOR);
+    c.reconnect_retries = number(&m, "reconnect-retries")?;
+    if c.reconnect_retries == Some(0) {
+        return Err("--reconnect-retries must be at least 1".into());
+    }
     c.backoff_base = seconds(&m, "backoff-base")?.unwrap_or(DEFAULT_BACKOFF_BASE);
     c.backoff_max = seconds(&m, "backoff-max")?.unwrap_or(DEFAULT_BACKOFF_MAX);
     c.running_report_delay =

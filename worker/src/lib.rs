@@ -81,6 +81,8 @@ pub enum WorkerError {
         controller: String,
         /// Consecutive failed calls.
         attempts: u32,
+        /// How long the calls kept failing.
+        for_s: f64,
         /// The last call's error.
         last_error: String,
     },
@@ -133,10 +135,11 @@ impl std::fmt::Display for WorkerError {
             WorkerError::ControllerLost {
                 controller,
                 attempts,
+                for_s,
                 last_error,
             } => write!(
                 f,
-                "lost the controller at {controller} after {attempts} attempts: {last_error}"
+                "lost the controller at {controller}: {attempts} failed calls over {for_s:.1} s                  (--reconnect-for): {last_error}"
             ),
             WorkerError::Io { what, error } => write!(f, "{what}: {error}"),
             WorkerError::Unhealthy(reason) => write!(

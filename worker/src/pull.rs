@@ -8,8 +8,8 @@
 //!   │           │ 200    │                                │
 //!   │           ▼        │                                │
 //!   │  ┌──► execute      │  every failed call: backoff,   │
-//!   │  │        │        │  then retry; after N in a row: │
-//!   │  │        ▼        │  exit 1 (controller lost)      │
+//!   │  │        │        │  then retry; failing for       │
+//!   │  │        ▼        │  --reconnect-for: exit 1       │
 //!   │  └─ status(want_next) returns a task                │
 //!   └────── status returns none ──────────────────────────┘
 //! ```
@@ -72,6 +72,7 @@ pub fn run_pull_with(cfg: PullConfig, exec: Executor) -> Result<(), WorkerError>
         sh: sh.clone(),
         exec,
         failures: 0,
+        outage_since: None,
         poll_hold: Duration::from_secs(30),
         rng: Rng::new(),
     };
@@ -155,6 +156,8 @@ struct Worker {
     exec: Executor,
     /// Consecutive failed calls.
     failures: u32,
+    /// When the current run of failed calls began.
+    outage_since: Option<Instant>,
     /// The controller's poll hold, from registration.
     poll_hold: Duration,
     rng: Rng,
@@ -162,7 +165,7 @@ struct Worker {
 
 impl Worker {
     fn run(&mut self) -> Result<(), WorkerError> {
-        if !self.register(self.sh.cfg.register_retries, true)? {
+        if !self.register(true)? {
             return Ok(());
         }
         let mut next: Option<Incoming> = None;
@@ -178,7 +181,7 @@ impl Worker {
                         r.lease
                     );
                 }
-                if !self.register(self.sh.cfg.reconnect_retries, false)? {
+                if !self.register(false)? {
                     return Ok(());
                 }
                 next = None;
@@ -191,7 +194,7 @@ impl Worker {
                     .map(|s| self.sh.client.status(&s, id, &report))
                 {
                     Some(Ok(reply)) => {
-                        self.failures = 0;
+                        self.reached();
                         if !reply.accepted {
                             debug!("controller did not record the report of task {id}");
                         }
@@ -248,8 +251,12 @@ impl Worker {
 
     /// Registers (again), retrying unreachable controllers `retries` times. `Ok(false)` when a
     /// stop came first.
-    fn register(&mut self, retries: u32, first: bool) -> Result<bool, WorkerError> {
-        let cfg = &self.sh.cfg;
+    /// Registers: the first time with `--register-retries` retries, again (the controller
+    /// forgot this worker or restarted) for as long as the outage budget lasts.
+    fn register(&mut self, first: bool) -> Result<bool, WorkerError> {
+        let sh = self.sh.clone();
+        let cfg = &sh.cfg;
+        let retries = cfg.register_retries;
         let controller = cfg.controller.clone();
         let body = RegisterRequest {
             protocol_version: PROTOCOL_VERSION,
@@ -290,6 +297,7 @@ impl Worker {
                         r.poll_hold_ms
                     );
                     self.sh.set_session(Session::new(r.worker_id, &r.token), hb);
+                    self.reached();
                     return Ok(true);
                 }
                 Err(CallError::Refused { code, message, .. })
@@ -316,20 +324,31 @@ impl Worker {
                 }
                 Err(CallError::Unavailable(e)) => e,
             };
-            if attempt >= retries {
-                let attempts = attempt + 1;
-                return Err(WorkerError::RegistrationFailed {
-                    controller,
-                    attempts,
-                    last_error,
-                });
-            }
-            let delay = self.rng.backoff(attempt, cfg);
-            warn!(
-                "registration with {controller} failed (attempt {}/{}): {last_error}; retrying in {delay:.2?}",
-                attempt + 1,
-                retries + 1
-            );
+            let delay = if first {
+                if attempt >= retries {
+                    let attempts = attempt + 1;
+                    return Err(WorkerError::RegistrationFailed {
+                        controller,
+                        attempts,
+                        last_error,
+                    });
+                }
+                let delay = self.rng.backoff(attempt, cfg);
+                warn!(
+                    "registration with {controller} failed (attempt {}/{}): {last_error}; retrying in {delay:.2?}",
+                    attempt + 1,
+                    retries + 1
+                );
+                delay
+            } else {
+                self.count_failure(&last_error)?;
+                let delay = self.rng.backoff(self.failures - 1, cfg);
+                warn!(
+                    "registering again with {controller} failed ({}): {last_error}; retrying in {delay:.2?}",
+                    self.outage()
+                );
+                delay
+            };
             attempt += 1;
             if cfg.stop.wait_timeout(delay) {
                 return Ok(false);
@@ -346,7 +365,7 @@ impl Worker {
         let timeout = self.poll_hold + self.sh.cfg.poll_timeout_margin;
         match self.sh.client.poll(&s, timeout) {
             Ok(t) => {
-                self.failures = 0;
+                self.reached();
                 Ok(t)
             }
             Err(_) if self.sh.stopping() => Ok(None),
@@ -362,10 +381,44 @@ impl Worker {
         }
     }
 
-    /// Counts a failed call and decides what follows; backs off before a retry. Fails when
-    /// the controller stayed unreachable for `--reconnect-retries` calls in a row.
-    fn handle(&mut self, what: &str, e: &CallError) -> Result<Handling, WorkerError> {
+    /// A call reached the controller: the outage, if any, is over.
+    fn reached(&mut self) {
+        self.failures = 0;
+        self.outage_since = None;
+    }
+
+    /// Counts a failed call of an outage; an error once the outage has lasted
+    /// `--reconnect-for` (or `--reconnect-retries` calls, when given).
+    fn count_failure(&mut self, last_error: &str) -> Result<(), WorkerError> {
         let cfg = &self.sh.cfg;
+        self.failures += 1;
+        let since = *self.outage_since.get_or_insert_with(Instant::now);
+        let over_time = since.elapsed() >= cfg.reconnect_for;
+        let over_count = cfg.reconnect_retries.is_some_and(|n| self.failures >= n);
+        if over_time || over_count {
+            return Err(WorkerError::ControllerLost {
+                controller: cfg.controller.clone(),
+                attempts: self.failures,
+                for_s: since.elapsed().as_secs_f64(),
+                last_error: last_error.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// What the log says of the outage so far.
+    fn outage(&self) -> String {
+        let for_s = self.outage_since.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        format!(
+            "{} in a row over {for_s:.1} s; giving up after {:.0} s",
+            self.failures,
+            self.sh.cfg.reconnect_for.as_secs_f64()
+        )
+    }
+
+    /// Counts a failed call and decides what follows; backs off before a retry. Fails when
+    /// the controller stayed unreachable for `--reconnect-for` (module docs).
+    fn handle(&mut self, what: &str, e: &CallError) -> Result<Handling, WorkerError> {
         if e.status() == Some(409) || e.code() == Some("stale_lease") {
             return Ok(Handling::Stale);
         }
@@ -373,14 +426,8 @@ impl Worker {
         if !forgotten && e.status().is_some() {
             return Ok(Handling::Refused);
         }
-        self.failures += 1;
-        if self.failures >= cfg.reconnect_retries.max(1) {
-            return Err(WorkerError::ControllerLost {
-                controller: cfg.controller.clone(),
-                attempts: self.failures,
-                last_error: e.to_string(),
-            });
-        }
+        self.count_failure(&e.to_string())?;
+        let cfg = &self.sh.cfg;
         if forgotten {
             warn!("{what}: the controller does not know this worker ({e}): registering again");
             self.sh.request_reregister();
@@ -388,8 +435,8 @@ impl Worker {
         }
         let delay = self.rng.backoff(self.failures - 1, cfg);
         warn!(
-            "{what} failed ({}/{} in a row): {e}; retrying in {delay:.2?}",
-            self.failures, cfg.reconnect_retries
+            "{what} failed ({}): {e}; retrying in {delay:.2?}",
+            self.outage()
         );
         cfg.stop.wait_timeout(delay);
         Ok(Handling::Retry)
