@@ -49,6 +49,9 @@ pub struct CoreConfig {
     pub heartbeat_interval_ms: u64,
     /// Told to workers at registration.
     pub poll_hold_ms: u64,
+    /// Finished tasks kept (readable by id, listed); older ones leave the core, oldest
+    /// finished first, and only their counts stay.
+    pub keep_finished: usize,
 }
 
 /// Everything that can change the core's state.
@@ -190,7 +193,10 @@ impl std::fmt::Display for CoreError {
                 f,
                 "unknown worker {w}: it was never registered here, has left, or the controller restarted; register again"
             ),
-            CoreError::UnknownTask(t) => write!(f, "unknown task {t}"),
+            CoreError::UnknownTask(t) => write!(
+                f,
+                "unknown task {t} (finished tasks beyond --keep-finished are not kept)"
+            ),
             CoreError::StaleLease {
                 task,
                 lease,
@@ -316,6 +322,10 @@ pub struct Core {
     /// Queued tasks kept for the worker that reads ahead for them (the inverse of
     /// `WorkerEntry::next`).
     reserved: HashMap<TaskId, WorkerId>,
+    /// Terminal tasks in the order they finished (retention evicts from the front).
+    finished_order: std::collections::VecDeque<TaskId>,
+    /// Counts of evicted tasks: completed, failed, cancelled.
+    evicted: [u64; 3],
 }
 
 impl Core {
@@ -335,6 +345,8 @@ impl Core {
             stale_refused: 0,
             decisions: Vec::new(),
             reserved: HashMap::new(),
+            finished_order: std::collections::VecDeque::new(),
+            evicted: [0; 3],
         }
     }
 
@@ -343,6 +355,9 @@ impl Core {
     pub fn apply(&mut self, now: Millis, event: Event) -> Result<Reply, CoreError> {
         // The clock never runs backwards inside the core, whatever the caller passes.
         self.now = self.now.max(now);
+        // Before the event: the decisions of earlier events (which read finished tasks) have
+        // been carried out.
+        self.evict_finished();
         match event {
             Event::Register { id, token, req } => self.on_register(id, token, req),
             Event::Poll { worker } => self.on_poll(worker),
@@ -1009,7 +1024,26 @@ impl Core {
         if error.is_some() {
             t.error = error;
         }
+        self.finished_order.push_back(task);
         self.decisions.push(Decision::Finished { task });
+    }
+
+    /// Retention: drops the oldest finished tasks beyond `keep_finished`, keeping their counts.
+    fn evict_finished(&mut self) {
+        while self.finished_order.len() > self.cfg.keep_finished {
+            let id = self
+                .finished_order
+                .pop_front()
+                .expect("longer than the bound");
+            if let Some(t) = self.tasks.remove(&id) {
+                let slot = match t.state {
+                    TaskState::Completed => 0,
+                    TaskState::Failed => 1,
+                    _ => 2,
+                };
+                self.evicted[slot] += 1;
+            }
+        }
     }
 
     // ----- queries ---------------------------------------------------------------------------
@@ -1135,6 +1169,9 @@ impl Core {
                 TaskState::Cancelled => &mut tasks.cancelled,
             } += 1;
         }
+        tasks.completed += self.evicted[0];
+        tasks.failed += self.evicted[1];
+        tasks.cancelled += self.evicted[2];
         let mut workers = WorkerCounts::default();
         for w in self.workers.values() {
             *if w.offline {
@@ -1232,6 +1269,12 @@ impl Core {
                 "{queued} tasks are queued but {queued_seen} are in queues"
             ));
         }
+        let finished: std::collections::HashSet<&TaskId> = self.finished_order.iter().collect();
+        if finished.len() != self.finished_order.len()
+            || finished.iter().any(|id| !self.tasks.contains_key(*id))
+        {
+            return Err("the finished list repeats a task or names an unknown one".into());
+        }
         for (id, t) in &self.tasks {
             let active = matches!(t.state, TaskState::Assigned | TaskState::Running);
             if active != t.lease.is_some() {
@@ -1265,6 +1308,17 @@ impl Core {
                     "task {id}: attempt {} but {} history entries",
                     t.attempt,
                     t.history.len()
+                ));
+            }
+            if t.state.is_terminal() != finished.contains(id) {
+                return Err(format!(
+                    "task {id} is {:?} but {} the finished list",
+                    t.state,
+                    if t.state.is_terminal() {
+                        "not in"
+                    } else {
+                        "in"
+                    }
                 ));
             }
             let completed = t

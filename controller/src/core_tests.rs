@@ -11,6 +11,7 @@ fn cfg() -> CoreConfig {
         max_attempts: 3,
         heartbeat_interval_ms: 100,
         poll_hold_ms: 500,
+        keep_finished: usize::MAX,
     }
 }
 
@@ -22,8 +23,11 @@ struct Sim {
 
 impl Sim {
     fn new() -> Sim {
+        Sim::with(cfg())
+    }
+    fn with(cfg: CoreConfig) -> Sim {
         Sim {
-            core: Core::new(cfg()),
+            core: Core::new(cfg),
             now: 0,
             n: 1,
         }
@@ -464,6 +468,17 @@ fn want_next_hands_out_the_next_task_in_the_status_reply() {
 /// ends in exactly one terminal state once workers stop failing.
 #[test]
 fn random_event_sequences_keep_the_invariants() {
+    random_walk(usize::MAX);
+}
+
+/// The same walk with retention: finished tasks leave the core, the invariants hold and the
+/// counts stay complete.
+#[test]
+fn random_event_sequences_keep_the_invariants_with_retention() {
+    random_walk(25);
+}
+
+fn random_walk(keep_finished: usize) {
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut next = move |n: u64| {
         rng ^= rng << 13;
@@ -471,7 +486,10 @@ fn random_event_sequences_keep_the_invariants() {
         rng ^= rng << 17;
         rng % n
     };
-    let mut s = Sim::new();
+    let mut s = Sim::with(CoreConfig {
+        keep_finished,
+        ..cfg()
+    });
     let mut reserved_seen = 0usize;
     let mut workers: Vec<WorkerId> = (0..4).map(|d| s.register(d % 2)).collect();
     let mut held: HashMap<WorkerId, Assignment> = HashMap::new();
@@ -559,13 +577,55 @@ fn random_event_sequences_keep_the_invariants() {
             break;
         }
     }
+    // One more event applies the retention of the drain's last finishes.
+    s.apply(Event::Tick).unwrap();
+    let mut kept = 0;
     for t in &tasks {
-        assert!(
-            s.state(*t).is_terminal(),
-            "task {t} ended {:?}",
-            s.state(*t)
-        );
+        // Gone from the core means finished and evicted.
+        if let Some(st) = s.core.task_state(*t) {
+            assert!(st.is_terminal(), "task {t} ended {st:?}");
+            kept += 1;
+        }
     }
+    assert!(kept <= keep_finished, "{kept} finished tasks kept");
+    let c = s.core.status(0, 0).tasks;
+    assert_eq!(
+        (c.completed + c.failed + c.cancelled) as usize,
+        tasks.len(),
+        "{c:?}"
+    );
+}
+
+/// Issue 16, row 9: finished tasks stayed in memory for the controller's lifetime. With
+/// `keep_finished`, the oldest finished leave first; a queued or running task never does.
+#[test]
+fn retention_evicts_the_oldest_finished_tasks_only() {
+    let mut s = Sim::with(CoreConfig {
+        keep_finished: 2,
+        ..cfg()
+    });
+    let w = s.register(0);
+    let running = s.submit(TaskSpec::new(vec![Command::Sleep { ms: 1 }]));
+    let a = s.poll(w).unwrap();
+    s.report(w, &a, ReportState::Running).unwrap();
+    let mut done = Vec::new();
+    for _ in 0..5 {
+        let t = s.submit(TaskSpec::new(vec![Command::Sleep { ms: 1 }]));
+        s.apply(Event::Cancel { task: t }).unwrap();
+        done.push(t);
+    }
+    s.apply(Event::Tick).unwrap();
+    assert_eq!(s.state(running), TaskState::Running);
+    let kept: Vec<bool> = done
+        .iter()
+        .map(|t| s.core.task_state(*t).is_some())
+        .collect();
+    assert_eq!(kept, [false, false, false, true, true]);
+    assert_eq!(s.core.status(0, 0).tasks.cancelled, 5);
+    assert!(matches!(
+        s.apply(Event::Cancel { task: done[0] }),
+        Err(CoreError::UnknownTask(_))
+    ));
 }
 
 /// A task that reads `movie` (a `LoadStack`), so a worker is told to read it ahead.

@@ -45,7 +45,7 @@ schemas = {
  "DeregisterRequest": obj({"reason": string}),
  "Target": {"description": "\"any\", {\"worker\": UUID} or {\"device\": N}", "oneOf": [{"type":"string","enum":["any"]}, obj({"worker": uuidt}, ["worker"]), obj({"device": i32}, ["device"])]},
  "TaskSpec": obj({"init": ref("InitPart"), "commands": {"type":"array","items":ref("Command")}, "target": ref("Target"), "priority": i32, "label": {"type":"string","maxLength":256}, "max_attempts": u64, "timeout_s": {"type":"number"}}, ["commands"]),
- "BatchSubmit": obj({"tasks": {"type":"array","items":ref("TaskSpec")}}, ["tasks"]),
+ "BatchSubmit": obj({"tasks": {"type":"array","items":ref("TaskSpec"),"maxItems":10000}}, ["tasks"]),
  "SubmitResponse": obj({"id": uuidt}, ["id"]),
  "BatchSubmitResponse": obj({"ids": {"type":"array","items":uuidt}}, ["ids"]),
  "TaskState": {"type":"string","enum":["queued","assigned","running","completed","failed","cancelled"]},

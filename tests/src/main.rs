@@ -6,6 +6,8 @@
 //! test-controller-architecture --stress   many workers, tens of thousands of tasks, random kills
 //! test-controller-architecture --bench    controller vs direct mode: throughput and latency (JSON)
 //! test-controller-architecture --bench-parked N   controller memory with N parked long-polls
+//! test-controller-architecture --bench-memory N   controller RSS with N queued, then N
+//!                                             finished tasks, and the time of one batch
 //! test-controller-architecture --bench-exec   /bin/true through the controller vs the raw
 //!                                             spawn limit, latency, controller memory (JSON)
 //! ```
@@ -51,6 +53,18 @@ fn main() -> ExitCode {
         "",
         "bench-parked",
         "controller memory with N parked long-polls, as JSON",
+        "N",
+    );
+    o.optopt(
+        "",
+        "bench-memory",
+        "controller memory with N queued and N finished tasks, as JSON",
+        "N",
+    );
+    o.optopt(
+        "",
+        "keep-finished",
+        "--bench-memory: the controller's --keep-finished (default 100000)",
         "N",
     );
     o.optflag(
@@ -111,6 +125,12 @@ fn main() -> ExitCode {
             num("workers", 8),
             num("tasks", 20_000),
             num("samples", 1000),
+        )
+    } else if m.opt_present("bench-memory") {
+        bench_memory(
+            num("bench-memory", 100_000),
+            num("keep-finished", 100_000),
+            num("workers", 2),
         )
     } else if m.opt_present("bench-exec") {
         bench_exec(num("workers", 2), num("tasks", 10_000), num("samples", 200))
@@ -466,6 +486,57 @@ fn raw_spawn_rate(workers: usize, tasks: usize) -> Result<f64, String> {
             .try_for_each(|r| r.join().expect("spawn loop"))
     })?;
     Ok((per * workers) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Issue 16's memory numbers: a `serve` process's RSS idle, with `tasks` Echo tasks queued,
+/// and after `workers` workers finished them (with `--keep-finished keep`); the wall time of
+/// each `POST /api/tasks/batch` of 10,000 (an upper bound of the time it holds the lock).
+fn bench_memory(tasks: usize, keep: usize, workers: usize) -> Check {
+    let dir = TempDir::new("bench-memory");
+    let keep_s = keep.to_string();
+    let c = ControllerProc::start(dir.path(), 0, &["--keep-finished", &keep_s]);
+    let client = c.client();
+    let pid = c.proc.pid();
+    let rss_idle = rss_kib(pid).unwrap_or(0);
+    let echo = || TaskSpec::new(vec![Command::Echo { value: Value::Null }]);
+    let mut batch_ms = Vec::new();
+    let mut ids = Vec::with_capacity(tasks);
+    let mut left = tasks;
+    while left > 0 {
+        let n = left.min(10_000);
+        let specs: Vec<_> = (0..n).map(|_| echo()).collect();
+        let t = Instant::now();
+        ids.extend(client.submit_batch(specs).map_err(|e| e.to_string())?);
+        batch_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        left -= n;
+    }
+    let rss_queued = rss_kib(pid).unwrap_or(0);
+    let _w: Vec<_> = (0..workers)
+        .map(|d| warp_tests::start_worker(dir.path(), &c.url, &c.token, d as i32, &["-s"]))
+        .collect();
+    let t = Instant::now();
+    loop {
+        let s = client.status().map_err(|e| e.to_string())?;
+        if s.tasks.completed as usize >= tasks {
+            break;
+        }
+        ensure(t.elapsed() < Duration::from_secs(1200), || {
+            format!("only {} of {tasks} done", s.tasks.completed)
+        })?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rss_finished = rss_kib(pid).unwrap_or(0);
+    batch_ms.sort_by(f64::total_cmp);
+    let report = json!({
+        "tasks": tasks, "keep_finished": keep, "workers": workers,
+        "rss_idle_kib": rss_idle, "rss_queued_kib": rss_queued, "rss_finished_kib": rss_finished,
+        "kib_per_100k_queued": ((rss_queued.saturating_sub(rss_idle)) as f64 * 100_000.0 / tasks as f64).round(),
+        "kib_per_100k_finished": ((rss_finished.saturating_sub(rss_idle)) as f64 * 100_000.0 / tasks.min(keep).max(1) as f64).round(),
+        "batch_10k_ms_p50": percentile(&batch_ms, 50.0),
+        "batch_10k_ms_max": batch_ms.last().copied().unwrap_or(0.0),
+    });
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    Ok(())
 }
 
 /// `workers` shell loops running `/bin/true` back to back (fork and exec from `sh`, the

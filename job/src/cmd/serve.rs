@@ -88,6 +88,15 @@ fn options() -> Options {
         "BYTES",
     );
     o.optopt("", "threads", "request handler threads (default 4)", "N");
+    o.optopt(
+        "",
+        "keep-finished",
+        &format!(
+            "finished tasks kept in memory, oldest finished leave first (default {})",
+            d.keep_finished
+        ),
+        "N",
+    );
     o.optflag("v", "verbose", "log debug lines (or WARP_LOG=debug)");
     o.optflag("q", "quiet", "log warnings and errors only");
     provision::options(&mut o);
@@ -112,6 +121,7 @@ impl ServeConfig {
         cfg.max_attempts = number(&m, "max-attempts", cfg.max_attempts)?;
         cfg.max_body_bytes = number(&m, "max-body", cfg.max_body_bytes)?;
         cfg.handler_threads = number(&m, "threads", cfg.handler_threads)?;
+        cfg.keep_finished = number(&m, "keep-finished", cfg.keep_finished)?;
         if cfg.max_attempts == 0 || cfg.handler_threads == 0 {
             return usage("--max-attempts and --threads must be at least 1");
         }
