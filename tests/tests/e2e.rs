@@ -1103,3 +1103,27 @@ fn controller_outage_is_tolerated_by_time_not_by_count() {
     assert!(t.elapsed() >= Duration::from_secs(3), "{:?}", t.elapsed());
     assert!(w.stderr().contains("--reconnect-for"), "{}", w.stderr());
 }
+
+/// Issue 16, row 5: an `Exec` task read the worker's token from its environment and from
+/// `/proc/$PPID/environ`. Now the worker wipes it from its own environment block once read
+/// and starts programs without any `WARP_*TOKEN` variable.
+#[test]
+fn exec_tasks_cannot_read_the_workers_token() {
+    let dir = TempDir::new("token-leak");
+    let c = ControllerProc::start(dir.path(), 0, FAST);
+    let _w = start_worker(dir.path(), &c.url, &c.token, 0, &["-s"]);
+    wait_workers(&c, 1);
+    let client = c.client();
+    let script = "env; echo ---; tr '\\0' '\\n' < /proc/$PPID/environ; echo ---; grep -c . /proc/$PPID/environ || true";
+    let id = client
+        .submit(&TaskSpec::new(vec![Command::exec(["sh", "-c", script])]))
+        .unwrap();
+    let d = client.wait(id, Some(Duration::from_secs(20))).unwrap();
+    assert_eq!(d.state, TaskState::Completed, "{:?}", d.error);
+    let out = d.result.unwrap()["results"][0]["stdout_tail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(out.contains("---"), "{out}");
+    assert!(!out.contains(&c.token), "the token leaked:\n{out}");
+}

@@ -245,6 +245,8 @@ fn run_exec(p: &ExecParams, cancel: &CancelFlag) -> Result<ExecResult, String> {
     cmd.args(&p.argv[1..])
         // The enrollment token is the worker's, not the program's.
         .env_remove("WARP_TOKEN")
+        .env_remove("WARP_ADMIN_TOKEN")
+        .env_remove("WARP_VIEW_TOKEN")
         .envs(&p.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -41,6 +41,38 @@ pub use config::{Config, DirectConfig, PullConfig};
 pub use direct::run_direct;
 pub use pull::run_pull;
 
+/// Environment variables that hold secrets: never passed to `Exec` programs, and wiped from
+/// this process once read ([`scrub_secrets`]).
+pub const SECRET_ENV: &[&str] = &["WARP_TOKEN", "WARP_ADMIN_TOKEN", "WARP_VIEW_TOKEN"];
+
+/// Once the configuration has read the token: overwrites the secrets' values in the process's
+/// original environment block (what `/proc/PID/environ` shows, even to root), removes them
+/// from the environment, and marks the process non-dumpable, so an `Exec` program (or anyone
+/// else of the same user) cannot read them from this process.
+///
+/// # Safety
+/// Call before any other thread starts: it changes the environment.
+pub unsafe fn scrub_secrets() {
+    for name in SECRET_ENV {
+        let Ok(c) = std::ffi::CString::new(*name) else {
+            continue;
+        };
+        // SAFETY: getenv returns NULL or a pointer to the value's NUL-terminated bytes, which
+        // for the initial environment lie in the block the kernel set up; overwriting them in
+        // place (same length) is what setproctitle-style code does.
+        unsafe {
+            let value = libc::getenv(c.as_ptr());
+            if !value.is_null() {
+                let len = libc::strlen(value);
+                std::ptr::write_bytes(value, b'x', len);
+            }
+            std::env::remove_var(name);
+        }
+    }
+    // SAFETY: prctl with PR_SET_DUMPABLE and plain integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+}
+
 /// Why the worker stopped with a failure. Each message says what to check.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]

@@ -6,7 +6,10 @@ use warp_worker::config::{self, Parsed};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let code = match config::parse_args(&args, &|k| std::env::var(k).ok()) {
+    let parsed = config::parse_args(&args, &|k| std::env::var(k).ok());
+    // SAFETY: no other thread runs yet; the configuration holds what it read.
+    unsafe { warp_worker::scrub_secrets() };
+    let code = match parsed {
         Ok(Parsed::Help) => {
             println!("{}", config::usage());
             0
