@@ -373,12 +373,7 @@ mod tests {
     /// later; the command returns after it.
     #[test]
     fn wait_async_tasks_waits_for_the_read_ahead() {
-        let dir = std::env::temp_dir().join(format!("warp-exec-wait-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let fifo = dir.join("next.mrc");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: mkfifo with a valid C string.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (dir, fifo) = crate::test_util::fifo("exec-wait", "next.mrc");
         let mut ex = Executor::new();
         ex.read_ahead.start(&[fifo.to_string_lossy().into_owned()]);
         let writer = {
@@ -401,12 +396,7 @@ mod tests {
     /// read-ahead hangs (here on a FIFO no writer opens).
     #[test]
     fn a_cancel_ends_wait_async_tasks_at_once() {
-        let dir = std::env::temp_dir().join(format!("warp-exec-cancel-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let fifo = dir.join("hung.mrc");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: mkfifo with a valid C string.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (dir, fifo) = crate::test_util::fifo("exec-cancel", "hung.mrc");
         let mut ex = Executor::new();
         ex.read_ahead.start(&[fifo.to_string_lossy().into_owned()]);
         let cancel = CancelFlag::new();

@@ -36,6 +36,8 @@ pub mod pull;
 pub mod readahead;
 pub mod signals;
 pub(crate) mod state;
+#[cfg(test)]
+mod test_util;
 
 pub use config::{Config, DirectConfig, PullConfig};
 pub use direct::run_direct;

@@ -264,9 +264,7 @@ mod tests {
     fn fifo(name: &str) -> String {
         let path = temp_file(name, 0);
         std::fs::remove_file(&path).unwrap();
-        let c = std::ffi::CString::new(path.clone()).unwrap();
-        // SAFETY: mkfifo with a valid C string.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        crate::test_util::mkfifo(std::path::Path::new(&path));
         path
     }
 
