@@ -16,7 +16,6 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
@@ -328,15 +327,10 @@ pub fn run(
     })
 }
 
-/// The exit code and signal of `status`, for results.
-pub fn code_and_signal(status: &ExitStatus) -> (Option<i32>, Option<i32>) {
-    (status.code(), status.signal())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::process::CommandExt;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
     use std::process::{Command, Stdio};
 
     fn spawn(script: &str) -> Child {
