@@ -508,13 +508,15 @@ impl ControllerBasedWorkerWrapper {
             Some(t) => match rx.recv_timeout(t) {
                 Ok(d) => d,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    // It may have finished just now; then its outcome stands.
-                    match controller.cancel(task) {
-                        Ok(TaskState::Cancelled) | Err(_) => {
-                            return Err(WrapperError::Timeout(task));
-                        }
-                        Ok(_) => rx.recv().map_err(|_| WrapperError::ControllerStopped)?,
+                    // Cancelling ends the task at once (a running attempt is stopped on its
+                    // worker), and the watch channel then gets its terminal detail: the
+                    // cancel's, or the outcome it reached just before, which stands.
+                    let _ = controller.cancel(task);
+                    let d = rx.recv().map_err(|_| WrapperError::ControllerStopped)?;
+                    if d.state == TaskState::Cancelled {
+                        return Err(WrapperError::Timeout(task));
                     }
+                    d
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                     return Err(WrapperError::ControllerStopped);
