@@ -10,6 +10,8 @@ use warp_common::protocol::{
     TaskDetail, TaskId, TaskSpec, TaskState, WorkerInfo,
 };
 
+use crate::server::MAX_BATCH;
+
 /// What can go wrong talking to the controller.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -122,15 +124,22 @@ impl AdminClient {
         Ok(r.id)
     }
 
-    /// Submits many packages at once.
-    pub fn submit_batch(&self, tasks: Vec<TaskSpec>) -> Result<Vec<TaskId>, ClientError> {
-        let r: BatchSubmitResponse = self.call(
-            "POST",
-            "/api/tasks/batch",
-            Some(&BatchSubmit { tasks }),
-            Duration::from_secs(60),
-        )?;
-        Ok(r.ids)
+    /// Submits many packages: one `POST /api/tasks/batch` per [`MAX_BATCH`] (each all or
+    /// none; on an error, the earlier batches are queued).
+    pub fn submit_batch(&self, mut tasks: Vec<TaskSpec>) -> Result<Vec<TaskId>, ClientError> {
+        let mut ids = Vec::with_capacity(tasks.len());
+        while !tasks.is_empty() {
+            let rest = tasks.split_off(tasks.len().min(MAX_BATCH));
+            let batch = std::mem::replace(&mut tasks, rest);
+            let r: BatchSubmitResponse = self.call(
+                "POST",
+                "/api/tasks/batch",
+                Some(&BatchSubmit { tasks: batch }),
+                Duration::from_secs(60),
+            )?;
+            ids.extend(r.ids);
+        }
+        Ok(ids)
     }
 
     /// Waits until the task is terminal or `timeout` passes; returns its detail either way.

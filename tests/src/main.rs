@@ -503,7 +503,7 @@ fn bench_memory(tasks: usize, keep: usize, workers: usize) -> Check {
     let mut ids = Vec::with_capacity(tasks);
     let mut left = tasks;
     while left > 0 {
-        let n = left.min(10_000);
+        let n = left.min(warp_controller::server::MAX_BATCH);
         let specs: Vec<_> = (0..n).map(|_| echo()).collect();
         let t = Instant::now();
         ids.extend(client.submit_batch(specs).map_err(|e| e.to_string())?);
@@ -531,7 +531,6 @@ fn bench_memory(tasks: usize, keep: usize, workers: usize) -> Check {
         "tasks": tasks, "keep_finished": keep, "workers": workers,
         "rss_idle_kib": rss_idle, "rss_queued_kib": rss_queued, "rss_finished_kib": rss_finished,
         "kib_per_100k_queued": ((rss_queued.saturating_sub(rss_idle)) as f64 * 100_000.0 / tasks as f64).round(),
-        "kib_per_100k_finished": ((rss_finished.saturating_sub(rss_idle)) as f64 * 100_000.0 / tasks.min(keep).max(1) as f64).round(),
         "batch_10k_ms_p50": percentile(&batch_ms, 50.0),
         "batch_10k_ms_max": batch_ms.last().copied().unwrap_or(0.0),
     });
@@ -600,17 +599,9 @@ fn bench_exec(workers: usize, tasks: usize, samples: usize) -> Check {
     let worker_cpu = |ws: &[warp_tests::Proc]| ws.iter().map(|w| cpu(w.pid())).sum::<f64>();
     let (c_cpu0, w_cpu0) = (cpu(c.proc.pid()), worker_cpu(&_workers));
     let t = Instant::now();
-    let mut ids = Vec::with_capacity(tasks);
-    let mut left = tasks;
-    while left > 0 {
-        let n = left.min(10_000);
-        ids.extend(
-            client
-                .submit_batch((0..n).map(|_| exec()).collect())
-                .map_err(|e| e.to_string())?,
-        );
-        left -= n;
-    }
+    let ids = client
+        .submit_batch((0..tasks).map(|_| exec()).collect())
+        .map_err(|e| e.to_string())?;
     let mut failed = 0;
     for id in &ids {
         let d = client.wait(*id, None).map_err(|e| e.to_string())?;

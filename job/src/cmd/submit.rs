@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use warp_common::commands::Command;
 use warp_common::protocol::{Target, TaskSpec, TaskState};
+use warp_controller::server::MAX_BATCH;
 
 use super::client::{self, ClientArgs};
 use crate::cli::{self, CliError, failed, number, seconds, usage};
@@ -33,9 +34,6 @@ pub struct SubmitConfig {
 
 /// Most tasks one `submit` makes.
 pub const MAX_ARRAY: usize = 1_000_000;
-
-/// Tasks per `POST /api/tasks/batch` (a large array goes in several).
-const BATCH: usize = 10_000;
 
 /// The indices of `--array`: `N`, `A-B` (inclusive) or a comma-separated list of them.
 pub fn parse_array(text: &str) -> Result<Vec<u64>, String> {
@@ -270,19 +268,21 @@ impl SubmitConfig {
 pub fn run(cfg: SubmitConfig) -> Result<(), CliError> {
     let c = cfg.client.connect();
     if cfg.array {
+        // One batch at a time, each one's ids printed at once: when a later batch fails,
+        // the ids of the queued ones are not lost.
         let mut ids = Vec::with_capacity(cfg.specs.len());
         let mut out = std::io::stdout().lock();
         let mut specs = cfg.specs;
         while !specs.is_empty() {
-            let rest = specs.split_off(specs.len().min(BATCH));
+            let rest = specs.split_off(specs.len().min(MAX_BATCH));
             let batch = std::mem::replace(&mut specs, rest);
             let got = c.submit_batch(batch).map_err(failed)?;
             for id in &got {
                 let _ = writeln!(out, "{id}");
             }
+            let _ = out.flush();
             ids.extend(got);
         }
-        let _ = out.flush();
         drop(out);
         let Some(timeout) = cfg.wait else {
             return Ok(());
