@@ -8,6 +8,8 @@
 use std::fs;
 use std::path::Path;
 
+use warp_common::preprocessing::Defocus;
+
 use crate::dataset::{Truth, read_truth};
 use crate::preprocess::{MovieRecord, read_record};
 
@@ -162,11 +164,12 @@ impl Comparison {
 }
 
 /// `(mean defocus, U − V, angle)` with U ≥ V enforced (swapping U and V turns the axis 90°).
-fn normalised_ctf(u: f64, v: f64, angle: f64) -> (f64, f64, f64) {
+fn normalised_ctf(d: &Defocus) -> (f64, f64, f64) {
+    let (u, v) = (d.defocus_u_um, d.defocus_v_um);
     if u >= v {
-        (0.5 * (u + v), u - v, angle)
+        (d.mean_um(), u - v, d.astig_angle_deg)
     } else {
-        (0.5 * (u + v), v - u, angle + 90.0)
+        (d.mean_um(), v - u, d.astig_angle_deg + 90.0)
     }
 }
 
@@ -215,15 +218,8 @@ fn compare_one(
         .iter()
         .map(|s| [f64::from(s[0]), f64::from(s[1])])
         .collect();
-    let c = &out.ctf;
-    let (fit_df, fit_ast, fit_ang) = normalised_ctf(
-        c.defocus.defocus_u_um,
-        c.defocus.defocus_v_um,
-        c.defocus.astig_angle_deg,
-    );
-    let t = &truth.ctf;
-    let (true_df, true_ast, true_ang) =
-        normalised_ctf(t.defocus_u_um, t.defocus_v_um, t.astig_angle_deg);
+    let (fit_df, fit_ast, fit_ang) = normalised_ctf(&out.ctf.defocus);
+    let (true_df, true_ast, true_ang) = normalised_ctf(&truth.ctf);
 
     let shift_rms_px = shift_rms(&shifts, &true_shifts);
     let defocus_error_um = (fit_df - true_df).abs();
@@ -417,7 +413,12 @@ mod tests {
         assert!((angle_difference(179.0, 1.0) - 2.0).abs() < 1e-12);
         assert!((angle_difference(10.0, 370.0)).abs() < 1e-12);
         assert!((angle_difference(0.0, 90.0) - 90.0).abs() < 1e-12);
-        let (df, ast, ang) = normalised_ctf(1.0, 1.2, 30.0);
+        let (df, ast, ang) = normalised_ctf(&Defocus {
+            defocus_u_um: 1.0,
+            defocus_v_um: 1.2,
+            astig_angle_deg: 30.0,
+            phase_shift_pi: 0.0,
+        });
         assert!((df - 1.1).abs() < 1e-12 && (ast - 0.2).abs() < 1e-12 && ang == 120.0);
         // Shift error after removing the means: a constant offset counts for nothing.
         let t = [[0.0, 1.0], [1.0, -1.0]];

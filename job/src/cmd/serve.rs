@@ -213,8 +213,7 @@ mod tests {
     /// controller was listening under `preprocess`; now it is found before anything starts.
     #[test]
     fn provision_var_without_equals_is_a_usage_error_before_binding() {
-        let dir = std::env::temp_dir().join(format!("warp-serve-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_util::TempDir::new("serve-cfg");
         let template = dir.join("t.sbatch");
         std::fs::write(&template, "#!/bin/sh\n{{controller_url}} {{partition}}\n").unwrap();
         let token = dir.join("token");
@@ -244,7 +243,6 @@ mod tests {
         good.extend(args(&["--provision-var", "partition=gpu"]));
         let cfg = ServeConfig::from_args(&good).unwrap().unwrap();
         assert!(cfg.provision.is_some());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -257,22 +255,12 @@ mod tests {
             &["--provision", "pbs"],
             &["--provision-template", "x"],
         ] {
+            // A token file that cannot be created: every flag is checked before the token is
+            // resolved, so the answer is the usage error (2), not the I/O failure (1).
             let mut a = args(a);
-            a.extend(args(&["--token-file", "/nonexistent-dir/never-created"]));
-            // Numbers are checked after the token, so give a usable one through a file.
-            let dir = std::env::temp_dir().join(format!(
-                "warp-serve-bad-{}-{}",
-                std::process::id(),
-                a[0].trim_start_matches('-')
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            let token = dir.join("token");
-            std::fs::write(&token, "secret\n").unwrap();
-            let n = a.len();
-            a[n - 1] = token.display().to_string();
+            a.extend(args(&["--token-file", "/nonexistent-warp-dir/token"]));
             let e = ServeConfig::from_args(&a).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{a:?}: {e:?}");
-            std::fs::remove_dir_all(&dir).unwrap();
         }
     }
 }
