@@ -683,7 +683,7 @@ fn search_1d(
 
 /// Most passes of the background fit (module docs, step 2). Each pass refits the background
 /// with knots at the zeros of the previous pass's defocus and searches the defocus again; passes
-/// normally settle in two to five (nine at most among a thousand synthetic spectra). Some
+/// normally settle in two to five (nine at most among about 400 synthetic spectra). Some
 /// spectra make the estimate alternate between two defoci for ever (each one's background
 /// favours the other): after this many passes the fit goes on from the pass that correlated
 /// best.
