@@ -320,29 +320,47 @@ fn match_pattern(pattern: &str, path: &str) -> Option<Vec<String>> {
     }
 }
 
-/// Finds the route for a method and path: `Ok(route, params)`, or the error to answer (404 for
-/// an unknown path, 405 for a known path with another method).
-pub fn find_route(
-    method: &str,
-    path: &str,
-) -> Result<(&'static Route, Vec<String>), (u16, String)> {
-    let mut path_known = false;
+/// Why no route matched: 404 for an unknown path, 405 for a known path with another method
+/// (`allow`: the methods it takes, for the `Allow` header RFC 9110 requires with 405).
+#[derive(Debug, PartialEq)]
+pub struct NoRoute {
+    /// 404 or 405.
+    pub status: u16,
+    /// What to tell the client.
+    pub message: String,
+    /// The path's methods (405 only).
+    pub allow: Vec<&'static str>,
+}
+
+/// Finds the route for a method and path: `Ok(route, params)`, or why there is none.
+pub fn find_route(method: &str, path: &str) -> Result<(&'static Route, Vec<String>), NoRoute> {
+    let mut allow = Vec::new();
     // Literal segments win over placeholders: routes are listed literal-first where they overlap.
     for r in ROUTES {
         if let Some(params) = match_pattern(r.pattern, path) {
             if r.method == method {
                 return Ok((r, params));
             }
-            path_known = true;
+            if !allow.contains(&r.method) {
+                allow.push(r.method);
+            }
         }
     }
-    if path_known {
-        Err((405, format!("method {method} is not allowed on {path}")))
+    if !allow.is_empty() {
+        Err(NoRoute {
+            status: 405,
+            message: format!(
+                "method {method} is not allowed on {path} (allowed: {})",
+                allow.join(", ")
+            ),
+            allow,
+        })
     } else {
-        Err((
-            404,
-            format!("no route {method} {path}; see GET /api/openapi.json"),
-        ))
+        Err(NoRoute {
+            status: 404,
+            message: format!("no route {method} {path}; see GET /api/openapi.json"),
+            allow,
+        })
     }
 }
 
@@ -378,13 +396,20 @@ pub(crate) fn handle(s: &Shared, mut request: tiny_http::Request) {
     let method = request.method().as_str().to_ascii_uppercase();
     let (route, params) = match find_route(&method, path) {
         Ok(r) => r,
-        Err((status, msg)) => {
-            let code = if status == 404 {
-                "not_found"
-            } else {
-                "method_not_allowed"
+        Err(no) if no.status == 405 => {
+            let body = ApiErrorBody {
+                error: no.message,
+                code: "method_not_allowed".into(),
             };
-            return respond_error(request, &ApiError::new(status, code, msg));
+            let allow = tiny_http::Header::from_bytes(&b"Allow"[..], no.allow.join(", "))
+                .expect("method names are ASCII");
+            let response = json_response(405, serde_json::to_vec(&body).expect("serialises"))
+                .with_header(allow);
+            let _ = request.respond(response);
+            return;
+        }
+        Err(no) => {
+            return respond_error(request, &ApiError::new(no.status, "not_found", no.message));
         }
     };
     let token = request
@@ -392,16 +417,19 @@ pub(crate) fn handle(s: &Shared, mut request: tiny_http::Request) {
         .iter()
         .find(|h| h.field.equiv("Authorization"))
         .and_then(|h| auth::bearer(h.value.as_str()).map(str::to_string));
-    if route.auth == Auth::Admin
-        && !warp_common::constant_time_eq(
+    if route.auth == Auth::Admin {
+        if !warp_common::constant_time_eq(
             token.as_deref().unwrap_or("").as_bytes(),
             s.cfg.token.as_bytes(),
-        )
-    {
-        return respond_error(
-            request,
-            &ApiError::unauthorized("the enrollment (admin) token"),
-        );
+        ) {
+            return respond_error(
+                request,
+                &ApiError::unauthorized("the enrollment (admin) token"),
+            );
+        }
+        // Authenticated: the connection may stay open between requests for the idle timeout
+        // (an unauthenticated one only for the header timeout).
+        request.trust_connection();
     }
     if route.auth == Auth::Worker {
         // Check the worker's id and token before reading a body: tiny_http reads bodies on this
@@ -414,7 +442,7 @@ pub(crate) fn handle(s: &Shared, mut request: tiny_http::Request) {
                 .worker_token_matches(w, token.as_deref().unwrap_or(""))
         });
         match (worker, known) {
-            (_, Some(true)) => {}
+            (_, Some(true)) => request.trust_connection(),
             (Some(w), None) => return respond_error(request, &CoreError::UnknownWorker(w).into()),
             (None, _) => {
                 let e = ApiError::new(404, "unknown_worker", "unknown worker: not a UUID");
@@ -425,6 +453,20 @@ pub(crate) fn handle(s: &Shared, mut request: tiny_http::Request) {
                 return respond_error(request, &e);
             }
         }
+    }
+    // Routes that take no body refuse one rather than read it.
+    let has_body = request.body_length().is_some_and(|n| n > 0)
+        || request
+            .headers()
+            .iter()
+            .any(|h| h.field.equiv("Transfer-Encoding"));
+    if method == "GET" && has_body {
+        let e = ApiError::new(
+            400,
+            "unexpected_body",
+            format!("{method} {path} takes no request body"),
+        );
+        return respond_error(request, &e);
     }
     let limit = s.cfg.max_body_bytes;
     if request.body_length().is_some_and(|n| n > limit) {
@@ -874,9 +916,13 @@ mod tests {
         let (r, p) = find_route("POST", "/api/workers/w1/tasks/t1/status").unwrap();
         assert_eq!(r.pattern, "/api/workers/{id}/tasks/{taskId}/status");
         assert_eq!(p, ["w1", "t1"]);
-        assert_eq!(find_route("DELETE", "/api/tasks").unwrap_err().0, 405);
-        assert_eq!(find_route("GET", "/api/nope").unwrap_err().0, 404);
-        assert_eq!(find_route("GET", "/api/workers//poll").unwrap_err().0, 404);
+        let no = find_route("DELETE", "/api/tasks").unwrap_err();
+        assert_eq!((no.status, no.allow), (405, vec!["POST"]));
+        assert_eq!(find_route("GET", "/api/nope").unwrap_err().status, 404);
+        assert_eq!(
+            find_route("GET", "/api/workers//poll").unwrap_err().status,
+            404
+        );
     }
 
     /// The OpenAPI document and the route table describe the same set of (method, path).

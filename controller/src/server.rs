@@ -1,11 +1,14 @@
 //! The running controller: the core behind one mutex, parked requests, handler threads and the
 //! timer thread, plus the in-process API that the drop-in wrapper and later the main job use.
 //!
-//! Threads: `handler_threads` threads take requests from tiny_http and run [`crate::http`]
-//! handlers; one timer thread answers expired parked polls and applies `Tick` (heartbeat and
-//! task timeouts). A long-poll is a parked `tiny_http::Request` in [`Inner::parked_polls`], not
-//! a waiting thread: whoever applies the event that produces work for that worker (a submit, a
-//! re-queue, a tick) answers it.
+//! Threads: every connection has its own thread (tiny_http's, patched in `third_party/`), which
+//! reads its requests, runs their [`crate::http`] handlers and writes their answers, so a slow
+//! or hostile client holds only its own thread; connections are capped
+//! ([`ControllerConfig::max_connections`]) and every one has deadlines
+//! ([`ControllerConfig::timeouts`]). One timer thread answers expired parked polls and applies
+//! `Tick` (heartbeat and task timeouts). A long-poll is a parked `tiny_http::Request` in
+//! [`Inner::parked_polls`], not a waiting thread: whoever applies the event that produces work
+//! for that worker (a submit, a re-queue, a tick) answers it.
 //!
 //! Locking: one mutex over [`Inner`] (core, parked requests, waiters, consoles), so parking a
 //! poll and handing it work can never race. Responses are written after the lock is released.
@@ -47,8 +50,12 @@ pub struct ControllerConfig {
     pub max_attempts: u32,
     /// Largest request body accepted (413 above).
     pub max_body_bytes: usize,
-    /// Threads answering requests.
-    pub handler_threads: usize,
+    /// Most connections served at once (503 beyond); 0: from the open-file limit (half of it,
+    /// less a reserve, as each connection takes two descriptors).
+    pub max_connections: usize,
+    /// Time a client has to send a request's header once it starts (and, on a connection no
+    /// request of which was authenticated, to start its next one).
+    pub header_timeout: Duration,
     /// Console lines kept per worker.
     pub console_lines: usize,
     /// Finished tasks kept in memory (oldest finished leave first; counts stay).
@@ -80,7 +87,8 @@ impl ControllerConfig {
             task_timeout: Duration::from_secs(1800),
             max_attempts: 3,
             max_body_bytes: 16 << 20,
-            handler_threads: 4,
+            max_connections: 0,
+            header_timeout: Duration::from_secs(10),
             console_lines: 10_000,
             keep_finished: 100_000,
             token,
@@ -95,10 +103,25 @@ impl ControllerConfig {
             .max(Duration::from_millis(1))
     }
 
+    /// Deadlines of every connection: a header within `header_timeout`; a body at 64 KiB/s
+    /// or faster; no read or write waits over 30 s; an authenticated connection may stay idle
+    /// between requests for twice the longer of the poll hold and the heartbeat interval plus
+    /// 10 s (so a worker's connections are never closed under it), an unauthenticated one for
+    /// `header_timeout`.
+    pub fn timeouts(&self) -> tiny_http::Timeouts {
+        let busiest = self.poll_hold.max(self.effective_heartbeat_interval());
+        tiny_http::Timeouts {
+            idle: busiest * 2 + Duration::from_secs(10),
+            header: self.header_timeout,
+            io: Duration::from_secs(30),
+            body_rate: 64 * 1024,
+        }
+    }
+
     /// The resolved configuration as one log line (never the token).
     pub fn describe(&self) -> String {
         format!(
-            "bind={}:{} poll_hold={:.3}s heartbeat_interval={:.3}s heartbeat_timeout={:.3}s task_timeout={:.3}s max_attempts={} max_body={}B handler_threads={} console_lines={} keep_finished={}",
+            "bind={}:{} poll_hold={:.3}s heartbeat_interval={:.3}s heartbeat_timeout={:.3}s task_timeout={:.3}s max_attempts={} max_body={}B max_connections={} header_timeout={:.3}s console_lines={} keep_finished={}",
             self.bind,
             self.port,
             self.poll_hold.as_secs_f64(),
@@ -107,7 +130,12 @@ impl ControllerConfig {
             self.task_timeout.as_secs_f64(),
             self.max_attempts,
             self.max_body_bytes,
-            self.handler_threads,
+            if self.max_connections == 0 {
+                "auto".to_string()
+            } else {
+                self.max_connections.to_string()
+            },
+            self.header_timeout.as_secs_f64(),
             self.console_lines,
             self.keep_finished
         )
@@ -194,7 +222,6 @@ pub(crate) struct Shared {
     pub started: Instant,
     pub epoch_ms: u64,
     inner: Mutex<Inner>,
-    pub server: tiny_http::Server,
     stopping: AtomicBool,
     /// Set by the provisioner each tick (shown in the status).
     provisioning: Mutex<Option<ProvisionStatus>>,
@@ -401,10 +428,10 @@ impl Shared {
     }
 }
 
-/// Raises this process's soft limit of open files to its hard limit, once: every connection
-/// (a worker's poll, a client) holds a descriptor, and distributions default the soft limit to
-/// 1,024 while the hard one is often far higher.
-fn raise_open_file_limit() {
+/// Raises this process's soft limit of open files to its hard limit, once, and returns the
+/// soft limit: every connection (a worker's poll, a client) holds two descriptors, and
+/// distributions default the soft limit to 1,024 while the hard one is often far higher.
+fn raise_open_file_limit() -> u64 {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let mut lim = libc::rlimit {
@@ -428,11 +455,32 @@ fn raise_open_file_limit() {
             }
         }
     });
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: as above.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    lim.rlim_cur
+}
+
+/// Descriptors kept out of the connection cap: the listener, logs, files the job writes,
+/// pipes of the programs the provisioner runs.
+const RESERVED_FDS: u64 = 64;
+
+/// The connection cap for an open-file limit: two descriptors each, less the reserve, within
+/// 16..=100,000 (threads, not descriptors, bound it beyond that).
+fn connection_cap(open_files: u64) -> usize {
+    (open_files.saturating_sub(RESERVED_FDS) / 2).clamp(16, 100_000) as usize
 }
 
 /// A running controller. Dropping it shuts it down.
 pub struct Controller {
     shared: Arc<Shared>,
+    /// Dropped on stop: the listener closes and connections take no further request.
+    server: Option<tiny_http::Server>,
     threads: Vec<JoinHandle<()>>,
     port: u16,
     timer_stop: Option<Sender<()>>,
@@ -441,16 +489,17 @@ pub struct Controller {
 impl Controller {
     /// Binds and starts serving. Fails if the address cannot be bound.
     pub fn start(cfg: ControllerConfig) -> Result<Controller, String> {
-        raise_open_file_limit();
+        let open_files = raise_open_file_limit();
         let addr = format!("{}:{}", cfg.bind, cfg.port);
-        let server = tiny_http::Server::http(&addr).map_err(|e| {
+        let listener = std::net::TcpListener::bind(&addr).map_err(|e| {
             format!("cannot listen on {addr}: {e} (is the port in use? try --port 0)")
         })?;
-        let port = server
-            .server_addr()
-            .to_ip()
-            .map(|a| a.port())
-            .unwrap_or(cfg.port);
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(cfg.port);
+        let max_connections = match cfg.max_connections {
+            0 => connection_cap(open_files),
+            n => n,
+        };
+        log::debug!("at most {max_connections} connections (open-file limit {open_files})");
         let core = Core::new(CoreConfig {
             heartbeat_timeout_ms: cfg.heartbeat_timeout.as_millis() as u64,
             task_timeout_ms: cfg.task_timeout.as_millis() as u64,
@@ -463,13 +512,13 @@ impl Controller {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let threads_n = cfg.handler_threads.max(1);
         // Timer resolution: a tenth of the shortest interval it enforces, within 2..100 ms.
         let shortest = cfg
             .poll_hold
             .min(cfg.heartbeat_timeout)
             .min(cfg.task_timeout);
         let tick = (shortest / 10).clamp(Duration::from_millis(2), Duration::from_millis(100));
+        let timeouts = cfg.timeouts();
         let shared = Arc::new(Shared {
             cfg,
             started: Instant::now(),
@@ -482,36 +531,27 @@ impl Controller {
                 subscribers: Vec::new(),
                 outbox: Vec::new(),
             }),
-            server,
             stopping: AtomicBool::new(false),
             provisioning: Mutex::new(None),
         });
+        // Weak: connection threads may outlive the controller by a timeout; they then answer
+        // 503 and hold nothing.
+        let weak = Arc::downgrade(&shared);
+        let handler: tiny_http::Handler = Arc::new(move |req| match weak.upgrade() {
+            Some(s) if !s.stopping() => http::handle(&s, req),
+            _ => http::respond_error(req, &ApiError::shutting_down()),
+        });
+        let server = tiny_http::Server::from_listener_with(
+            listener,
+            None,
+            tiny_http::ServerOptions {
+                handler: Some(handler),
+                timeouts: Some(timeouts),
+                max_connections,
+            },
+        )
+        .map_err(|e| format!("cannot serve on {addr}: {e}"))?;
         let mut threads = Vec::new();
-        for i in 0..threads_n {
-            let s = Arc::clone(&shared);
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("http-{i}"))
-                    .spawn(move || {
-                        loop {
-                            match s.server.recv() {
-                                Ok(req) if s.stopping() => {
-                                    http::respond_error(req, &ApiError::shutting_down())
-                                }
-                                Ok(req) => http::handle(&s, req),
-                                Err(_) if s.stopping() => break,
-                                // An accept error (e.g. out of file descriptors) must not
-                                // take a handler thread down.
-                                Err(e) => {
-                                    log::warn!("accepting a connection failed: {e}");
-                                    std::thread::sleep(Duration::from_millis(10));
-                                }
-                            }
-                        }
-                    })
-                    .map_err(|e| format!("cannot start a handler thread: {e}"))?,
-            );
-        }
         let (timer_stop, stop_rx) = crossbeam_channel::bounded::<()>(1);
         let s = Arc::clone(&shared);
         threads.push(
@@ -528,6 +568,7 @@ impl Controller {
         );
         Ok(Controller {
             shared,
+            server: Some(server),
             threads,
             port,
             timer_stop: Some(timer_stop),
@@ -698,9 +739,8 @@ impl Controller {
         for o in out {
             http::respond_error(o.request, &ApiError::shutting_down());
         }
-        for _ in 0..self.shared.cfg.handler_threads.max(1) {
-            self.shared.server.unblock();
-        }
+        // Closes the listener; connections answer 503 from now on and end by their timeouts.
+        self.server = None;
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

@@ -813,7 +813,7 @@ fn direct_mode_writes_its_port_and_exits_without_a_pulse() {
 fn stalled_unauthenticated_uploads_do_not_block_the_controller() {
     use std::io::Write;
     let dir = TempDir::new("stall");
-    let c = ControllerProc::start(dir.path(), 0, &["--threads", "2"]);
+    let c = ControllerProc::start(dir.path(), 0, &[]);
     let mut stalled = Vec::new();
     for _ in 0..6 {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", c.port)).unwrap();
@@ -889,7 +889,8 @@ fn idle_exit_deregisters_and_exits_0() {
 /// Issue 16, row 3: with the descriptors used up by idle connections, `accept` failed with
 /// EMFILE and tiny_http's accept loop ended, so the port refused every connection for the rest
 /// of the process's life. Now it backs off and goes on once the connections are gone. The
-/// controller runs with soft = hard = 64 open files, so it cannot raise its limit out of reach.
+/// controller runs with soft = hard = 64 open files, so it cannot raise its limit out of reach,
+/// and a connection cap above that (the default cap would answer 503 long before).
 #[test]
 fn too_many_open_files_does_not_end_the_accept_loop() {
     let tmp = TempDir::new("emfile");
@@ -903,6 +904,8 @@ fn too_many_open_files_does_not_end_the_accept_loop() {
         .arg(&port_file)
         .arg("--token-file")
         .arg(dir.join("token"))
+        // A cap above the descriptors, so that they, not the cap, run out.
+        .args(["--max-connections", "1000"])
         .stdout(std::process::Stdio::null());
     let proc = warp_tests::Proc::spawn(cmd, "warp-controller serve (64 files)", dir.join("c.log"));
     let port: u16 = wait_for(Duration::from_secs(20), "the port file", || {

@@ -87,7 +87,24 @@ fn options() -> Options {
         "largest request body in bytes (default 16 MiB)",
         "BYTES",
     );
-    o.optopt("", "threads", "request handler threads (default 4)", "N");
+    o.optopt(
+        "",
+        "max-connections",
+        "connections served at once, 503 beyond (default: half the open-file limit, less 32)",
+        "N",
+    );
+    o.optopt(
+        "",
+        "header-timeout",
+        "seconds a client has to send a request's header (default 10)",
+        "S",
+    );
+    o.optopt(
+        "",
+        "threads",
+        "no longer used: every connection has its own thread (accepted and ignored)",
+        "N",
+    );
     o.optopt(
         "",
         "keep-finished",
@@ -120,14 +137,25 @@ impl ServeConfig {
         cfg.task_timeout = seconds(&m, "task-timeout", cfg.task_timeout)?;
         cfg.max_attempts = number(&m, "max-attempts", cfg.max_attempts)?;
         cfg.max_body_bytes = number(&m, "max-body", cfg.max_body_bytes)?;
-        cfg.handler_threads = number(&m, "threads", cfg.handler_threads)?;
-        cfg.keep_finished = number(&m, "keep-finished", cfg.keep_finished)?;
-        if cfg.max_attempts == 0 || cfg.handler_threads == 0 {
-            return usage("--max-attempts and --threads must be at least 1");
+        cfg.max_connections = number(&m, "max-connections", cfg.max_connections)?;
+        cfg.header_timeout = seconds(&m, "header-timeout", cfg.header_timeout)?;
+        if m.opt_present("threads") {
+            eprintln!(
+                "warp-controller: warning: --threads is no longer used: every connection has its own thread"
+            );
         }
-        if cfg.heartbeat_timeout.is_zero() || cfg.poll_hold.is_zero() || cfg.task_timeout.is_zero()
+        cfg.keep_finished = number(&m, "keep-finished", cfg.keep_finished)?;
+        if cfg.max_attempts == 0 {
+            return usage("--max-attempts must be at least 1");
+        }
+        if cfg.heartbeat_timeout.is_zero()
+            || cfg.poll_hold.is_zero()
+            || cfg.task_timeout.is_zero()
+            || cfg.header_timeout.is_zero()
         {
-            return usage("--poll-hold, --heartbeat-timeout and --task-timeout must be > 0");
+            return usage(
+                "--poll-hold, --heartbeat-timeout, --task-timeout and --header-timeout must be > 0",
+            );
         }
         let provision = ProvisionPlan::from_matches(&m, &cfg.bind, token_file.as_deref())?;
         cfg.token = auth::resolve_token(token_file.as_deref(), true)?;

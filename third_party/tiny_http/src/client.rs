@@ -6,9 +6,10 @@ use std::io::{BufReader, BufWriter, ErrorKind, Read};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::common::{HTTPVersion, Method};
-use crate::util::RefinedTcpStream;
+use crate::util::{ConnState, RefinedTcpStream};
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
 
@@ -34,6 +35,9 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    /// warp patch: deadlines and the broken flag (`None`: no timeouts, as upstream).
+    state: Option<Arc<ConnState>>,
 }
 
 /// Error that can happen when reading a request.
@@ -57,24 +61,32 @@ pub const MAX_HEADERS: usize = 100;
 
 impl ClientConnection {
     /// Creates a new `ClientConnection` that takes ownership of the `TcpStream`.
+    /// warp patch: with `state`, both halves keep its deadlines (setting the socket's send
+    /// timeout can fail, hence the `Result`).
     pub fn new(
-        write_socket: RefinedTcpStream,
+        mut write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
-    ) -> ClientConnection {
+        state: Option<Arc<ConnState>>,
+    ) -> IoResult<ClientConnection> {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
+        if let Some(state) = &state {
+            write_socket.set_state(Arc::clone(state))?;
+            read_socket.set_state(Arc::clone(state))?;
+        }
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
 
-        ClientConnection {
+        Ok(ClientConnection {
             source,
             sink: SequentialWriterBuilder::new(BufWriter::with_capacity(1024, write_socket)),
             remote_addr,
             next_header_source: first_header,
             no_more_requests: false,
             secure,
-        }
+            state,
+        })
     }
 
     /// true if the connection is HTTPS
@@ -88,7 +100,12 @@ impl ClientConnection {
     ///  at the first byte of the new line.
     /// warp patch: reads at most `limit` bytes; a longer line is `Ok(None)` (it was unbounded:
     /// one 512 MiB header line took 512 MiB of memory).
-    fn read_next_line(&mut self, limit: usize) -> IoResult<Option<AsciiString>> {
+    /// warp patch: with `starts_request`, the first byte read starts the header's deadline.
+    fn read_next_line(
+        &mut self,
+        limit: usize,
+        starts_request: bool,
+    ) -> IoResult<Option<AsciiString>> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
@@ -102,6 +119,13 @@ impl ClientConnection {
                 Some(b) => b?,
                 None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
             };
+            if starts_request && buf.is_empty() && !prev_byte_was_cr {
+                if let Some(state) = &self.state {
+                    if state.is_idle() {
+                        state.begin_header();
+                    }
+                }
+            }
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
@@ -123,7 +147,7 @@ impl ClientConnection {
             // reading the request line
             let (method, path, version) = {
                 let line = self
-                    .read_next_line(MAX_REQUEST_LINE)
+                    .read_next_line(MAX_REQUEST_LINE, true)
                     .map_err(ReadError::ReadIoError)?
                     .ok_or(ReadError::TooLarge(414))?;
 
@@ -138,7 +162,7 @@ impl ClientConnection {
                 let mut header_bytes = 0;
                 loop {
                     let line = self
-                        .read_next_line(MAX_HEADER_BYTES - header_bytes)
+                        .read_next_line(MAX_HEADER_BYTES - header_bytes, false)
                         .map_err(ReadError::ReadIoError)?
                         .ok_or(ReadError::TooLarge(431))?;
                     if line.is_empty() {
@@ -178,6 +202,7 @@ impl ClientConnection {
             *self.remote_addr.as_ref().unwrap(),
             data_source,
             writer,
+            self.state.clone(),
         )
         .map_err(|e| {
             use crate::request;
@@ -205,6 +230,10 @@ impl Iterator for ClientConnection {
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
         if self.no_more_requests {
+            return None;
+        }
+        // warp patch: after a timeout or a failed write the connection takes no more requests.
+        if self.state.as_ref().is_some_and(|s| s.broken()) {
             return None;
         }
 
@@ -235,6 +264,15 @@ impl Iterator for ClientConnection {
                     response.raw_print(writer, ver, &[], false, None).ok();
                     return None; // we don't know where the next request would start,
                                  // se we have to close
+                }
+
+                // warp patch: an idle connection that timed out is closed without a word (a
+                // 408 there would read as the answer to the client's next request).
+                Err(ReadError::ReadIoError(ref err))
+                    if err.kind() == ErrorKind::TimedOut
+                        && self.state.as_ref().is_some_and(|s| s.is_idle()) =>
+                {
+                    return None;
                 }
 
                 Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {

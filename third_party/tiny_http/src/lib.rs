@@ -103,6 +103,7 @@ use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -118,6 +119,7 @@ pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
+pub use util::{ConnState, Timeouts};
 
 mod client;
 mod common;
@@ -143,6 +145,48 @@ pub struct Server {
 
     // result of TcpListener::local_addr()
     listening_addr: ListenAddr,
+
+    /// warp patch: connections being served now.
+    live: Arc<AtomicUsize>,
+}
+
+/// warp patch: what runs each request when the server has a handler.
+pub type Handler = Arc<dyn Fn(Request) + Send + Sync + 'static>;
+
+/// warp patch: how the server runs its connections. The default is upstream's behaviour
+/// (requests queued for [`Server::recv`], no timeouts, no connection limit).
+#[derive(Clone, Default)]
+pub struct ServerOptions {
+    /// Runs each request on its connection's own thread, in order, instead of queueing it for
+    /// `recv`: a client that sends slowly or never reads its responses then holds only its
+    /// own thread. The handler may keep a request and answer it later from any thread.
+    pub handler: Option<Handler>,
+    /// Deadlines of every connection (see [`Timeouts`]); `None`: none.
+    pub timeouts: Option<Timeouts>,
+    /// Most connections served at once (0: no limit). A connection beyond it is answered
+    /// `503 Service Unavailable` with `Retry-After: 1` and closed.
+    pub max_connections: usize,
+}
+
+/// warp patch: counts a connection as live while its thread serves it.
+struct LiveGuard(Arc<AtomicUsize>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// warp patch: the answer to a connection over the limit, written without reading its request.
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: 98\r\nConnection: close\r\n\r\n{\"error\":\"the server is at its connection limit; retry in a second\",\"code\":\"too_many_connections\"}";
+
+/// warp patch: answers a connection over the limit; the write waits 100 ms at most.
+fn refuse(sock: Connection) {
+    use std::io::Write;
+    let mut sock = sock;
+    let _ = sock.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = sock.write_all(OVER_CAPACITY);
+    let _ = sock.shutdown(Shutdown::Write);
 }
 
 enum Message {
@@ -246,6 +290,15 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with(listener, ssl_config, ServerOptions::default())
+    }
+
+    /// warp patch: [`Server::from_listener`] with [`ServerOptions`].
+    pub fn from_listener_with<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        options: ServerOptions,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -288,15 +341,41 @@ impl Server {
 
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
+        let live = Arc::new(AtomicUsize::new(0));
+        let inside_live = live.clone();
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
 
             log::debug!("Running accept thread");
             let mut accept_backoff = std::time::Duration::ZERO;
+            let mut refused = 0u64;
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
+                    // warp patch: beyond the limit, answer 503 and close; logged when it
+                    // starts and when it ends.
+                    Ok((sock, _))
+                        if options.max_connections > 0
+                            && inside_live.load(Relaxed) >= options.max_connections =>
+                    {
+                        if refused == 0 {
+                            log::warn!(
+                                "{} connections: at the limit, answering new ones 503",
+                                options.max_connections
+                            );
+                        }
+                        refused += 1;
+                        refuse(sock);
+                        continue;
+                    }
                     Ok((sock, _)) => {
+                        if refused > 0 {
+                            log::warn!(
+                                "below the connection limit again ({} connections refused)",
+                                refused
+                            );
+                            refused = 0;
+                        }
                         use util::RefinedTcpStream;
                         let halves = match ssl {
                             None => RefinedTcpStream::new(sock),
@@ -316,8 +395,9 @@ impl Server {
                         };
                         // warp patch: splitting the socket needs a second descriptor; without
                         // one the connection is dropped like a failed accept.
-                        halves.map(|(read_closable, write_closable)| {
-                            ClientConnection::new(write_closable, read_closable)
+                        let state = options.timeouts.map(|t| Arc::new(util::ConnState::new(t)));
+                        halves.and_then(|(read_closable, write_closable)| {
+                            ClientConnection::new(write_closable, read_closable, state)
                         })
                     }
                     Err(e) => Err(e),
@@ -327,10 +407,23 @@ impl Server {
                     Ok(client) => {
                         let messages = inside_messages.clone();
                         let mut client = Some(client);
+                        inside_live.fetch_add(1, Relaxed);
+                        let mut guard = Some(LiveGuard(inside_live.clone()));
+                        let handler = options.handler.clone();
                         tasks_pool.spawn(Box::new(move || {
+                            let _guard = guard.take();
                             if let Some(client) = client.take() {
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
+                                if let Some(handler) = &handler {
+                                    // warp patch: each request on this thread, in order; a
+                                    // panicking handler ends only this connection.
+                                    for rq in client {
+                                        let run = std::panic::AssertUnwindSafe(|| handler(rq));
+                                        if std::panic::catch_unwind(run).is_err() {
+                                            break;
+                                        }
+                                    }
+                                } else if client.secure() {
+                                    // Synchronization is needed for HTTPS requests to avoid a deadlock
                                     let (sender, receiver) = mpsc::channel();
                                     for rq in client {
                                         messages.push(rq.with_notify_sender(sender.clone()).into());
@@ -376,6 +469,7 @@ impl Server {
             messages,
             close: close_trigger,
             listening_addr: local_addr,
+            live,
         })
     }
 
@@ -394,9 +488,9 @@ impl Server {
     }
 
     /// Returns the number of clients currently connected to the server.
+    /// warp patch: implemented (upstream's was `unimplemented!()`).
     pub fn num_connections(&self) -> usize {
-        unimplemented!()
-        //self.requests_receiver.lock().len()
+        self.live.load(Relaxed)
     }
 
     /// Blocks until an HTTP request has been submitted and returns it.

@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 
-use crate::util::{EqualReader, FusedReader};
+use crate::util::{ConnState, EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
 use chunked_transfer::Decoder;
 
@@ -74,6 +75,9 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    /// warp patch: the connection's deadlines and trust (`None`: no timeouts).
+    conn: Option<Arc<ConnState>>,
 }
 
 struct NotifyOnDrop<R> {
@@ -135,6 +139,7 @@ pub fn new_request<R, W>(
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
     writer: W,
+    conn: Option<Arc<ConnState>>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -212,7 +217,7 @@ where
 
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
         } else {
-            let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
+            let (data_reader, _) = EqualReader::new(source_data, content_length, conn.clone());
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
         }
     } else if transfer_encoding.is_some() {
@@ -226,7 +231,18 @@ where
         Box::new(io::empty()) as Box<dyn Read + Send + 'static>
     };
 
+    // warp patch: a body left to read has its own deadline; otherwise the request is read and
+    // the connection waits for the next one.
+    if let Some(conn) = &conn {
+        match content_length {
+            Some(n) if n > 1024 || (n > 0 && expects_continue) => conn.begin_body(Some(n)),
+            None if transfer_encoding.is_some() && !connection_upgrade => conn.begin_body(None),
+            _ => conn.idle(),
+        }
+    }
+
     Ok(Request {
+        conn,
         data_reader: Some(reader),
         response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
         remote_addr,
@@ -242,6 +258,14 @@ where
 }
 
 impl Request {
+    /// warp patch: marks this request's connection as authenticated, so it may stay idle
+    /// between requests for the server's idle timeout rather than the short header one.
+    pub fn trust_connection(&self) {
+        if let Some(conn) = &self.conn {
+            conn.trust();
+        }
+    }
+
     /// Returns true if the request was made through HTTPS.
     #[inline]
     pub fn secure(&self) -> bool {

@@ -2,6 +2,13 @@ use std::io::Read;
 use std::io::Result as IoResult;
 use std::sync::mpsc::channel;
 use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+
+use super::ConnState;
+
+/// warp patch: most bytes of an unread body thrown away on a connection no request of which
+/// was authenticated; beyond it the connection is closed instead.
+const LINGER_BYTES: usize = 1 << 20;
 
 /// A `Reader` that reads exactly the number of bytes from a sub-reader.
 ///
@@ -13,6 +20,9 @@ use std::sync::mpsc::{Receiver, Sender};
 /// buffer. Upstream read them in the destructor with a buffer of the full remaining size, so
 /// one request announcing a huge Content-Length aborted the process (allocation failure), and a
 /// client that stopped sending held the thread that dropped the request (a handler thread).
+/// With a connection state, reading the last byte makes the connection idle, and throwing
+/// away the rest is bounded in time ([`ConnState::linger`]) and, for a connection nobody
+/// authenticated on, in size.
 pub struct EqualReader<R>
 where
     R: Read + Send + 'static,
@@ -20,19 +30,25 @@ where
     reader: Option<R>,
     size: usize,
     last_read_signal: Sender<IoResult<()>>,
+    conn: Option<Arc<ConnState>>,
 }
 
 impl<R> EqualReader<R>
 where
     R: Read + Send + 'static,
 {
-    pub fn new(reader: R, size: usize) -> (EqualReader<R>, Receiver<IoResult<()>>) {
+    pub fn new(
+        reader: R,
+        size: usize,
+        conn: Option<Arc<ConnState>>,
+    ) -> (EqualReader<R>, Receiver<IoResult<()>>) {
         let (tx, rx) = channel();
 
         let r = EqualReader {
             reader: Some(reader),
             size,
             last_read_signal: tx,
+            conn,
         };
 
         (r, rx)
@@ -60,6 +76,11 @@ where
         match reader.read(buf) {
             Ok(len) => {
                 self.size -= len;
+                if self.size == 0 {
+                    if let Some(conn) = &self.conn {
+                        conn.idle();
+                    }
+                }
                 Ok(len)
             }
             err @ Err(_) => err,
@@ -78,31 +99,52 @@ where
         if remaining == 0 {
             return;
         }
+        let mut reader = reader;
         let signal = self.last_read_signal.clone();
-        let drain = move || drain(reader, remaining, signal);
+        if let Some(conn) = self.conn.take() {
+            // With deadlines (the handler runs on the connection's own thread): throw the rest
+            // away here, within `linger`, and at most LINGER_BYTES of a client nobody
+            // authenticated (so that it sees the response rather than a reset); a body not
+            // read to its end closes the connection.
+            let cap = if conn.trusted() {
+                remaining
+            } else {
+                remaining.min(LINGER_BYTES)
+            };
+            conn.linger();
+            if drain(&mut reader, cap, signal) && cap == remaining {
+                conn.idle();
+            } else {
+                conn.mark_broken();
+            }
+            return;
+        }
         // Without a thread to spare, the reader is dropped unread: the connection's next read
         // then sees the rest of this body, fails to parse it and closes the connection.
         let _ = std::thread::Builder::new()
             .name("tiny-http-drain".into())
-            .spawn(drain);
+            .spawn(move || {
+                drain(&mut reader, remaining, signal);
+            });
     }
 }
 
-/// Reads and discards `remaining` bytes, 8 KiB at a time.
-fn drain<R: Read>(mut reader: R, mut remaining: usize, signal: Sender<IoResult<()>>) {
+/// Reads and discards `remaining` bytes, 8 KiB at a time; true if all of them were read.
+fn drain<R: Read>(reader: &mut R, mut remaining: usize, signal: Sender<IoResult<()>>) -> bool {
     let mut buf = [0u8; 8192];
     while remaining > 0 {
         let want = remaining.min(buf.len());
         match reader.read(&mut buf[..want]) {
             Err(e) => {
                 signal.send(Err(e)).ok();
-                return;
+                return false;
             }
             Ok(0) => {
                 signal.send(Ok(())).ok();
-                return;
+                return false;
             }
             Ok(n) => remaining -= n,
         }
     }
+    true
 }

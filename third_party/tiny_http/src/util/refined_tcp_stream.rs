@@ -1,6 +1,10 @@
 use std::io::Result as IoResult;
-use std::io::{Read, Write};
+use std::io::{Error as IoError, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::ConnState;
 
 use crate::connection::Connection;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -47,6 +51,22 @@ impl Stream {
         }
     }
 
+    fn set_read_timeout(&self, t: Duration) -> IoResult<()> {
+        match self {
+            Stream::Http(tcp_stream) => tcp_stream.set_read_timeout(Some(t)),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => Ok(()),
+        }
+    }
+
+    fn set_write_timeout(&self, t: Duration) -> IoResult<()> {
+        match self {
+            Stream::Http(tcp_stream) => tcp_stream.set_write_timeout(Some(t)),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => Ok(()),
+        }
+    }
+
     fn shutdown(&mut self, how: Shutdown) -> IoResult<()> {
         match self {
             Stream::Http(tcp_stream) => tcp_stream.shutdown(how),
@@ -88,6 +108,10 @@ pub struct RefinedTcpStream {
     stream: Stream,
     close_read: bool,
     close_write: bool,
+    /// warp patch: the connection's deadlines and broken flag (`None`: upstream behaviour).
+    state: Option<Arc<ConnState>>,
+    /// The read timeout last set on the socket.
+    applied: Option<Duration>,
 }
 
 impl RefinedTcpStream {
@@ -103,12 +127,16 @@ impl RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
+            state: None,
+            applied: None,
         };
 
         let write = RefinedTcpStream {
             stream: write,
             close_read: false,
             close_write: true,
+            state: None,
+            applied: None,
         };
 
         Ok((read, write))
@@ -122,6 +150,38 @@ impl RefinedTcpStream {
 
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
+    }
+
+    /// warp patch: puts this half under `state`'s deadlines; a write half also gets the send
+    /// timeout now (it is the socket's, shared with the read half).
+    pub(crate) fn set_state(&mut self, state: Arc<ConnState>) -> IoResult<()> {
+        if self.close_write {
+            self.stream.set_write_timeout(state.write_timeout())?;
+        }
+        self.state = Some(state);
+        Ok(())
+    }
+
+    /// warp patch: the connection state this half was given.
+    pub(crate) fn state(&self) -> Option<&Arc<ConnState>> {
+        self.state.as_ref()
+    }
+}
+
+/// warp patch: the error of a read or write on a connection already marked broken.
+fn broken() -> IoError {
+    IoError::new(
+        ErrorKind::ConnectionAborted,
+        "connection closed after an earlier timeout or error",
+    )
+}
+
+/// warp patch: a socket timeout reads as `WouldBlock` on Unix; say what it was.
+fn timed_out(e: IoError) -> IoError {
+    if e.kind() == ErrorKind::WouldBlock {
+        IoError::new(ErrorKind::TimedOut, "the client was too slow")
+    } else {
+        e
     }
 }
 
@@ -139,16 +199,58 @@ impl Drop for RefinedTcpStream {
 
 impl Read for RefinedTcpStream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
-        self.stream.read(buf)
+        let Some(state) = self.state.clone() else {
+            return self.stream.read(buf);
+        };
+        if state.broken() {
+            return Err(broken());
+        }
+        let t = state.read_timeout().inspect_err(|_| state.mark_broken())?;
+        // Re-arm only when the timeout moved by 50 ms or more: one syscall per request, not
+        // per read.
+        if self
+            .applied
+            .is_none_or(|a| a.abs_diff(t) >= Duration::from_millis(50))
+        {
+            self.stream.set_read_timeout(t)?;
+            self.applied = Some(t);
+        }
+        self.stream.read(buf).map_err(|e| {
+            let e = timed_out(e);
+            // A quiet idle connection timing out ends its read loop only: a response still
+            // owed on it (a parked request) is written.
+            if e.kind() != ErrorKind::TimedOut || !state.is_idle() {
+                state.mark_broken();
+            }
+            e
+        })
     }
 }
 
 impl Write for RefinedTcpStream {
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
-        self.stream.write(buf)
+        let Some(state) = self.state.as_ref() else {
+            return self.stream.write(buf);
+        };
+        if state.broken() {
+            return Err(broken());
+        }
+        self.stream.write(buf).map_err(|e| {
+            state.mark_broken();
+            timed_out(e)
+        })
     }
 
     fn flush(&mut self) -> IoResult<()> {
-        self.stream.flush()
+        let Some(state) = self.state.as_ref() else {
+            return self.stream.flush();
+        };
+        if state.broken() {
+            return Err(broken());
+        }
+        self.stream.flush().map_err(|e| {
+            state.mark_broken();
+            timed_out(e)
+        })
     }
 }
