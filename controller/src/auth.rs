@@ -1,5 +1,6 @@
-//! Tokens: the enrollment (admin) token from a file or the environment, per-worker tokens, and
-//! the bearer header. Tokens are never logged and never taken from a command line.
+//! Tokens: the three secrets of a controller (enrollment, admin, view; see [`Secret`]) from a
+//! file or the environment, per-worker tokens, and the bearer header. Tokens are never logged
+//! and never taken from a command line.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -8,6 +9,40 @@ use std::path::Path;
 
 /// Environment variable holding the enrollment token when no token file is given.
 pub const TOKEN_ENV: &str = "WARP_TOKEN";
+/// Environment variable holding the admin token when no admin token file is given.
+pub const ADMIN_TOKEN_ENV: &str = "WARP_ADMIN_TOKEN";
+/// Environment variable holding the view token when no view token file is given.
+pub const VIEW_TOKEN_ENV: &str = "WARP_VIEW_TOKEN";
+
+/// One of a controller's secrets: what it may do, the flag naming its file, its variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Secret {
+    /// "enrollment", "admin" or "view".
+    pub name: &'static str,
+    /// The command-line flag of its file.
+    pub flag: &'static str,
+    /// The environment variable holding it when no file is given.
+    pub env: &'static str,
+}
+
+/// Registers workers, nothing else: what compute nodes hold.
+pub const ENROLLMENT: Secret = Secret {
+    name: "enrollment",
+    flag: "--token-file",
+    env: TOKEN_ENV,
+};
+/// Everything: submit, cancel, monitor, register.
+pub const ADMIN: Secret = Secret {
+    name: "admin",
+    flag: "--admin-token-file",
+    env: ADMIN_TOKEN_ENV,
+};
+/// Read-only monitoring routes (status, workers, tasks, consoles, waits).
+pub const VIEW: Secret = Secret {
+    name: "view",
+    flag: "--view-token-file",
+    env: VIEW_TOKEN_ENV,
+};
 
 /// A fresh random 256-bit token, hex encoded (64 characters), from the kernel's CSPRNG.
 pub fn random_token() -> std::io::Result<String> {
@@ -22,7 +57,10 @@ pub fn random_token() -> std::io::Result<String> {
 #[non_exhaustive]
 pub enum TokenError {
     /// Neither a token file nor the environment variable was given.
-    NotGiven,
+    NotGiven {
+        /// The secret that was needed.
+        secret: Secret,
+    },
     /// The token file holds no token.
     Empty {
         /// The file.
@@ -40,16 +78,17 @@ pub enum TokenError {
 impl TokenError {
     /// Whether the user fixes it by changing the command line or the file (not a failure).
     pub fn is_usage(&self) -> bool {
-        matches!(self, TokenError::NotGiven | TokenError::Empty { .. })
+        matches!(self, TokenError::NotGiven { .. } | TokenError::Empty { .. })
     }
 }
 
 impl std::fmt::Display for TokenError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TokenError::NotGiven => write!(
+            TokenError::NotGiven { secret } => write!(
                 f,
-                "no token: pass --token-file FILE (created with a random token if missing) or set {TOKEN_ENV}"
+                "no {} token: pass {} FILE or set {}",
+                secret.name, secret.flag, secret.env
             ),
             TokenError::Empty { path } => write!(
                 f,
@@ -113,13 +152,30 @@ pub fn token_from_file(path: &Path, create: bool) -> Result<String, TokenError> 
 
 /// The enrollment token: from `--token-file` when given, else from `WARP_TOKEN`.
 pub fn resolve_token(token_file: Option<&Path>, create: bool) -> Result<String, TokenError> {
-    if let Some(path) = token_file {
+    resolve(ENROLLMENT, token_file, create)
+}
+
+/// `secret` from `file` when given (created when missing and `create` is set), else from its
+/// environment variable.
+pub fn resolve(secret: Secret, file: Option<&Path>, create: bool) -> Result<String, TokenError> {
+    if let Some(path) = file {
         return token_from_file(path, create);
     }
-    match std::env::var(TOKEN_ENV) {
-        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
-        _ => Err(TokenError::NotGiven),
+    from_env(secret.env).ok_or(TokenError::NotGiven { secret })
+}
+
+/// A non-empty token in the environment variable `var`.
+pub fn from_env(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        _ => None,
     }
+}
+
+/// Where `serve` keeps the admin token when `--admin-token-file` is not given: `admin-token`
+/// beside the enrollment token file.
+pub fn default_admin_token_file(enrollment_file: &Path) -> std::path::PathBuf {
+    enrollment_file.with_file_name("admin-token")
 }
 
 /// The token of an `Authorization: Bearer <token>` header value.

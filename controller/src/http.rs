@@ -101,7 +101,11 @@ fn json<T: Serialize>(status: u16, value: &T) -> Result<Answer, ApiError> {
 pub enum Auth {
     /// Anyone.
     Public,
-    /// The enrollment (admin) token.
+    /// The enrollment token (what compute nodes hold) or the admin token.
+    Enroll,
+    /// The view token (read-only monitoring) or the admin token.
+    View,
+    /// The admin token only.
     Admin,
     /// The per-worker token of the `{id}` in the path (checked by the handler under the lock).
     Worker,
@@ -124,31 +128,31 @@ pub static ROUTES: &[Route] = &[
     Route {
         method: "POST",
         pattern: "/api/workers/register",
-        auth: Auth::Admin,
+        auth: Auth::Enroll,
         handler: register,
     },
     Route {
         method: "GET",
         pattern: "/api/workers/status",
-        auth: Auth::Admin,
+        auth: Auth::View,
         handler: controller_status,
     },
     Route {
         method: "GET",
         pattern: "/api/workers/active",
-        auth: Auth::Admin,
+        auth: Auth::View,
         handler: active_workers,
     },
     Route {
         method: "GET",
         pattern: "/api/workers/tasks",
-        auth: Auth::Admin,
+        auth: Auth::View,
         handler: list_tasks,
     },
     Route {
         method: "GET",
         pattern: "/api/workers/tasks/{id}",
-        auth: Auth::Admin,
+        auth: Auth::View,
         handler: task_detail,
     },
     Route {
@@ -178,13 +182,13 @@ pub static ROUTES: &[Route] = &[
     Route {
         method: "GET",
         pattern: "/api/workers/{id}/console",
-        auth: Auth::Admin,
+        auth: Auth::View,
         handler: console_lines,
     },
     Route {
         method: "GET",
         pattern: "/api/workers/{id}/console/count",
-        auth: Auth::Admin,
+        auth: Auth::View,
         handler: console_count,
     },
     Route {
@@ -208,7 +212,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         method: "GET",
         pattern: "/api/tasks/{id}/wait",
-        auth: Auth::Admin,
+        auth: Auth::View,
         handler: wait_task,
     },
     Route {
@@ -417,16 +421,10 @@ pub(crate) fn handle(s: &Shared, mut request: tiny_http::Request) {
         .iter()
         .find(|h| h.field.equiv("Authorization"))
         .and_then(|h| auth::bearer(h.value.as_str()).map(str::to_string));
-    if route.auth == Auth::Admin {
-        if !warp_common::constant_time_eq(
-            token.as_deref().unwrap_or("").as_bytes(),
-            s.cfg.token.as_bytes(),
-        ) {
-            return respond_error(
-                request,
-                &ApiError::unauthorized("the enrollment (admin) token"),
-            );
-        }
+    if let Some(refused) = check_secret(s, route.auth, token.as_deref().unwrap_or("")) {
+        return respond_error(request, &refused);
+    }
+    if route.auth != Auth::Public && route.auth != Auth::Worker {
         // Authenticated: the connection may stay open between requests for the idle timeout
         // (an unauthenticated one only for the header timeout).
         request.trust_connection();
@@ -511,6 +509,37 @@ pub(crate) fn handle(s: &Shared, mut request: tiny_http::Request) {
             ),
         ),
     }
+}
+
+/// Checks the bearer token of a route that takes one of the controller's secrets; the error
+/// says which token the route needs (and, for the enrollment token on a route it cannot call,
+/// that it is the wrong one of the three).
+fn check_secret(s: &Shared, auth: Auth, presented: &str) -> Option<ApiError> {
+    let is = |t: &str| warp_common::constant_time_eq(presented.as_bytes(), t.as_bytes());
+    let admin = is(&s.cfg.admin_token);
+    let (allowed, needs) = match auth {
+        Auth::Public | Auth::Worker => return None,
+        Auth::Enroll => (
+            admin || is(&s.cfg.token),
+            "the enrollment token or the admin token",
+        ),
+        Auth::View => (
+            admin || s.cfg.view_token.as_deref().is_some_and(is),
+            "the view token or the admin token",
+        ),
+        Auth::Admin => (admin, "the admin token"),
+    };
+    if allowed {
+        return None;
+    }
+    let hint = if !presented.is_empty() && is(&s.cfg.token) {
+        " (this is the enrollment token, which only registers workers; clients take \
+         --admin-token-file, by default the admin-token file serve wrote beside the \
+         enrollment token file)"
+    } else {
+        ""
+    };
+    Some(ApiError::unauthorized(&format!("{needs}{hint}")))
 }
 
 fn too_large(limit: usize) -> ApiError {

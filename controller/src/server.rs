@@ -60,15 +60,19 @@ pub struct ControllerConfig {
     pub console_lines: usize,
     /// Finished tasks kept in memory (oldest finished leave first; counts stay).
     pub keep_finished: usize,
-    /// The enrollment (admin) token.
+    /// The enrollment token: registers workers, nothing else.
     pub token: String,
+    /// The admin token: every route.
+    pub admin_token: String,
+    /// The view token: read-only monitoring routes (`None`: those take the admin token).
+    pub view_token: Option<String>,
 }
 
 impl std::fmt::Debug for ControllerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "ControllerConfig {{ {}, token: <redacted> }}",
+            "ControllerConfig {{ {}, tokens: <redacted> }}",
             self.describe()
         )
     }
@@ -76,7 +80,9 @@ impl std::fmt::Debug for ControllerConfig {
 
 impl ControllerConfig {
     /// The seed's defaults: poll hold 30 s, heartbeat every 30 s, offline after 120 s, task
-    /// timeout 1800 s, 3 attempts.
+    /// timeout 1800 s, 3 attempts. `token` is the enrollment token; the admin token is a fresh
+    /// random one (set `admin_token` to reach the admin routes over HTTP; the in-process API
+    /// needs none), and there is no view token.
     pub fn new(token: String) -> ControllerConfig {
         ControllerConfig {
             bind: "0.0.0.0".into(),
@@ -92,6 +98,9 @@ impl ControllerConfig {
             console_lines: 10_000,
             keep_finished: 100_000,
             token,
+            admin_token: crate::auth::random_token()
+                .unwrap_or_else(|_| format!("{}{}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4())),
+            view_token: None,
         }
     }
 
@@ -592,6 +601,11 @@ impl Controller {
     /// The enrollment token workers need.
     pub fn token(&self) -> &str {
         &self.shared.cfg.token
+    }
+
+    /// The admin token the HTTP client routes need.
+    pub fn admin_token(&self) -> &str {
+        &self.shared.cfg.admin_token
     }
 
     /// Submits one task. Errors are the 4xx the HTTP API would answer.

@@ -177,7 +177,13 @@ mod tests {
     #[test]
     fn a_missing_token_is_a_usage_error_and_an_unreadable_file_a_failure() {
         use warp_controller::auth::TokenError;
-        assert_eq!(CliError::from(TokenError::NotGiven).exit_code(), 2);
+        assert_eq!(
+            CliError::from(TokenError::NotGiven {
+                secret: warp_controller::auth::ENROLLMENT
+            })
+            .exit_code(),
+            2
+        );
         let io = TokenError::Io {
             path: "/x".into(),
             error: "denied".into(),

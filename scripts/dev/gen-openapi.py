@@ -70,7 +70,7 @@ schemas = {
 q = lambda n, s, d: p(n, "query", s, d, False)
 paths = {
  "/api/workers/register": {"post": op("Register a worker (enrollment token)", {**ok("RegisterResponse"), **errs("400","401","413")}, "RegisterRequest",
-    desc="Bearer: the enrollment token. A protocol_version other than the controller's is refused with 400 code protocol_version_mismatch naming both versions.")},
+    desc="Bearer: the enrollment token (or the admin token). A protocol_version other than the controller's is refused with 400 code protocol_version_mismatch naming both versions.")},
  "/api/workers/status": {"get": op("Controller summary", {**ok("ControllerStatus"), **errs("401")})},
  "/api/workers/active": {"get": op("Workers (offline ones with ?all=1)", {**ok({"type":"array","items":ref("WorkerInfo")}), **errs("401")}, params=[q("all", string, "1 to include offline workers")])},
  "/api/workers/tasks": {"get": op("Tasks in submission order", {**ok({"type":"array","items":ref("TaskDetail")}), **errs("400","401")},
@@ -99,7 +99,7 @@ for path, item in paths.items():
         o["responses"].setdefault("500", dict(E, description="internal error (the controller keeps running)"))
         o["responses"].setdefault("503", dict(E, description="shutting down"))
 doc = {"openapi": "3.0.3",
- "info": {"title": "warp-controller API", "version": "0.1.0", "description": "Pull protocol between the controller and its workers, plus submission, monitoring and console endpoints. Errors are ApiError bodies. Tokens: the enrollment (admin) token for registration and client endpoints, the per-worker token from registration for worker endpoints."},
+ "info": {"title": "warp-controller API", "version": "0.1.0", "description": "Pull protocol between the controller and its workers, plus submission, monitoring and console endpoints. Errors are ApiError bodies. Tokens (Bearer): the enrollment token registers workers and nothing else; the admin token may call every endpoint; the optional view token the read-only monitoring endpoints (status, workers, tasks, consoles, waits); the per-worker token from registration that worker's own endpoints. A 405 answer carries Allow."},
  "servers": [{"url": "/"}],
  "security": [{"bearer": []}],
  "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": schemas},

@@ -140,7 +140,9 @@ for _ in $(seq 100); do [ -s "$BASE/port" ] && break; sleep 0.05; done
 WARP_CONTROLLER=http://$HEAD:$(cat "$BASE/port")
 WARP_TOKEN_FILE=$BASE/token
 WARP_TOKEN=$(cat "$BASE/token")
-export WARP_CONTROLLER WARP_TOKEN_FILE WARP_TOKEN
+# serve wrote the admin token beside the enrollment one: clients take it, workers never see it.
+WARP_ADMIN_TOKEN=$(cat "$BASE/admin-token")
+export WARP_CONTROLLER WARP_TOKEN_FILE WARP_TOKEN WARP_ADMIN_TOKEN
 ctl() { "$BIN/warp-controller" "$@" --controller "$WARP_CONTROLLER"; }
 n_workers() { ctl workers --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'; }
 log "controller at $WARP_CONTROLLER"
@@ -175,7 +177,7 @@ scancel "$A"
 wait_gone "$A" || fail "job $A did not end after scancel"
 log "job $A scancelled while its worker was busy"
 # Wait for every task, then check each one's outcome.
-python3 - "$WARP_CONTROLLER" "$WARP_TOKEN" "${ids[@]}" <<'PY' || fail "tasks did not all complete"
+python3 - "$WARP_CONTROLLER" "$WARP_ADMIN_TOKEN" "${ids[@]}" <<'PY' || fail "tasks did not all complete"
 import json, sys, urllib.request
 url, token, ids = sys.argv[1], sys.argv[2], sys.argv[3:]
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -219,7 +221,7 @@ export WARP_WORKER=$BIN/warp-worker
 for i in $(seq 1 6); do
     "$BIN/warp-controller" submit --controller "$PURL" --exec -- sh -c "sleep 0.3; echo provisioned $i" >>"$BASE/prov/ids"
 done
-python3 - "$PURL" "$WARP_TOKEN" $(cat "$BASE/prov/ids") <<'PY' || fail "provisioned workers did not complete the tasks"
+python3 - "$PURL" "$WARP_ADMIN_TOKEN" $(cat "$BASE/prov/ids") <<'PY' || fail "provisioned workers did not complete the tasks"
 import json, sys, urllib.request
 url, token, ids = sys.argv[1], sys.argv[2], sys.argv[3:]
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

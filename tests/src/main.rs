@@ -626,7 +626,7 @@ fn bench_exec(workers: usize, tasks: usize, samples: usize) -> Check {
                 "--",
                 "/bin/true",
             ])
-            .env("WARP_TOKEN", &c.token)
+            .env("WARP_ADMIN_TOKEN", &c.admin_token)
             .output()
             .map_err(|e| e.to_string())?;
         cli.push(t.elapsed().as_secs_f64() * 1000.0);

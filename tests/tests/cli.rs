@@ -12,6 +12,8 @@ fn run(dir: &TempDir, args: &[&str]) -> Output {
     cmd.args(args)
         .current_dir(dir.path())
         .env_remove("WARP_TOKEN")
+        .env_remove("WARP_ADMIN_TOKEN")
+        .env_remove("WARP_VIEW_TOKEN")
         .env_remove("WARP_CONTROLLER");
     // A usage error is found at once; a process that got further would bind, spawn or wait.
     let mut child = cmd
@@ -125,7 +127,7 @@ fn a_missing_token_is_a_usage_error_in_every_subcommand() {
             "0",
         ],
     ] {
-        assert_usage(&dir, args, "no token");
+        assert_usage(&dir, args, "token: pass");
     }
 }
 
@@ -175,7 +177,7 @@ fn array_submission_files_and_wait_with_a_failure_summary() {
         let mut cmd = Command::new(warp_tests::bin("warp-controller"));
         cmd.args(args)
             .env("WARP_CONTROLLER", &c.url)
-            .env("WARP_TOKEN", &c.token)
+            .env("WARP_ADMIN_TOKEN", &c.admin_token)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());

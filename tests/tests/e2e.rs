@@ -62,7 +62,7 @@ fn wait_workers(c: &ControllerProc, n: usize) -> Vec<warp_common::protocol::Work
 fn cli(c: &ControllerProc, args: &[&str]) -> std::process::Output {
     std::process::Command::new(warp_tests::bin("warp-controller"))
         .args(args)
-        .env("WARP_TOKEN", &c.token)
+        .env("WARP_ADMIN_TOKEN", &c.admin_token)
         .output()
         .unwrap()
 }
@@ -380,14 +380,116 @@ fn wrong_tokens_get_401_and_change_nothing() {
             .unwrap_err(),
     );
     assert_eq!(code, 401);
+    // The enrollment token registers workers, nothing else; the 401 says which token is needed.
+    let (code, body) = status_of(
+        agent
+            .post(&format!("{}/api/tasks", c.url))
+            .set("Authorization", &format!("Bearer {}", c.token))
+            .send_json(json!({"commands": [{"name": "Sleep", "params": {"ms": 1}}]}))
+            .unwrap_err(),
+    );
+    assert_eq!(code, 401);
+    let msg = body["error"].as_str().unwrap();
+    assert!(
+        msg.contains("enrollment token") && msg.contains("--admin-token-file"),
+        "{msg}"
+    );
+    let (code, _) = status_of(
+        agent
+            .get(&format!("{}/api/workers/status", c.url))
+            .set("Authorization", &format!("Bearer {}", c.token))
+            .call()
+            .unwrap_err(),
+    );
+    assert_eq!(code, 401, "the enrollment token cannot watch either");
     let st = c.client().status().unwrap();
     assert_eq!(st.tasks.queued, 0, "refused submission changed nothing");
     assert_eq!(st.workers.idle, 1);
     // Tokens never appear in the controller's log.
     let log = c.proc.stderr();
     assert!(
-        !log.contains(&c.token) && !log.contains(wtoken),
+        !log.contains(&c.token) && !log.contains(&c.admin_token) && !log.contains(wtoken),
         "token leaked into the log:\n{log}"
+    );
+}
+
+/// Issue 16, tokens: three secrets with separate powers. The admin token (created by serve as
+/// `admin-token` beside the enrollment token, mode 600, different from it) does everything;
+/// the view token reads monitoring routes and nothing else; the enrollment token registers.
+#[test]
+fn enrollment_admin_and_view_tokens_have_separate_powers() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("least-privilege");
+    let view_file = dir.path().join("view-token");
+    let c = ControllerProc::start(
+        dir.path(),
+        0,
+        &["--view-token-file", view_file.to_str().unwrap()],
+    );
+    let view = std::fs::read_to_string(&view_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_ne!(c.admin_token, c.token);
+    assert_ne!(view, c.admin_token);
+    for f in [c.token_file.with_file_name("admin-token"), view_file] {
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
+    let agent = ureq_agent();
+    let call = |method: &str, path: &str, token: &str, body: Option<Value>| {
+        let rq = agent
+            .request(method, &format!("{}{path}", c.url))
+            .set("Authorization", &format!("Bearer {token}"));
+        let r = match body {
+            Some(b) => rq.send_json(b),
+            None => rq.call(),
+        };
+        match r {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(code, _)) => code,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let sleep = || Some(json!({"commands": [{"name": "Sleep", "params": {"ms": 1}}]}));
+    let reg = || {
+        Some(
+            json!({"protocol_version": warp_common::PROTOCOL_VERSION, "device": 0, "hostname": "h"}),
+        )
+    };
+    // view: monitoring yes, submission and registration no.
+    assert_eq!(call("GET", "/api/workers/status", &view, None), 200);
+    assert_eq!(call("GET", "/api/workers/tasks", &view, None), 200);
+    assert_eq!(call("POST", "/api/tasks", &view, sleep()), 401);
+    assert_eq!(call("POST", "/api/workers/register", &view, reg()), 401);
+    // enrollment: registration only.
+    assert_eq!(call("POST", "/api/workers/register", &c.token, reg()), 200);
+    assert_eq!(call("POST", "/api/tasks", &c.token, sleep()), 401);
+    // admin: everything.
+    assert_eq!(call("POST", "/api/tasks", &c.admin_token, sleep()), 201);
+    assert_eq!(
+        call("GET", "/api/workers/status", &c.admin_token, None),
+        200
+    );
+    assert_eq!(
+        call("POST", "/api/workers/register", &c.admin_token, reg()),
+        200
+    );
+    // The CLI takes the admin token; given the enrollment token it is told what to use.
+    let out = std::process::Command::new(warp_tests::bin("warp-controller"))
+        .args(["status", "--controller", &c.url, "--token-file"])
+        .arg(&c.token_file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--admin-token-file"), "{err}");
+    let out = cli(&c, &["status", "--controller", &c.url]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
@@ -398,7 +500,7 @@ fn malformed_input_gets_json_errors_and_the_controller_keeps_serving() {
     flags.extend(["--max-body", "4096"]);
     let c = ControllerProc::start(dir.path(), 0, &flags);
     let agent = ureq_agent();
-    let auth = format!("Bearer {}", c.token);
+    let auth = format!("Bearer {}", c.admin_token);
     let post = |path: &str, body: &str| {
         agent
             .post(&format!("{}{path}", c.url))
@@ -644,7 +746,7 @@ fn openapi_document_is_served_and_every_documented_route_exists() {
             );
             let r = agent
                 .request(&method.to_uppercase(), &url)
-                .set("Authorization", &format!("Bearer {}", c.token))
+                .set("Authorization", &format!("Bearer {}", c.admin_token))
                 .call();
             let code = match r {
                 Ok(r) => r.status(),
@@ -719,7 +821,7 @@ fn console_lines_reach_the_controller() {
     let agent = ureq_agent();
     let count: Value = agent
         .get(&format!("{}/api/workers/{id}/console/count", c.url))
-        .set("Authorization", &format!("Bearer {}", c.token))
+        .set("Authorization", &format!("Bearer {}", c.admin_token))
         .call()
         .unwrap()
         .into_json()
@@ -846,7 +948,7 @@ fn absurd_content_length_gets_413_and_the_controller_survives() {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", c.port)).unwrap();
     let head = format!(
         "POST /api/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 900000000000\r\n\r\n{{",
-        c.token
+        c.admin_token
     );
     s.write_all(head.as_bytes()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -1,7 +1,5 @@
 //! What the client subcommands (`submit`, `status`, `workers`, `tasks`, `cancel`) share: the
-//! `--controller` and `--token-file` options, resolved before any request is made.
-
-use std::path::PathBuf;
+//! `--controller` and `--admin-token-file` options, resolved before any request is made.
 
 use getopts::{Matches, Options};
 use warp_controller::auth;
@@ -21,11 +19,34 @@ pub fn options() -> Options {
     );
     o.optopt(
         "",
+        "admin-token-file",
+        "file holding the admin token (serve writes it as admin-token beside its --token-file); default $WARP_ADMIN_TOKEN",
+        "FILE",
+    );
+    o.optopt(
+        "",
         "token-file",
-        "file holding the enrollment (admin) token; default $WARP_TOKEN",
+        "older name of --admin-token-file (then $WARP_TOKEN is the last resort)",
         "FILE",
     );
     o
+}
+
+/// The admin token of a client command: `--admin-token-file`, `--token-file` (its older
+/// name), `WARP_ADMIN_TOKEN`, then `WARP_TOKEN` (from when one token did everything; a
+/// controller that separates them answers 401 naming the admin token).
+pub fn admin_token(m: &Matches) -> Result<String, auth::TokenError> {
+    if let Some(f) = m
+        .opt_str("admin-token-file")
+        .or_else(|| m.opt_str("token-file"))
+    {
+        return auth::token_from_file(std::path::Path::new(&f), false);
+    }
+    auth::from_env(auth::ADMIN_TOKEN_ENV)
+        .or_else(|| auth::from_env(auth::TOKEN_ENV))
+        .ok_or(auth::TokenError::NotGiven {
+            secret: auth::ADMIN,
+        })
 }
 
 /// A checked `--controller` URL and token: a client not yet connected.
@@ -46,8 +67,7 @@ impl ClientArgs {
                     "no controller: pass --controller URL or set WARP_CONTROLLER".into(),
                 )
             })?;
-        let token_file = m.opt_str("token-file").map(PathBuf::from);
-        let token = auth::resolve_token(token_file.as_deref(), false)?;
+        let token = admin_token(m)?;
         // Checks the URL's form now; connects nothing.
         AdminClient::new(&url, &token)
             .map_err(|e| CliError::Usage(format!("--controller: {e}")))?;

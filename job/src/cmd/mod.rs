@@ -38,9 +38,12 @@ Usage:
                                          compare preprocess results with simulated truth
   warp-controller help | --help | --version
 
-Each subcommand has --help. Tokens come from --token-file FILE or the WARP_TOKEN environment
-variable, never from the command line. Client subcommands find the controller with
---controller URL or WARP_CONTROLLER.
+Each subcommand has --help. Tokens come from files or the environment, never from the
+command line. serve has three: the enrollment token (--token-file, WARP_TOKEN; workers and
+compute nodes hold it; it only registers workers), the admin token (--admin-token-file,
+WARP_ADMIN_TOKEN; by default admin-token beside the enrollment token file) and an optional
+read-only view token (--view-token-file, WARP_VIEW_TOKEN). Client subcommands take the admin
+token (--admin-token-file) and find the controller with --controller URL or WARP_CONTROLLER.
 
 Exit codes: 0 success, 1 failure (e.g. task failed, controller unreachable), 2 usage error
 (checked before the controller binds a port or a worker starts).";

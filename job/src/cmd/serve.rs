@@ -16,8 +16,12 @@ use crate::cli::{self, CliError, failed, number, seconds, usage};
 pub struct ServeConfig {
     /// The controller's settings (token included).
     pub controller: ControllerConfig,
-    /// Where the token came from, for the start-up log.
+    /// Where the enrollment token came from, for the start-up log.
     pub token_file: Option<PathBuf>,
+    /// Where the admin token came from (`None`: `WARP_ADMIN_TOKEN`, or the enrollment token).
+    pub admin_token_file: Option<PathBuf>,
+    /// Where the view token came from.
+    pub view_token_file: Option<PathBuf>,
     /// `--port-file`.
     pub port_file: Option<PathBuf>,
     /// `--provision slurm`, checked.
@@ -50,7 +54,9 @@ fn options() -> Options {
         "write the bound port to FILE (for scripts and batch jobs)",
         "FILE",
     );
-    o.optopt("", "token-file", "enrollment token file, created (mode 600, random 256-bit token) if missing; else WARP_TOKEN", "FILE");
+    o.optopt("", "token-file", "enrollment token file (registers workers only; what compute nodes hold), created (mode 600, random 256-bit token) if missing; else WARP_TOKEN", "FILE");
+    o.optopt("", "admin-token-file", "admin token file (submit, cancel, everything; what client commands take), created if missing; default: admin-token beside --token-file, else WARP_ADMIN_TOKEN", "FILE");
+    o.optopt("", "view-token-file", "read-only view token file (status, workers, tasks, consoles), created if missing; else WARP_VIEW_TOKEN; without one those routes take the admin token", "FILE");
     o.optopt(
         "",
         "poll-hold",
@@ -159,9 +165,29 @@ impl ServeConfig {
         }
         let provision = ProvisionPlan::from_matches(&m, &cfg.bind, token_file.as_deref())?;
         cfg.token = auth::resolve_token(token_file.as_deref(), true)?;
+        let admin_token_file = m
+            .opt_str("admin-token-file")
+            .map(PathBuf::from)
+            .or_else(|| match auth::from_env(auth::ADMIN_TOKEN_ENV) {
+                Some(_) => None,
+                None => token_file.as_deref().map(auth::default_admin_token_file),
+            });
+        cfg.admin_token = match &admin_token_file {
+            Some(f) => auth::token_from_file(f, true)?,
+            // Only the enrollment token was given, in the environment: it is also the admin
+            // token (as before the tokens were split); `run` warns.
+            None => auth::from_env(auth::ADMIN_TOKEN_ENV).unwrap_or_else(|| cfg.token.clone()),
+        };
+        let view_token_file = m.opt_str("view-token-file").map(PathBuf::from);
+        cfg.view_token = match &view_token_file {
+            Some(f) => Some(auth::token_from_file(f, true)?),
+            None => auth::from_env(auth::VIEW_TOKEN_ENV),
+        };
         Ok(Some(ServeConfig {
             controller: cfg,
             token_file,
+            admin_token_file,
+            view_token_file,
             port_file: m.opt_str("port-file").map(PathBuf::from),
             provision,
             log_level: if m.opt_present("verbose") {
@@ -185,13 +211,26 @@ pub fn run(cfg: ServeConfig) -> Result<(), CliError> {
         warp_common::PROTOCOL_VERSION
     );
     log::info!("configuration: {}", cfg.controller.describe());
+    let from = |file: &Option<PathBuf>, env: &str| match file {
+        Some(p) => format!("file {}", p.display()),
+        None => env.to_string(),
+    };
     log::info!(
-        "token: {}",
-        match &cfg.token_file {
-            Some(p) => format!("from file {}", p.display()),
-            None => format!("from {}", auth::TOKEN_ENV),
+        "tokens: enrollment from {}, admin from {}, view {}",
+        from(&cfg.token_file, auth::TOKEN_ENV),
+        from(&cfg.admin_token_file, auth::ADMIN_TOKEN_ENV),
+        match (&cfg.view_token_file, &cfg.controller.view_token) {
+            (Some(p), _) => format!("from file {}", p.display()),
+            (None, Some(_)) => format!("from {}", auth::VIEW_TOKEN_ENV),
+            (None, None) => "none (monitoring takes the admin token)".into(),
         }
     );
+    if cfg.controller.admin_token == cfg.controller.token {
+        log::warn!(
+            "the admin token is the enrollment token: every worker node can submit and cancel \
+             tasks. Give serve --admin-token-file FILE (or WARP_ADMIN_TOKEN) to separate them"
+        );
+    }
     let bind = cfg.controller.bind.clone();
     let controller = Controller::start(cfg.controller).map_err(CliError::Failed)?;
     let provisioner = match &cfg.provision {
@@ -271,6 +310,47 @@ mod tests {
         good.extend(args(&["--provision-var", "partition=gpu"]));
         let cfg = ServeConfig::from_args(&good).unwrap().unwrap();
         assert!(cfg.provision.is_some());
+    }
+
+    /// Issue 16: the admin token is its own secret, by default `admin-token` beside the
+    /// enrollment token file (created mode 600); `--admin-token-file` and
+    /// `--view-token-file` name other files.
+    #[test]
+    fn tokens_are_three_files_with_the_admin_one_beside_the_enrollment_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::test_util::TempDir::new("serve-tokens");
+        let token = dir.join("token");
+        let cfg = ServeConfig::from_args(&args(&["--token-file", token.to_str().unwrap()]))
+            .unwrap()
+            .unwrap();
+        let admin_file = dir.join("admin-token");
+        let admin = std::fs::read_to_string(&admin_file).unwrap();
+        assert_eq!(cfg.controller.admin_token, admin.trim());
+        assert_ne!(cfg.controller.admin_token, cfg.controller.token);
+        assert_eq!(cfg.controller.view_token, None);
+        let mode = std::fs::metadata(&admin_file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (a, v) = (dir.join("elsewhere/a"), dir.join("v"));
+        std::fs::create_dir_all(dir.join("elsewhere")).unwrap();
+        let cfg = ServeConfig::from_args(&args(&[
+            "--token-file",
+            token.to_str().unwrap(),
+            "--admin-token-file",
+            a.to_str().unwrap(),
+            "--view-token-file",
+            v.to_str().unwrap(),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            cfg.controller.admin_token,
+            std::fs::read_to_string(&a).unwrap().trim()
+        );
+        assert_eq!(
+            cfg.controller.view_token.as_deref(),
+            Some(std::fs::read_to_string(&v).unwrap().trim())
+        );
+        assert_eq!(cfg.admin_token_file.as_deref(), Some(a.as_path()));
     }
 
     #[test]
