@@ -665,9 +665,9 @@ fn stop_children(mut children: Vec<Child>, grace: Duration) {
 
 // ----- direct (traditional) mode -------------------------------------------------------------
 
-/// One worker in direct mode: spawned with `-p 0 --pipe NAME`, its port read from the named
-/// pipe, pulsed every second (it exits after 10 s without a pulse), commands sent to its own
-/// REST API.
+/// One worker in direct mode: spawned with `-p 0 --pipe NAME`, its port and per-run secret
+/// read from the named pipe (mode 600), pulsed every second (it exits after 10 s without a
+/// pulse), commands sent to its own REST API with the secret as a bearer token.
 pub struct DirectWorkerWrapper {
     child: Arc<Mutex<Option<Child>>>,
     port: u16,
@@ -706,7 +706,7 @@ impl DirectWorkerWrapper {
                 return Err(WrapperError::Spawn(format!("{}: {e}", bin.display())));
             }
         };
-        let port = match read_port(&fifo, &mut child, Duration::from_secs(10)) {
+        let (port, secret) = match read_port(&fifo, &mut child, Duration::from_secs(10)) {
             Ok(p) => p,
             Err(e) => {
                 let _ = child.kill();
@@ -716,7 +716,7 @@ impl DirectWorkerWrapper {
             }
         };
         let base = format!("http://127.0.0.1:{port}");
-        let agent = ureq::AgentBuilder::new().try_proxy_from_env(false).build();
+        let agent = agent_with_secret(&secret);
         let child = Arc::new(Mutex::new(Some(child)));
         let (died_tx, died) = crossbeam_channel::bounded(1);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
@@ -837,6 +837,20 @@ impl Drop for DirectWorkerWrapper {
     }
 }
 
+/// An agent that sends `Authorization: Bearer SECRET` with every request (pulses, commands,
+/// Exit alike).
+// ureq's middleware signature returns its (large) error type; that is not ours to shrink.
+#[allow(clippy::result_large_err)]
+fn agent_with_secret(secret: &str) -> ureq::Agent {
+    let auth = format!("Bearer {secret}");
+    ureq::AgentBuilder::new()
+        .try_proxy_from_env(false)
+        .middleware(move |rq: ureq::Request, next: ureq::MiddlewareNext<'_>| {
+            next.handle(rq.set("Authorization", &auth))
+        })
+        .build()
+}
+
 fn make_fifo(path: &Path) -> std::io::Result<()> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     // SAFETY: mkfifo(3) with a valid NUL-terminated path.
@@ -847,8 +861,8 @@ fn make_fifo(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Reads "PORT\n" from the FIFO without blocking forever if the child dies first.
-fn read_port(fifo: &Path, child: &mut Child, timeout: Duration) -> Result<u16, String> {
+/// Reads "PORT\nSECRET\n" from the FIFO without blocking forever if the child dies first.
+fn read_port(fifo: &Path, child: &mut Child, timeout: Duration) -> Result<(u16, String), String> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .read(true)
@@ -863,11 +877,19 @@ fn read_port(fifo: &Path, child: &mut Child, timeout: Duration) -> Result<u16, S
             Ok(n) if n > 0 => text.push_str(&String::from_utf8_lossy(&buf[..n])),
             _ => {}
         }
-        if let Some(line) = text.lines().next().filter(|_| text.contains('\n')) {
-            return line
-                .trim()
-                .parse()
-                .map_err(|_| format!("the worker wrote '{line}' to the pipe, not a port"));
+        if let Some((line, rest)) = text.split_once('\n')
+            && let Some((secret, _)) = rest.split_once('\n')
+        {
+            let port = line.trim().parse().map_err(|_| {
+                format!(
+                    "the worker wrote '{}' to the pipe, not a port",
+                    warp_common::for_log(line, 64)
+                )
+            })?;
+            if secret.trim().is_empty() {
+                return Err("the worker wrote no secret to the pipe (an older build?)".into());
+            }
+            return Ok((port, secret.trim().to_string()));
         }
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!(
@@ -875,8 +897,13 @@ fn read_port(fifo: &Path, child: &mut Child, timeout: Duration) -> Result<u16, S
             ));
         }
         if Instant::now() > deadline {
+            let what = if text.contains('\n') {
+                "its port but no secret (an older warp-worker build? rebuild both)"
+            } else {
+                "no port"
+            };
             return Err(format!(
-                "the worker wrote no port to {} within {:.0} s",
+                "the worker wrote {what} to {} within {:.0} s",
                 fifo.display(),
                 timeout.as_secs_f64()
             ));

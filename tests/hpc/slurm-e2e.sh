@@ -273,7 +273,10 @@ wait_running "$D" || fail "direct-mode job $D did not start"
 for _ in $(seq 100); do [ -s "$BASE/direct.port" ] && break; sleep 0.1; done
 [ -s "$BASE/direct.port" ] || { cat "$BASE/jobs/direct.log"; fail "the direct-mode worker wrote no port"; }
 DP=$(head -n1 "$BASE/direct.port")
-ip netns exec "$NS" curl -sS --noproxy '*' --max-time 5 -X POST "http://$NODE:$DP/v1/Service/SendPulse" | grep -q ok \
+DS=$(sed -n 2p "$BASE/direct.port")   # the per-run secret every direct-mode request needs
+ip netns exec "$NS" curl -sS --noproxy '*' --max-time 5 -X POST "http://$NODE:$DP/v1/Service/SendPulse" | grep -q unauthorized \
+    || fail "the direct-mode worker answers a request without its secret"
+ip netns exec "$NS" curl -sS --noproxy '*' --max-time 5 -H "Authorization: Bearer $DS" -X POST "http://$NODE:$DP/v1/Service/SendPulse" | grep -q ok \
     || fail "the direct-mode worker does not answer even inside the node"
 rc=0
 curl -sS --noproxy '*' --connect-timeout 3 -X POST "http://$NODE:$DP/v1/Service/SendPulse" >/dev/null 2>&1 || rc=$?

@@ -874,31 +874,36 @@ fn burst_of_new_connections_is_served() {
 }
 
 #[test]
-fn direct_mode_writes_its_port_and_exits_without_a_pulse() {
+fn direct_mode_writes_its_port_and_secret_refuses_requests_without_it_and_exits_without_a_pulse() {
     let dir = TempDir::new("pulse");
     let pipe = dir.path().join("port");
     let mut cmd = std::process::Command::new(warp_tests::bin("warp-worker"));
     cmd.args(["-d", "0", "-p", "0", "--pulse-timeout", "0.5", "--pipe"])
         .arg(&pipe);
     let mut w = warp_tests::Proc::spawn(cmd, "warp-worker direct", dir.path().join("direct.log"));
-    let port: u16 = wait_for(Duration::from_secs(10), "the port line", || {
-        std::fs::read_to_string(&pipe)
-            .ok()
-            .filter(|t| t.ends_with('\n'))?
-            .trim()
-            .parse()
-            .ok()
+    let (port, secret): (u16, String) = wait_for(Duration::from_secs(10), "the port line", || {
+        let text = std::fs::read_to_string(&pipe).ok()?;
+        let (port, secret) = text.split_once('\n')?;
+        secret
+            .ends_with('\n')
+            .then(|| Some((port.parse().ok()?, secret.trim().to_string())))?
     });
     let agent = ureq_agent();
+    let eval = format!("http://127.0.0.1:{port}/v1/Service/EvaluateCommand");
+    // Issue 16, row 6: without the per-run secret from the pipe, Exec does not run (401).
+    let marker = dir.path().join("pwned");
+    let exec = json!({"name": "Exec", "params": {"argv": ["touch", marker.to_str().unwrap()]}});
+    let (code, _) = status_of(agent.post(&eval).send_json(&exec).unwrap_err());
+    assert_eq!(code, 401);
     let r: Value = agent
-        .post(&format!(
-            "http://127.0.0.1:{port}/v1/Service/EvaluateCommand"
-        ))
+        .post(&eval)
+        .set("Authorization", &format!("Bearer {secret}"))
         .send_json(json!({"name": "Echo", "params": {"value": "hi"}}))
         .unwrap()
         .into_json()
         .unwrap();
     assert_eq!(r["result"]["value"], "hi");
+    assert!(!marker.exists(), "an unauthenticated Exec ran");
     let t = Instant::now();
     assert_eq!(
         w.wait_exit(Duration::from_secs(10)),

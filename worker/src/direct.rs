@@ -1,7 +1,9 @@
 //! Direct (traditional) mode: the worker serves Warp's REST API itself.
 //!
-//! The parent process starts `warp-worker -d N -p PORT --pipe NAME`, reads the bound port from
-//! NAME, and pushes commands:
+//! The parent process starts `warp-worker -d N -p PORT --pipe NAME`, reads two lines from NAME
+//! (the bound port, then a secret the worker made for this run), and pushes commands, each with
+//! `Authorization: Bearer SECRET` (any request without it gets 401, so other users who can
+//! reach the port cannot run anything):
 //!
 //! ```text
 //! POST /v1/Service/EvaluateCommand   Command             -> 200 {"result": ...} | 422 | 400
@@ -41,6 +43,8 @@ pub const MAX_BODY: usize = 16 << 20;
 const HANDLERS: usize = 4;
 
 struct State {
+    /// The per-run secret every request must carry.
+    secret: String,
     exec: Mutex<Executor>,
     /// Cancels the running command at shutdown.
     cancel: Mutex<CancelFlag>,
@@ -74,7 +78,14 @@ pub fn run_direct(cfg: DirectConfig) -> Result<(), WorkerError> {
     let port = server.server_addr().to_ip().map_or(cfg.port, |a| a.port());
     info!("listening on {}:{port}", cfg.bind);
     let server = Arc::new(server);
+    // 244 random bits from the kernel's CSPRNG (uuid v4), handed only to whoever reads the pipe.
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
     let st = Arc::new(State {
+        secret: secret.clone(),
         exec: Mutex::new(crate::make_executor(cfg.backend, cfg.device)?),
         cancel: Mutex::new(CancelFlag::new()),
         last_pulse: Mutex::new(Instant::now()),
@@ -98,12 +109,16 @@ pub fn run_direct(cfg: DirectConfig) -> Result<(), WorkerError> {
     let (pipe_tx, mut pipe_rx) = crossbeam_channel::bounded(1);
     let pipe = cfg.pipe.clone();
     std::thread::spawn(move || {
+        use std::os::unix::fs::OpenOptionsExt;
+        // A FIFO the parent made (mode 600), or a file created 600 here: the secret is for the
+        // parent only.
         let r = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&pipe)
-            .and_then(|mut f| writeln!(f, "{port}"));
+            .and_then(|mut f| write!(f, "{port}\n{secret}\n"));
         let _ = pipe_tx.send(r);
     });
 
@@ -189,6 +204,20 @@ fn error(status: u16, code: &str, message: impl Into<String>) -> Reply {
 /// Answers one request; sets `exit` when the process should exit after the response.
 fn route(st: &State, rq: &mut Request, exit: &mut bool) -> Reply {
     let path = rq.url().split('?').next().unwrap_or("").to_string();
+    let presented = rq
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !warp_common::constant_time_eq(presented.trim().as_bytes(), st.secret.as_bytes()) {
+        return error(
+            401,
+            "unauthorized",
+            "missing or wrong bearer token: direct mode needs the secret the worker wrote to its \
+             --pipe (second line)",
+        );
+    }
     let post = *rq.method() == Method::Post;
     let read = matches!(rq.method(), Method::Get | Method::Post);
     let console = |c: warp_common::protocol::ConsoleLines| (200, json!(c));
@@ -292,6 +321,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // ureq's middleware signature
     fn direct_mode_serves_commands_pulses_console_and_exit() {
         let dir = std::env::temp_dir().join(format!("warp-direct-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -301,18 +331,40 @@ mod tests {
         cfg.pulse_timeout = Duration::from_secs(20);
         let worker = std::thread::spawn(move || run_direct(cfg));
         let start = Instant::now();
-        let port: u16 = loop {
+        let (port, secret): (u16, String) = loop {
             if let Ok(text) = std::fs::read_to_string(&pipe)
-                && text.ends_with('\n')
+                && let Some((port, secret)) = text.split_once('\n')
+                && secret.ends_with('\n')
             {
-                break text.trim().parse().unwrap();
+                break (port.parse().unwrap(), secret.trim().to_string());
             }
             assert!(start.elapsed() < Duration::from_secs(10), "no port written");
             std::thread::sleep(Duration::from_millis(5));
         };
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&pipe).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the pipe file holds the secret");
         let base = format!("http://127.0.0.1:{port}");
-        let agent = ureq::AgentBuilder::new().try_proxy_from_env(false).build();
         let eval = format!("{base}/v1/Service/EvaluateCommand");
+        // Without the secret (or with another) nothing runs: 401.
+        let plain = ureq::AgentBuilder::new().try_proxy_from_env(false).build();
+        for auth in [None, Some("Bearer nope")] {
+            let mut rq = plain.post(&eval);
+            if let Some(a) = auth {
+                rq = rq.set("Authorization", a);
+            }
+            match rq.send_string(r#"{"name":"Exec","params":{"argv":["touch","/tmp/warp-pwned"]}}"#)
+            {
+                Err(ureq::Error::Status(401, _)) => {}
+                other => panic!("{auth:?}: {other:?}"),
+            }
+        }
+        let agent = ureq::AgentBuilder::new()
+            .try_proxy_from_env(false)
+            .middleware(move |rq: ureq::Request, next: ureq::MiddlewareNext<'_>| {
+                next.handle(rq.set("Authorization", &format!("Bearer {secret}")))
+            })
+            .build();
 
         let (status, body) = post(&agent, &eval, r#"{"name":"Echo","params":{"value":42}}"#);
         assert_eq!((status, body), (200, json!({"result": {"value": 42}})));
