@@ -52,6 +52,9 @@ pub struct CoreConfig {
     /// Finished tasks kept (readable by id, listed); older ones leave the core, oldest
     /// finished first, and only their counts stay.
     pub keep_finished: usize,
+    /// An offline worker silent this long is forgotten (its record leaves the core; should it
+    /// come back, its calls get 404 and it registers again).
+    pub forget_offline_ms: u64,
 }
 
 /// Everything that can change the core's state.
@@ -161,6 +164,12 @@ pub enum Decision {
         worker: WorkerId,
         /// Why.
         reason: String,
+    },
+    /// A worker's record left the core (it deregistered, or stayed offline past
+    /// `forget_offline_ms`): what is kept beside it (its console) may go too.
+    WorkerForgotten {
+        /// Its id.
+        worker: WorkerId,
     },
 }
 
@@ -587,6 +596,7 @@ impl Core {
             worker,
             reason: format!("deregistered: {reason}"),
         });
+        self.decisions.push(Decision::WorkerForgotten { worker });
         Ok(Reply::Ack)
     }
 
@@ -666,12 +676,14 @@ impl Core {
     fn on_tick(&mut self) {
         let now = self.now;
         let hb = self.cfg.heartbeat_timeout_ms;
-        let lost: Vec<WorkerId> = self
+        // Sorted: the order of the decisions must not depend on hash order (replay).
+        let mut lost: Vec<WorkerId> = self
             .workers
             .iter()
             .filter(|(_, w)| !w.offline && now.saturating_sub(w.last_seen) > hb)
             .map(|(id, _)| *id)
             .collect();
+        lost.sort_unstable();
         for worker in lost {
             let reason = format!(
                 "no heartbeat for {} ms (timeout {hb} ms)",
@@ -679,8 +691,25 @@ impl Core {
             );
             self.mark_offline(worker, &reason);
         }
+        let forget = self.cfg.forget_offline_ms;
+        let mut gone: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.offline && now.saturating_sub(w.last_seen) > forget)
+            .map(|(id, _)| *id)
+            .collect();
+        gone.sort_unstable();
+        for worker in gone {
+            // mark_offline already ended its attempt, its reservation and its targeted tasks.
+            if self.set_waiting(worker, false) {
+                self.decisions.push(Decision::Release { worker });
+            }
+            self.unreserve(worker);
+            self.workers.remove(&worker);
+            self.decisions.push(Decision::WorkerForgotten { worker });
+        }
         let default_timeout = self.cfg.task_timeout_ms;
-        let expired: Vec<(TaskId, u64)> = self
+        let mut expired: Vec<(TaskId, u64)> = self
             .workers
             .values()
             .filter_map(|w| w.current)
@@ -695,6 +724,7 @@ impl Core {
                 (now.saturating_sub(assigned) > limit).then_some((task, limit))
             })
             .collect();
+        expired.sort_unstable();
         for (task, limit) in expired {
             self.end_attempt(
                 task,

@@ -12,6 +12,7 @@ fn cfg() -> CoreConfig {
         heartbeat_interval_ms: 100,
         poll_hold_ms: 500,
         keep_finished: usize::MAX,
+        forget_offline_ms: u64::MAX,
     }
 }
 
@@ -724,4 +725,48 @@ fn reservations_hold_in_device_queues_and_survive_a_lost_delivery() {
     assert_eq!((again.lease, again.read_ahead), (a0.lease, a0.read_ahead));
     // B, on the same device, skips the task kept for A.
     assert_eq!(s.poll(b).unwrap().id, t[2]);
+}
+
+/// Issue 16, retention: an offline worker silent past `forget_offline_ms` leaves the core (and
+/// the server drops its console after a while); its task was already re-queued when it went
+/// offline, and if it comes back its calls are refused as unknown (it registers again).
+#[test]
+fn offline_workers_are_forgotten_after_forget_offline_ms() {
+    let mut s = Sim::with(CoreConfig {
+        forget_offline_ms: 5_000,
+        ..cfg()
+    });
+    let (w, other) = (s.register(0), s.register(0));
+    let t = s.submit(sleep_spec());
+    assert_eq!(s.poll(w).unwrap().id, t);
+    s.now = 1_500;
+    s.heartbeat(other, None);
+    s.apply(Event::Tick).unwrap();
+    assert_eq!(
+        s.state(t),
+        TaskState::Queued,
+        "re-queued when it went offline"
+    );
+    assert_eq!(s.core.workers(0).len(), 2, "offline, still listed");
+    s.core.take_decisions();
+    s.now = 6_600;
+    s.heartbeat(other, None);
+    s.apply(Event::Tick).unwrap();
+    let d = s.core.take_decisions();
+    assert!(
+        d.contains(&Decision::WorkerForgotten { worker: w }),
+        "{d:?}"
+    );
+    assert!(!d.contains(&Decision::WorkerForgotten { worker: other }));
+    let left: Vec<WorkerId> = s.core.workers(0).iter().map(|i| i.id).collect();
+    assert_eq!(left, vec![other]);
+    assert!(matches!(
+        s.apply(Event::Heartbeat {
+            worker: w,
+            req: Default::default()
+        }),
+        Err(CoreError::UnknownWorker(_))
+    ));
+    // The forgotten worker's task still runs elsewhere.
+    assert_eq!(s.poll(other).unwrap().id, t);
 }

@@ -195,6 +195,8 @@ pub(crate) struct Inner {
     pub parked_polls: HashMap<WorkerId, ParkedPoll>,
     pub waiters: HashMap<TaskId, Vec<Waiter>>,
     pub consoles: HashMap<WorkerId, ConsoleRing>,
+    /// Workers the core forgot whose consoles are still kept, oldest first.
+    pub departed: std::collections::VecDeque<WorkerId>,
     pub subscribers: Vec<Sender<WorkerEvent>>,
     pub outbox: Vec<Outgoing>,
 }
@@ -376,6 +378,18 @@ impl Shared {
                 let e = WorkerEvent::Lost { worker, reason };
                 inner.subscribers.retain(|s| s.send(e.clone()).is_ok());
             }
+            Decision::WorkerForgotten { worker } => {
+                // Its console stays readable a while (why did it stop?), the last
+                // DEPARTED_CONSOLES of them, so departed workers cost bounded memory.
+                if inner.consoles.contains_key(&worker) {
+                    inner.departed.push_back(worker);
+                    while inner.departed.len() > DEPARTED_CONSOLES {
+                        if let Some(old) = inner.departed.pop_front() {
+                            inner.consoles.remove(&old);
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -475,6 +489,10 @@ fn raise_open_file_limit() -> u64 {
     lim.rlim_cur
 }
 
+/// Consoles of departed workers (deregistered, or forgotten after a long time offline) kept
+/// for reading; older ones are dropped.
+const DEPARTED_CONSOLES: usize = 64;
+
 /// Descriptors kept out of the connection cap: the listener, logs, files the job writes,
 /// pipes of the programs the provisioner runs.
 const RESERVED_FDS: u64 = 64;
@@ -516,6 +534,11 @@ impl Controller {
             heartbeat_interval_ms: cfg.effective_heartbeat_interval().as_millis() as u64,
             poll_hold_ms: cfg.poll_hold.as_millis() as u64,
             keep_finished: cfg.keep_finished,
+            // Long enough for a node that lost its link to come back (it registers again
+            // after that anyway).
+            forget_offline_ms: (cfg.heartbeat_timeout.as_millis() as u64)
+                .saturating_mul(10)
+                .max(3_600_000),
         });
         let epoch_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -537,6 +560,7 @@ impl Controller {
                 parked_polls: HashMap::new(),
                 waiters: HashMap::new(),
                 consoles: HashMap::new(),
+                departed: std::collections::VecDeque::new(),
                 subscribers: Vec::new(),
                 outbox: Vec::new(),
             }),
@@ -934,7 +958,7 @@ mod tests {
             .try_proxy_from_env(false)
             .build()
             .post(&format!("http://127.0.0.1:{}/api/tasks/batch", c.port()))
-            .set("Authorization", "Bearer admin")
+            .set("Authorization", &format!("Bearer {}", c.admin_token()))
             .send_json(body)
             .unwrap_err();
         let ureq::Error::Status(code, resp) = err else {
