@@ -128,6 +128,10 @@ impl Command {
                 if p.argv.is_empty() || p.argv[0].is_empty() {
                     return Err("Exec needs a non-empty argv (the program to run)".into());
                 }
+                // One rule the API document can state: no argument is empty.
+                if let Some(i) = p.argv.iter().position(String::is_empty) {
+                    return Err(format!("Exec argv[{i}] is empty (no argument may be)"));
+                }
                 for (what, path) in [
                     ("stdout_path", &p.stdout_path),
                     ("stderr_path", &p.stderr_path),

@@ -193,6 +193,8 @@ pub enum CoreError {
     AlreadyFinished(TaskId, TaskState),
     /// A submission refers to something that cannot run it.
     Invalid(String),
+    /// A submission targets a worker that is not here now (never registered, gone, offline).
+    TargetUnavailable(String),
 }
 
 impl std::fmt::Display for CoreError {
@@ -220,7 +222,7 @@ impl std::fmt::Display for CoreError {
                     s.as_str()
                 )
             }
-            CoreError::Invalid(m) => f.write_str(m),
+            CoreError::Invalid(m) | CoreError::TargetUnavailable(m) => f.write_str(m),
         }
     }
 }
@@ -609,12 +611,14 @@ impl Core {
             if let Target::Worker(w) = spec.target {
                 match self.workers.get(&w) {
                     None => {
-                        return Err(CoreError::Invalid(format!(
+                        return Err(CoreError::TargetUnavailable(format!(
                             "target worker {w} is not registered (see GET /api/workers/active)"
                         )));
                     }
                     Some(e) if e.offline => {
-                        return Err(CoreError::Invalid(format!("target worker {w} is offline")));
+                        return Err(CoreError::TargetUnavailable(format!(
+                            "target worker {w} is offline"
+                        )));
                     }
                     Some(_) => {}
                 }

@@ -77,6 +77,7 @@ impl From<CoreError> for ApiError {
             CoreError::StaleLease { .. } => (409, "stale_lease"),
             CoreError::AlreadyFinished(..) => (409, "already_finished"),
             CoreError::Invalid(_) => (400, "invalid"),
+            CoreError::TargetUnavailable(_) => (409, "target_unavailable"),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -272,17 +273,49 @@ impl Call {
     }
 
     /// The value of query parameter `name`.
-    fn query(&self, name: &str) -> Option<&str> {
+    /// A query parameter's value, percent-decoded (`+` is a space, as in forms).
+    fn query(&self, name: &str) -> Option<String> {
         self.query
             .split('&')
             .filter_map(|kv| kv.split_once('='))
             .find(|(k, _)| *k == name)
-            .map(|(_, v)| v)
+            .map(|(_, v)| percent_decode(v))
     }
 
+    /// Refuses query parameters the route does not take (400), so a misspelt one is not
+    /// silently ignored.
+    fn only_query(&self, allowed: &[&str]) -> Result<(), ApiError> {
+        for kv in self.query.split('&').filter(|kv| !kv.is_empty()) {
+            let key = kv.split_once('=').map_or(kv, |(k, _)| k);
+            if !allowed.contains(&key) {
+                return Err(ApiError::invalid(format!(
+                    "unknown query parameter '{}' (this route takes: {})",
+                    warp_common::for_log(&percent_decode(key), 64),
+                    if allowed.is_empty() {
+                        "none".to_string()
+                    } else {
+                        allowed.join(", ")
+                    }
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A numeric query parameter. Whole numbers beyond the API document's int64 range are
+    /// refused even where the field could hold them, so the document is the truth.
     fn query_num<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {
         self.query(name)
             .map(|v| {
+                if !v.is_empty()
+                    && v.bytes().all(|b| b.is_ascii_digit())
+                    && v.parse::<i64>().is_err()
+                {
+                    return Err(ApiError::invalid(format!(
+                        "query parameter {name}='{v}' is beyond {}",
+                        i64::MAX
+                    )));
+                }
                 v.parse().map_err(|_| {
                     ApiError::invalid(format!(
                         "query parameter {name}='{v}' is not a valid number"
@@ -307,6 +340,30 @@ impl Call {
             Some(true) => Ok((inner, worker)),
         }
     }
+}
+
+/// Decodes `%XX` escapes and `+`; invalid escapes stay as they are.
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Matches `path` against `pattern`; returns the placeholder values.
@@ -797,6 +854,7 @@ const MAX_WAIT_S: f64 = 300.0;
 
 fn wait_task(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     let task = call.uuid_param(0, "task")?;
+    call.only_query(&["timeout_s"])?;
     let timeout_s: f64 = call.query_num("timeout_s")?.unwrap_or(30.0);
     if !(0.0..=MAX_WAIT_S).contains(&timeout_s) {
         return Err(ApiError::invalid(format!(
@@ -829,6 +887,7 @@ fn controller_status(s: &Shared, _call: &mut Call) -> Result<Answer, ApiError> {
 }
 
 fn active_workers(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
+    call.only_query(&["all"])?;
     let all = call.query("all").is_some_and(|v| v == "1" || v == "true");
     let mut list = s.lock().core.workers(s.epoch_ms);
     if !all {
@@ -838,6 +897,7 @@ fn active_workers(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
 }
 
 fn list_tasks(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
+    call.only_query(&["state", "offset", "limit"])?;
     let state = match call.query("state") {
         None => None,
         Some(v) => Some(
@@ -873,6 +933,7 @@ fn task_detail(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
 /// Console of a worker: `?first=N`, `?last=N`, `?start=A&end=B` (absolute line numbers), or all.
 fn console_lines(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     let worker = call.uuid_param(0, "worker")?;
+    call.only_query(&["first", "last", "start", "end"])?;
     let first: Option<usize> = call.query_num("first")?;
     let last: Option<usize> = call.query_num("last")?;
     let start: Option<u64> = call.query_num("start")?;
@@ -952,6 +1013,14 @@ mod tests {
             find_route("GET", "/api/workers//poll").unwrap_err().status,
             404
         );
+    }
+
+    /// The document's protocol version (an `enum` of one) is the one the controller speaks.
+    #[test]
+    fn openapi_document_states_this_protocol_version() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        let v = &doc["components"]["schemas"]["RegisterRequest"]["properties"]["protocol_version"];
+        assert_eq!(v["enum"], serde_json::json!([PROTOCOL_VERSION]), "{v}");
     }
 
     /// The OpenAPI document and the route table describe the same set of (method, path).

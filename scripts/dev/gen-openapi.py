@@ -2,12 +2,13 @@
 # Edit this file, not the JSON, when a route or body changes; the tests compare the JSON with
 # the route table (controller/src/http.rs) and with what the controller serves.
 import json
+PROTOCOL_VERSION = 1  # warp_common::PROTOCOL_VERSION; the Rust test compares them
 def ref(n): return {"$ref": f"#/components/schemas/{n}"}
 def body(n): return {"required": True, "content": {"application/json": {"schema": ref(n)}}}
 def ok(n, code="200", desc="OK"): return {code: {"description": desc, "content": {"application/json": {"schema": ref(n) if isinstance(n,str) else n}}}}
 E = {"description": "error", "content": {"application/json": {"schema": ref("ApiError")}}}
 def errs(*codes):
-    d = {"400":"malformed JSON, wrong types or invalid values","401":"missing or wrong token","404":"unknown id or route","409":"stale lease or already finished","413":"body over the limit","503":"shutting down"}
+    d = {"400":"malformed JSON, wrong types or invalid values","401":"missing or wrong token","404":"unknown id or route","409":"stale lease, already finished, or the target worker is not available","413":"body over the limit","503":"shutting down"}
     return {c: dict(E, description=d[c]) for c in codes}
 def op(summary, responses, req=None, params=None, public=False, desc=None):
     o = {"summary": summary, "responses": responses}
@@ -23,15 +24,20 @@ def p(name, where="path", schema=None, desc=None, required=None):
 wid = p("id", desc="worker id (UUID)"); tid = p("id", desc="task id (UUID)")
 S = lambda **k: dict(k)
 obj = lambda props, req=(): {"type": "object", "properties": props, "required": list(req)}
-string = {"type": "string"}; uuidt = {"type": "string", "format": "uuid"}; u64 = {"type": "integer", "format": "int64", "minimum": 0}
-i32 = {"type": "integer", "format": "int32"}; nullable = lambda s: {"oneOf": [s, {"type": "null"}]}
+string = {"type": "string"}; uuidt = {"type": "string", "format": "uuid"}; u64 = {"type": "integer", "minimum": 0, "maximum": 18446744073709551615}; uq = {"type": "integer", "format": "int64", "minimum": 0}
+i32 = {"type": "integer", "format": "int32"}; u32 = {"type": "integer", "minimum": 0, "maximum": 4294967295}; nullable = lambda s: {"oneOf": [s, {"type": "null"}]}
 schemas = {
  "ApiError": obj({"error": string, "code": string}, ["error", "code"]),
- "Command": {"type": "object", "description": "{\"name\": <command name>, \"params\": {...}}. Unknown names or params are refused with 400.",
-   "properties": {"name": {"type": "string", "enum": ["Exec","Sleep","Fail","Echo","WaitAsyncTasks","GcCollect"]}, "params": {"type": "object"}}, "required": ["name", "params"]},
- "InitPart": obj({"fingerprint": string, "commands": {"type": "array", "items": ref("Command")}}, ["fingerprint", "commands"]),
- "Capabilities": obj({"gpu": nullable(obj({"name": string, "memory_mb": u64}, ["name","memory_mb"])), "cpu_threads": u64, "commands": {"type":"array","items":string}}),
- "RegisterRequest": obj({"protocol_version": u64, "device": i32, "hostname": {"type":"string","maxLength":255}, "capabilities": ref("Capabilities"), "worker_version": {"type":"string","maxLength":64}, "spawn_id": {"type":"string","maxLength":128}, "pid": u64}, ["protocol_version","device","hostname"]),
+ "Command": {"description": "{\"name\": <command name>, \"params\": {...}}. The movie commands (LoadGainRef, LoadStack, MovieProcessMovement, MovieProcessCtf, MovieExportMovie, MovieCreateThumbnail) are described in common/src/commands.rs. Unknown names or params are refused with 400.",
+   "oneOf": [{"type": "object", "additionalProperties": False, "required": ["name", "params"], "properties": {"name": {"type": "string", "enum": ["Exec"]}, "params": {"type": "object", "additionalProperties": False, "properties": {"argv": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}, "env": {"type": "object", "additionalProperties": {"type": "string"}}, "cwd": {"type": "string", "nullable": True}, "timeout_s": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1e9, "nullable": True}, "allow_failure": {"type": "boolean"}, "stdout_path": {"type": "string", "minLength": 1, "nullable": True}, "stderr_path": {"type": "string", "minLength": 1, "nullable": True}}, "required": ['argv']}}},
+    {"type": "object", "additionalProperties": False, "required": ["name", "params"], "properties": {"name": {"type": "string", "enum": ["Sleep"]}, "params": {"type": "object", "additionalProperties": False, "properties": {"ms": u64}, "required": ['ms']}}},
+    {"type": "object", "additionalProperties": False, "required": ["name", "params"], "properties": {"name": {"type": "string", "enum": ["Fail"]}, "params": {"type": "object", "additionalProperties": False, "properties": {"message": {"type": "string"}}, "required": ['message']}}},
+    {"type": "object", "additionalProperties": False, "required": ["name", "params"], "properties": {"name": {"type": "string", "enum": ["Echo"]}, "params": {"type": "object", "additionalProperties": False, "properties": {"value": {}}, "required": []}}},
+    {"type": "object", "additionalProperties": False, "required": ["name", "params"], "properties": {"name": {"type": "string", "enum": ["WaitAsyncTasks"]}, "params": {"type": "object", "additionalProperties": False, "properties": {}, "required": []}}},
+    {"type": "object", "additionalProperties": False, "required": ["name", "params"], "properties": {"name": {"type": "string", "enum": ["GcCollect"]}, "params": {"type": "object", "additionalProperties": False, "properties": {}, "required": []}}}]},
+ "InitPart": obj({"fingerprint": {"type": "string", "minLength": 1}, "commands": {"type": "array", "items": ref("Command")}}, ["fingerprint", "commands"]),
+ "Capabilities": obj({"gpu": nullable(obj({"name": {"type":"string","maxLength":256}, "memory_mb": u64}, ["name","memory_mb"])), "cpu_threads": u32, "commands": {"type":"array","items":{"type":"string","maxLength":64},"maxItems":256}}),
+ "RegisterRequest": obj({"protocol_version": {"type": "integer", "enum": [PROTOCOL_VERSION], "description": "this controller's protocol; another is refused with 400 protocol_version_mismatch naming both"}, "device": i32, "hostname": {"type":"string","maxLength":255}, "capabilities": ref("Capabilities"), "worker_version": {"type":"string","maxLength":64}, "spawn_id": {"type":"string","maxLength":128,"nullable":True}, "pid": dict(u32, nullable=True)}, ["protocol_version","device","hostname"]),
  "RegisterResponse": obj({"worker_id": uuidt, "token": string, "heartbeat_interval_ms": u64, "poll_hold_ms": u64, "protocol_version": u64, "controller_version": string}, ["worker_id","token","heartbeat_interval_ms","poll_hold_ms","protocol_version","controller_version"]),
  "Assignment": obj({"id": uuidt, "lease": u64, "attempt": u64, "init": ref("InitPart"), "commands": {"type":"array","items": ref("Command")},
     "read_ahead": {"type":"array","items": string, "description": "Files the worker's next task will read; the worker may read them into the page cache once this task has read its own inputs. That task is kept for this worker, though an otherwise idle worker may take it."}}, ["id","lease","attempt","commands"]),
@@ -43,8 +49,10 @@ schemas = {
  "StatusUpdate": obj({"lease": u64, "state": {"type":"string","enum":["running","progress","completed","failed"]}, "result": {}, "error": string, "progress": ref("Progress"), "elapsed_ms": u64, "held_fingerprint": string, "console": {"type":"array","items":ref("ConsoleLine")}, "want_next": {"type":"boolean"}}, ["lease","state"]),
  "StatusResponse": obj({"accepted": {"type":"boolean"}, "cancel": {"type":"boolean", "description": "reserved: the controller refuses reports for cancelled attempts with 409 and lists them in heartbeat replies"}, "task": ref("Assignment")}, ["accepted"]),
  "DeregisterRequest": obj({"reason": string}),
- "Target": {"description": "\"any\", {\"worker\": UUID} or {\"device\": N}", "oneOf": [{"type":"string","enum":["any"]}, obj({"worker": uuidt}, ["worker"]), obj({"device": i32}, ["device"])]},
- "TaskSpec": obj({"init": ref("InitPart"), "commands": {"type":"array","items":ref("Command")}, "target": ref("Target"), "priority": i32, "label": {"type":"string","maxLength":256}, "max_attempts": u64, "timeout_s": {"type":"number"}}, ["commands"]),
+ "Target": {"description": "\"any\", {\"worker\": UUID} or {\"device\": N}", "oneOf": [{"type":"string","enum":["any"]}, dict(obj({"worker": uuidt}, ["worker"]), additionalProperties=False), dict(obj({"device": i32}, ["device"]), additionalProperties=False)]},
+ "TaskSpec": dict(obj({"init": {"allOf": [ref("InitPart")], "nullable": True}, "commands": {"type":"array","items":ref("Command")}, "target": ref("Target"), "priority": i32, "label": {"type":"string","maxLength":256,"nullable":True}, "max_attempts": {"type": "integer", "minimum": 1, "maximum": 4294967295, "nullable": True}, "timeout_s": {"type":"number","minimum":0,"exclusiveMinimum":True,"maximum":1e9,"nullable":True}}, ["commands"]),
+   description="A task needs at least one command, in init or in commands.",
+   anyOf=[{"type": "object", "required": ["init"], "properties": {"init": {"type": "object"}}}, {"type": "object", "properties": {"commands": {"type": "array", "minItems": 1}}}]),
  "BatchSubmit": obj({"tasks": {"type":"array","items":ref("TaskSpec"),"maxItems":10000}}, ["tasks"]),
  "SubmitResponse": obj({"id": uuidt}, ["id"]),
  "BatchSubmitResponse": obj({"ids": {"type":"array","items":uuidt}}, ["ids"]),
@@ -72,9 +80,9 @@ paths = {
  "/api/workers/register": {"post": op("Register a worker (enrollment token)", {**ok("RegisterResponse"), **errs("400","401","413")}, "RegisterRequest",
     desc="Bearer: the enrollment token (or the admin token). A protocol_version other than the controller's is refused with 400 code protocol_version_mismatch naming both versions.")},
  "/api/workers/status": {"get": op("Controller summary", {**ok("ControllerStatus"), **errs("401")})},
- "/api/workers/active": {"get": op("Workers (offline ones with ?all=1)", {**ok({"type":"array","items":ref("WorkerInfo")}), **errs("401")}, params=[q("all", string, "1 to include offline workers")])},
+ "/api/workers/active": {"get": op("Workers (offline ones with ?all=1)", {**ok({"type":"array","items":ref("WorkerInfo")}), **errs("400","401")}, params=[q("all", string, "1 to include offline workers")])},
  "/api/workers/tasks": {"get": op("Tasks in submission order", {**ok({"type":"array","items":ref("TaskDetail")}), **errs("400","401")},
-    params=[q("state", ref("TaskState"), "only tasks in this state"), q("offset", u64, "skip this many"), q("limit", u64, "at most this many (default 1000)")])},
+    params=[q("state", ref("TaskState"), "only tasks in this state"), q("offset", uq, "skip this many"), q("limit", uq, "at most this many (default 1000)")])},
  "/api/workers/tasks/{id}": {"get": op("One task with its attempt history", {**ok("TaskDetail"), **errs("401","404")}, params=[tid])},
  "/api/workers/{id}/poll": {"get": op("Long-poll for work (worker token)", {**ok("PollResponse"), "204": {"description": "hold expired without work, or the worker went offline/left"}, **errs("401","404","503")}, params=[wid],
     desc="Held until work arrives (answered at once) or --poll-hold passes (204). 404 unknown_worker: register again.")},
@@ -84,13 +92,19 @@ paths = {
     desc="409 stale_lease when the lease is not the task's current one on this worker; nothing changes then. With want_next on a terminal report the reply may carry the next task.")},
  "/api/workers/{id}/deregister": {"post": op("Leave (worker token); the current task is re-queued at once", {**ok(obj({"ok": {"type":"boolean"}})), **errs("400","401","404")}, "DeregisterRequest", [wid])},
  "/api/workers/{id}/console": {"get": op("A worker's console lines", {**ok("ConsoleLines"), **errs("400","401","404")},
-    params=[wid, q("first", u64, "first N kept lines"), q("last", u64, "last N lines"), q("start", u64, "range start (absolute line number)"), q("end", u64, "range end (exclusive)")])},
+    desc="Which lines: first=N, last=N, start=A&end=B (end exclusive), or none of them for all lines; any other combination is refused with 400.",
+    params=[wid, {"name": "lines", "in": "query", "required": False, "style": "form", "explode": True, "description": "one of the four selections",
+        "schema": {"oneOf": [
+            {"type": "object", "properties": {"first": uq}, "required": ["first"], "additionalProperties": False},
+            {"type": "object", "properties": {"last": uq}, "required": ["last"], "additionalProperties": False},
+            {"type": "object", "properties": {"start": uq, "end": uq}, "required": ["start", "end"], "additionalProperties": False},
+            {"type": "object", "maxProperties": 0}]}}])},
  "/api/workers/{id}/console/count": {"get": op("Number of lines a worker has logged", {**ok(obj({"count": u64}, ["count"])), **errs("401","404")}, params=[wid])},
- "/api/tasks": {"post": op("Submit a work package", {**ok("SubmitResponse", "201", "created"), **errs("400","401","413")}, "TaskSpec")},
- "/api/tasks/batch": {"post": op("Submit many work packages (all or none)", {**ok("BatchSubmitResponse", "201", "created"), **errs("400","401","413")}, "BatchSubmit")},
+ "/api/tasks": {"post": op("Submit a work package", {**ok("SubmitResponse", "201", "created"), **errs("400","401","409","413")}, "TaskSpec")},
+ "/api/tasks/batch": {"post": op("Submit many work packages (all or none)", {**ok("BatchSubmitResponse", "201", "created"), **errs("400","401","409","413")}, "BatchSubmit")},
  "/api/tasks/{id}/cancel": {"post": op("Cancel a queued or running task", {**ok(obj({"id": uuidt, "state": ref("TaskState")}, ["id","state"])), **errs("401","404","409")}, params=[tid],
     desc="A running task's worker is told on its next heartbeat and stops the command.")},
- "/api/tasks/{id}/wait": {"get": op("Wait for a task to finish", {**ok("TaskDetail"), **errs("400","401","404")}, params=[tid, q("timeout_s", {"type":"number"}, "hold at most this long (default 30, max 300); the reply then shows a non-terminal state")])},
+ "/api/tasks/{id}/wait": {"get": op("Wait for a task to finish", {**ok("TaskDetail"), **errs("400","401","404")}, params=[tid, q("timeout_s", {"type":"number","minimum":0,"maximum":300}, "hold at most this long (default 30, max 300); the reply then shows a non-terminal state")])},
  "/api/health": {"get": op("Liveness (no token)", ok(obj({"ok": {"type":"boolean"}, "version": string, "protocol_version": u64})), public=True)},
  "/api/openapi.json": {"get": op("This document (no token)", {"200": {"description": "OpenAPI 3 document", "content": {"application/json": {"schema": {"type":"object"}}}}}, public=True)},
 }
@@ -98,6 +112,9 @@ for path, item in paths.items():
     for m, o in item.items():
         o["responses"].setdefault("500", dict(E, description="internal error (the controller keeps running)"))
         o["responses"].setdefault("503", dict(E, description="shutting down"))
+# The request types that refuse unknown fields (serde deny_unknown_fields in common/src/protocol.rs).
+for name in ("InitPart", "TaskSpec", "BatchSubmit"):
+    schemas[name]["additionalProperties"] = False
 doc = {"openapi": "3.0.3",
  "info": {"title": "warp-controller API", "version": "0.1.0", "description": "Pull protocol between the controller and its workers, plus submission, monitoring and console endpoints. Errors are ApiError bodies. Tokens (Bearer): the enrollment token registers workers and nothing else; the admin token may call every endpoint; the optional view token the read-only monitoring endpoints (status, workers, tasks, consoles, waits); the per-worker token from registration that worker's own endpoints. A 405 answer carries Allow."},
  "servers": [{"url": "/"}],
