@@ -244,7 +244,13 @@ mod tests {
     use super::*;
 
     fn temp_file(name: &str, bytes: usize) -> String {
-        let dir = std::env::temp_dir().join(format!("warp-readahead-{}", std::process::id()));
+        // A directory per file: tests run in parallel, and one removing a shared directory
+        // raced another writing into it (NotFound).
+        let dir = std::env::temp_dir().join(format!(
+            "warp-readahead-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join(name);
         std::fs::write(&p, vec![7u8; bytes]).unwrap();
@@ -254,7 +260,6 @@ mod tests {
     fn remove(files: &[&String]) {
         for f in files {
             let _ = std::fs::remove_file(f);
-            // The last test out removes the shared directory (not empty before: fails, fine).
             if let Some(dir) = std::path::Path::new(f).parent() {
                 let _ = std::fs::remove_dir(dir);
             }
