@@ -177,9 +177,28 @@ pub struct ControllerProc {
 impl ControllerProc {
     /// Starts `warp-controller serve --bind 127.0.0.1 --port PORT` with extra flags, in `dir`.
     pub fn start(dir: &Path, port: u16, extra: &[&str]) -> ControllerProc {
+        Self::spawn(dir, port, extra, None)
+    }
+
+    /// [`ControllerProc::start`] on port 0 with its open-file limit set to `files` (soft and
+    /// hard, so the controller cannot raise it), through `sh -c 'ulimit -n'`.
+    pub fn start_with_open_files(dir: &Path, files: u32, extra: &[&str]) -> ControllerProc {
+        Self::spawn(dir, 0, extra, Some(files))
+    }
+
+    fn spawn(dir: &Path, port: u16, extra: &[&str], files: Option<u32>) -> ControllerProc {
         let token_file = dir.join("token");
         let port_file = dir.join(format!("port-{}", uuid::Uuid::new_v4()));
-        let mut cmd = Command::new(bin("warp-controller"));
+        let mut cmd = match files {
+            None => Command::new(bin("warp-controller")),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(bin("warp-controller"));
+                c
+            }
+        };
         cmd.args(["serve", "--bind", "127.0.0.1", "--port", &port.to_string()])
             .arg("--token-file")
             .arg(&token_file)

@@ -1001,27 +1001,9 @@ fn idle_exit_deregisters_and_exits_0() {
 #[test]
 fn too_many_open_files_does_not_end_the_accept_loop() {
     let tmp = TempDir::new("emfile");
-    let dir = tmp.path();
-    let port_file = dir.join("port");
-    let mut cmd = std::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg("ulimit -n 64 && exec \"$0\" \"$@\"")
-        .arg(warp_tests::bin("warp-controller"))
-        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--port-file"])
-        .arg(&port_file)
-        .arg("--token-file")
-        .arg(dir.join("token"))
-        // A cap above the descriptors, so that they, not the cap, run out.
-        .args(["--max-connections", "1000"])
-        .stdout(std::process::Stdio::null());
-    let proc = warp_tests::Proc::spawn(cmd, "warp-controller serve (64 files)", dir.join("c.log"));
-    let port: u16 = wait_for(Duration::from_secs(20), "the port file", || {
-        std::fs::read_to_string(&port_file)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    });
+    // A cap above the descriptors, so that they, not the cap, run out.
+    let c = ControllerProc::start_with_open_files(tmp.path(), 64, &["--max-connections", "1000"]);
+    let (port, proc) = (c.port, &c.proc);
     let addr = format!("127.0.0.1:{port}");
     let health = |timeout: Duration| {
         ureq::AgentBuilder::new()

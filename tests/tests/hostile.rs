@@ -229,34 +229,21 @@ fn a_crowd_of_2000_hostile_connections_cannot_delay_a_worker_s_heartbeat() {
         "this test needs about 2,200 open files; the limit is {own}"
     );
     let tmp = TempDir::new("crowd");
-    let dir = tmp.path();
-    let port_file = dir.join("port");
-    let mut cmd = std::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg("ulimit -n 1024 && exec \"$0\" \"$@\"")
-        .arg(warp_tests::bin("warp-controller"))
-        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--port-file"])
-        .arg(&port_file)
-        .arg("--token-file")
-        .arg(dir.join("token"))
-        .args(["--heartbeat-interval", "0.2", "--heartbeat-timeout", "10"])
-        .args(["--poll-hold", "2"])
-        .stdout(std::process::Stdio::null());
-    let proc =
-        warp_tests::Proc::spawn(cmd, "warp-controller serve (1024 files)", dir.join("c.log"));
-    let port: u16 = wait_for(Duration::from_secs(20), "the port file", || {
-        std::fs::read_to_string(&port_file)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    });
-    let token = std::fs::read_to_string(dir.join("token")).unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    // (A build from before the token split has no admin-token file: one token does all.)
-    let admin = std::fs::read_to_string(dir.join("admin-token")).unwrap_or(token.clone());
-    let client = AdminClient::new(&url, admin.trim()).unwrap();
-    let _w = start_worker(dir, &url, token.trim(), 0, &[]);
+    let c = ControllerProc::start_with_open_files(
+        tmp.path(),
+        1024,
+        &[
+            "--heartbeat-interval",
+            "0.2",
+            "--heartbeat-timeout",
+            "10",
+            "--poll-hold",
+            "2",
+        ],
+    );
+    let (port, proc) = (c.port, &c.proc);
+    let client = c.client();
+    let _w = start_worker(tmp.path(), &c.url, &c.token, 0, &[]);
     wait_online(&client, 1);
     echo_completes(&client, 1);
 
