@@ -192,6 +192,13 @@ fn idle_connections_over_the_cap_get_503_and_are_reaped_while_workers_go_on() {
         let mut reply = String::new();
         if s.read_to_string(&mut reply).is_ok() && reply.starts_with("HTTP/1.1 503") {
             assert!(reply.contains("Retry-After: 1"), "{reply}");
+            let (head, body) = reply.split_once("\r\n\r\n").expect("a whole response");
+            assert!(
+                head.contains(&format!("Content-Length: {}", body.len())),
+                "{reply}"
+            );
+            let v: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+            assert_eq!(v["code"], "too_many_connections");
             refused += 1;
         }
     }

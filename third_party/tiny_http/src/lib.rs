@@ -177,15 +177,21 @@ impl Drop for LiveGuard {
     }
 }
 
-/// warp patch: the answer to a connection over the limit, written without reading its request.
-const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: 98\r\nConnection: close\r\n\r\n{\"error\":\"the server is at its connection limit; retry in a second\",\"code\":\"too_many_connections\"}";
+/// warp patch: the body of the answer to a connection over the limit.
+const OVER_CAPACITY: &str =
+    r#"{"error":"the server is at its connection limit; retry in a second","code":"too_many_connections"}"#;
 
-/// warp patch: answers a connection over the limit; the write waits 100 ms at most.
+/// warp patch: answers a connection over the limit without reading its request; the write
+/// waits 100 ms at most.
 fn refuse(sock: Connection) {
     use std::io::Write;
     let mut sock = sock;
     let _ = sock.set_write_timeout(Some(Duration::from_millis(100)));
-    let _ = sock.write_all(OVER_CAPACITY);
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{OVER_CAPACITY}",
+        OVER_CAPACITY.len()
+    );
+    let _ = sock.write_all(reply.as_bytes());
     let _ = sock.shutdown(Shutdown::Write);
 }
 
