@@ -438,16 +438,20 @@ pub(crate) fn respond(request: tiny_http::Request, status: u16, body: Option<Vec
     };
 }
 
-pub(crate) fn respond_error(request: tiny_http::Request, e: &ApiError) {
+/// The JSON response of an error (an `ApiErrorBody`).
+fn error_response(e: &ApiError) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
     let body = ApiErrorBody {
         error: e.message.clone(),
         code: e.code.to_string(),
     };
-    respond(
-        request,
+    json_response(
         e.status,
-        Some(serde_json::to_vec(&body).expect("error serialises")),
-    );
+        serde_json::to_vec(&body).expect("error serialises"),
+    )
+}
+
+pub(crate) fn respond_error(request: tiny_http::Request, e: &ApiError) {
+    let _ = request.respond(error_response(e));
 }
 
 /// Handles one request from start to finish (or until it is parked).
@@ -458,15 +462,10 @@ pub(crate) fn handle(s: &Shared, mut request: tiny_http::Request) {
     let (route, params) = match find_route(&method, path) {
         Ok(r) => r,
         Err(no) if no.status == 405 => {
-            let body = ApiErrorBody {
-                error: no.message,
-                code: "method_not_allowed".into(),
-            };
             let allow = tiny_http::Header::from_bytes(&b"Allow"[..], no.allow.join(", "))
                 .expect("method names are ASCII");
-            let response = json_response(405, serde_json::to_vec(&body).expect("serialises"))
-                .with_header(allow);
-            let _ = request.respond(response);
+            let e = ApiError::new(405, "method_not_allowed", no.message);
+            let _ = request.respond(error_response(&e).with_header(allow));
             return;
         }
         Err(no) => {
@@ -1013,6 +1012,15 @@ mod tests {
             find_route("GET", "/api/workers//poll").unwrap_err().status,
             404
         );
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded_and_bad_escapes_kept() {
+        assert_eq!(percent_decode("2.5e%2B16"), "2.5e+16");
+        assert_eq!(percent_decode("a+b%20c"), "a b c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%C3%A3"), "ã");
     }
 
     /// The document's protocol version (an `enum` of one) is the one the controller speaks.

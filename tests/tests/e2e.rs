@@ -560,13 +560,15 @@ fn malformed_input_gets_json_errors_and_the_controller_keeps_serving() {
         );
         assert!(b["error"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    let (got, _) = status_of(
-        agent
-            .delete(&format!("{}/api/tasks", c.url))
-            .call()
-            .unwrap_err(),
-    );
-    assert_eq!(got, 405);
+    // 405 names the path's methods in Allow (RFC 9110).
+    match agent.delete(&format!("{}/api/tasks", c.url)).call() {
+        Err(ureq::Error::Status(405, r)) => {
+            assert_eq!(r.header("Allow"), Some("POST"));
+            let b: Value = r.into_json().unwrap();
+            assert_eq!(b["code"], "method_not_allowed");
+        }
+        other => panic!("DELETE /api/tasks: {other:?}"),
+    }
     let (got, b) = status_of(
         agent
             .get(&format!(
