@@ -106,6 +106,12 @@ pub fn utc_timestamp(t: std::time::SystemTime) -> String {
     )
 }
 
+/// The token of an `Authorization: Bearer <token>` header value (the scheme in any case).
+pub fn bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// Compares two secrets in time that depends only on their lengths, not on where they differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {

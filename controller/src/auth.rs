@@ -178,11 +178,7 @@ pub fn default_admin_token_file(enrollment_file: &Path) -> std::path::PathBuf {
     enrollment_file.with_file_name("admin-token")
 }
 
-/// The token of an `Authorization: Bearer <token>` header value.
-pub fn bearer(header: &str) -> Option<&str> {
-    let (scheme, token) = header.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
+pub use warp_common::bearer;
 
 #[cfg(test)]
 mod tests {

@@ -208,9 +208,9 @@ fn route(st: &State, rq: &mut Request, exit: &mut bool) -> Reply {
         .headers()
         .iter()
         .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
+        .and_then(|h| warp_common::bearer(h.value.as_str()))
         .unwrap_or("");
-    if !warp_common::constant_time_eq(presented.trim().as_bytes(), st.secret.as_bytes()) {
+    if !warp_common::constant_time_eq(presented.as_bytes(), st.secret.as_bytes()) {
         return error(
             401,
             "unauthorized",
