@@ -610,7 +610,8 @@ pub struct ControllerStatus {
     pub queue_length: u64,
     /// Polls currently held.
     pub parked_polls: u64,
-    /// Status reports refused because their lease was stale.
+    /// Status reports refused because their lease was stale, since this controller process
+    /// started (a refusal changes no state, so the journal does not keep it).
     pub stale_reports_refused: u64,
     /// Effective `--poll-hold`.
     pub poll_hold_ms: u64,

@@ -20,6 +20,8 @@ struct Sim {
     core: Core,
     now: Millis,
     n: u128,
+    /// What a journal would hold: every event that changed something, with its time.
+    log: Vec<(Millis, Event)>,
 }
 
 impl Sim {
@@ -31,6 +33,7 @@ impl Sim {
             core: Core::new(cfg),
             now: 0,
             n: 1,
+            log: Vec::new(),
         }
     }
     fn id(&mut self) -> uuid::Uuid {
@@ -38,7 +41,10 @@ impl Sim {
         uuid::Uuid::from_u128(self.n)
     }
     fn apply(&mut self, e: Event) -> Result<Reply, CoreError> {
-        let r = self.core.apply(self.now, e);
+        let r = self.core.apply(self.now, e.clone());
+        if crate::journal::journals(&r) {
+            self.log.push((self.now, e));
+        }
         if let Err(msg) = self.core.sanity_check() {
             panic!("invariant broken: {msg}\n{:#?}", self.core);
         }
@@ -472,6 +478,139 @@ fn random_event_sequences_keep_the_invariants() {
     random_walk(usize::MAX);
 }
 
+/// Issue 11: replaying the journal of a walk gives the same decisions, in the same order, and
+/// the same state, each time (every core has its own hash seeds); so does restoring a
+/// snapshot taken half-way and replaying the rest.
+#[test]
+fn replaying_the_journal_gives_the_same_state_and_decisions() {
+    for keep in [usize::MAX, 25] {
+        let (log, decisions, end) = random_walk(keep);
+        let cfg = CoreConfig {
+            keep_finished: keep,
+            ..cfg()
+        };
+        let state = |c: &Core| serde_json::to_value(c.snapshot()).unwrap();
+        for _ in 0..2 {
+            let (core, d) = replay(Core::new(cfg.clone()), &log);
+            assert!(d == decisions, "the replay decided otherwise");
+            same_state(&state(&core), &end);
+        }
+        let half = log.len() / 2;
+        let (first, d1) = replay(Core::new(cfg.clone()), &log[..half]);
+        let json = serde_json::to_vec(&first.snapshot()).unwrap();
+        let restored = Core::restore(serde_json::from_slice(&json).unwrap()).unwrap();
+        same_state(&state(&restored), &state(&first));
+        let (core, d2) = replay(restored, &log[half..]);
+        assert!(
+            [d1, d2].concat() == decisions,
+            "decisions differ after restoring"
+        );
+        same_state(&state(&core), &end);
+    }
+}
+
+/// Equal snapshots, or a panic naming the first part that differs (not the whole state).
+fn same_state(a: &serde_json::Value, b: &serde_json::Value) {
+    for (k, va) in a.as_object().unwrap() {
+        let vb = &b[k];
+        if va == vb {
+            continue;
+        }
+        if let (Some(xa), Some(xb)) = (va.as_array(), vb.as_array()) {
+            assert_eq!(xa.len(), xb.len(), "{k}: lengths differ");
+            for (i, (x, y)) in xa.iter().zip(xb).enumerate() {
+                assert!(x == y, "{k}[{i}] differs:\n{x}\n{y}");
+            }
+        }
+        panic!("{k} differs: {va} vs {vb}");
+    }
+}
+
+fn replay(mut core: Core, log: &[(Millis, Event)]) -> (Core, Vec<Decision>) {
+    let mut decisions = Vec::new();
+    for (now, e) in log {
+        core.apply(*now, e.clone())
+            .unwrap_or_else(|err| panic!("{e:?} at {now} failed on replay: {err}"));
+        decisions.extend(core.take_decisions());
+    }
+    core.sanity_check().unwrap();
+    (core, decisions)
+}
+
+/// Issue 11: with 6 silent busy workers and 6 waiting ones, which waiting worker got which
+/// re-queued task depended on hash order (49 of 50 runs differed). Every core here has its
+/// own hash seeds.
+#[test]
+fn timeouts_hand_work_to_waiters_in_the_same_order_every_time() {
+    let run = || {
+        let mut s = Sim::new();
+        let busy: Vec<WorkerId> = (0..6).map(|_| s.register(0)).collect();
+        for _ in 0..6 {
+            s.submit(sleep_spec());
+        }
+        for &w in &busy {
+            s.poll(w).unwrap();
+        }
+        let idle: Vec<WorkerId> = (0..6).map(|_| s.register(0)).collect();
+        for &w in &idle {
+            assert!(s.poll(w).is_none());
+        }
+        s.core.take_decisions();
+        s.now += 500;
+        for &w in &idle {
+            s.heartbeat(w, None);
+        }
+        s.now += 600;
+        s.apply(Event::Tick).unwrap();
+        s.core
+            .take_decisions()
+            .into_iter()
+            .filter_map(|d| match d {
+                Decision::Deliver { worker, assignment } => Some((worker, assignment.id)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = run();
+    assert_eq!(first.len(), 6, "{first:?}");
+    for _ in 0..50 {
+        assert_eq!(run(), first);
+    }
+}
+
+/// Issue 11: after a restart the workers that held tasks keep them: their heartbeats and
+/// final reports are accepted with the old lease, and the timeout counts from the restart.
+#[test]
+fn recover_keeps_leases_and_gives_workers_a_full_timeout() {
+    let mut s = Sim::new();
+    let w = s.register(0);
+    let idle = s.register(0);
+    let t = s.submit(sleep_spec());
+    let a = s.poll(w).unwrap();
+    s.report(w, &a, ReportState::Running).unwrap();
+    assert!(s.poll(idle).is_none());
+    // Down for three heartbeat timeouts.
+    s.now += 3_000;
+    s.apply(Event::Recover).unwrap();
+    assert!(s.core.waiting_workers().is_empty(), "parked polls died");
+    s.now += 900;
+    s.apply(Event::Tick).unwrap();
+    assert_eq!(
+        s.state(t),
+        TaskState::Running,
+        "not lost within the timeout"
+    );
+    s.heartbeat(w, Some(&a));
+    s.report(w, &a, ReportState::Completed).unwrap();
+    assert_eq!(s.state(t), TaskState::Completed);
+    let d = s.core.task_detail(t, 0).unwrap();
+    assert_eq!(d.history.len(), 1, "one attempt, not repeated");
+    // The idle worker never came back: lost after the timeout.
+    s.now += 200;
+    s.apply(Event::Tick).unwrap();
+    assert_eq!(s.core.status(0, 0).workers.offline, 1);
+}
+
 /// The same walk with retention: finished tasks leave the core, the invariants hold and the
 /// counts stay complete.
 #[test]
@@ -479,7 +618,8 @@ fn random_event_sequences_keep_the_invariants_with_retention() {
     random_walk(25);
 }
 
-fn random_walk(keep_finished: usize) {
+/// Returns the walk's journal, its decisions and its end state.
+fn random_walk(keep_finished: usize) -> (Vec<(Millis, Event)>, Vec<Decision>, serde_json::Value) {
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut next = move |n: u64| {
         rng ^= rng << 13;
@@ -492,6 +632,7 @@ fn random_walk(keep_finished: usize) {
         ..cfg()
     });
     let mut reserved_seen = 0usize;
+    let mut decisions = Vec::new();
     let mut workers: Vec<WorkerId> = (0..4).map(|d| s.register(d % 2)).collect();
     let mut held: HashMap<WorkerId, Assignment> = HashMap::new();
     let mut tasks = Vec::new();
@@ -556,7 +697,7 @@ fn random_walk(keep_finished: usize) {
                 let _ = s.apply(Event::PollExpired { worker: w });
             }
         }
-        s.core.take_decisions();
+        decisions.extend(s.core.take_decisions());
     }
     assert!(
         reserved_seen > 100,
@@ -595,6 +736,9 @@ fn random_walk(keep_finished: usize) {
         tasks.len(),
         "{c:?}"
     );
+    decisions.extend(s.core.take_decisions());
+    let end = serde_json::to_value(s.core.snapshot()).unwrap();
+    (s.log, decisions, end)
 }
 
 /// Issue 16, row 9: finished tasks stayed in memory for the controller's lifetime. With

@@ -861,10 +861,11 @@ fn wait_task(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
         )));
     }
     let mut inner = s.lock();
-    let detail = inner
-        .core
-        .task_detail(task, s.epoch_ms)
-        .ok_or(CoreError::UnknownTask(task))?;
+    let Some(detail) = inner.core.task_detail(task, s.epoch_ms) else {
+        // Dropped from memory by retention (so finished), or unknown.
+        drop(inner);
+        return json(200, &s.task(task).ok_or(CoreError::UnknownTask(task))?);
+    };
     if detail.state.is_terminal() || timeout_s == 0.0 {
         return json(200, &detail);
     }
@@ -921,11 +922,7 @@ fn list_tasks(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
 
 fn task_detail(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     let task = call.uuid_param(0, "task")?;
-    let detail = s
-        .lock()
-        .core
-        .task_detail(task, s.epoch_ms)
-        .ok_or(CoreError::UnknownTask(task))?;
+    let detail = s.task(task).ok_or(CoreError::UnknownTask(task))?;
     json(200, &detail)
 }
 

@@ -3,6 +3,7 @@
 //! * [`core`]: the task/worker state core: pure, events in, decisions out.
 //! * [`server`]: the running controller (threads, parked long-polls) and its in-process API.
 //! * [`http`]: the route table and handlers; the only module that knows HTTP requests.
+//! * [`journal`]: the state directory: journal of events, snapshots, archive; replay.
 //! * [`auth`]: enrollment and worker tokens.
 //! * [`client`]: a blocking client of the admin API (the CLI's `submit`, `status`, ...).
 //! * [`wrapper`]: the drop-in wrapper (spawns local workers, blocking command calls) and the
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod client;
 pub mod core;
 pub mod http;
+pub mod journal;
 pub mod logging;
 pub mod provision;
 pub mod server;

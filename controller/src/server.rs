@@ -66,6 +66,11 @@ pub struct ControllerConfig {
     pub admin_token: String,
     /// The view token: read-only monitoring routes (`None`: those take the admin token).
     pub view_token: Option<String>,
+    /// Where the journal, snapshots and archive live (`None`: state is in memory only and a
+    /// restart starts empty). See [`crate::journal`].
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Journal bytes after which the timer takes a snapshot.
+    pub snapshot_bytes: u64,
 }
 
 impl std::fmt::Debug for ControllerConfig {
@@ -101,6 +106,8 @@ impl ControllerConfig {
             admin_token: crate::auth::random_token()
                 .unwrap_or_else(|_| format!("{}{}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4())),
             view_token: None,
+            state_dir: None,
+            snapshot_bytes: crate::journal::SNAPSHOT_BYTES,
         }
     }
 
@@ -130,7 +137,7 @@ impl ControllerConfig {
     /// The resolved configuration as one log line (never the token).
     pub fn describe(&self) -> String {
         format!(
-            "bind={}:{} poll_hold={:.3}s heartbeat_interval={:.3}s heartbeat_timeout={:.3}s task_timeout={:.3}s max_attempts={} max_body={}B max_connections={} header_timeout={:.3}s console_lines={} keep_finished={}",
+            "bind={}:{} poll_hold={:.3}s heartbeat_interval={:.3}s heartbeat_timeout={:.3}s task_timeout={:.3}s max_attempts={} max_body={}B max_connections={} header_timeout={:.3}s console_lines={} keep_finished={} state_dir={}",
             self.bind,
             self.port,
             self.poll_hold.as_secs_f64(),
@@ -146,7 +153,10 @@ impl ControllerConfig {
             },
             self.header_timeout.as_secs_f64(),
             self.console_lines,
-            self.keep_finished
+            self.keep_finished,
+            self.state_dir
+                .as_ref()
+                .map_or("none (in memory)".to_string(), |d| d.display().to_string())
         )
     }
 }
@@ -199,31 +209,46 @@ pub(crate) struct Inner {
     pub departed: std::collections::VecDeque<WorkerId>,
     pub subscribers: Vec<Sender<WorkerEvent>>,
     pub outbox: Vec<Outgoing>,
+    /// Set when an event under the current lock holder was journalled: its answers wait
+    /// until the record is durable.
+    pub journalled: bool,
 }
 
 /// The lock on [`Inner`]; see [`Shared::lock`].
-pub(crate) struct Locked<'a>(Option<MutexGuard<'a, Inner>>);
+pub(crate) struct Locked<'a> {
+    guard: Option<MutexGuard<'a, Inner>>,
+    journal: Option<&'a crate::journal::Journal>,
+}
 
 impl std::ops::Deref for Locked<'_> {
     type Target = Inner;
     fn deref(&self) -> &Inner {
-        self.0.as_ref().expect("held until dropped")
+        self.guard.as_ref().expect("held until dropped")
     }
 }
 
 impl std::ops::DerefMut for Locked<'_> {
     fn deref_mut(&mut self) -> &mut Inner {
-        self.0.as_mut().expect("held until dropped")
+        self.guard.as_mut().expect("held until dropped")
     }
 }
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        let Some(mut guard) = self.0.take() else {
+        let Some(mut guard) = self.guard.take() else {
             return;
         };
         let out = std::mem::take(&mut guard.outbox);
+        let sync = match self.journal {
+            Some(j) if std::mem::take(&mut guard.journalled) => Some((j, j.appended())),
+            _ => None,
+        };
         drop(guard);
+        // Nothing this holder changed is told to anyone before it is on disk (the handler's
+        // own answer is written after this guard is gone, too).
+        if let Some((journal, seq)) = sync {
+            journal.sync(seq);
+        }
         Shared::flush(out);
     }
 }
@@ -232,6 +257,10 @@ pub(crate) struct Shared {
     pub cfg: ControllerConfig,
     pub started: Instant,
     pub epoch_ms: u64,
+    /// The core's clock when this process started (0, or where a replayed journal left it
+    /// plus the time the controller was down).
+    clock_offset: Millis,
+    journal: Option<crate::journal::Journal>,
     inner: Mutex<Inner>,
     stopping: AtomicBool,
     /// Set by the provisioner each tick (shown in the status).
@@ -256,7 +285,14 @@ impl Shared {
 
     /// Milliseconds on the controller's monotonic clock.
     pub fn now(&self) -> Millis {
-        self.started.elapsed().as_millis() as Millis
+        self.clock_offset + self.started.elapsed().as_millis() as Millis
+    }
+
+    /// A task by id: from the core, or from the archive of the state directory once
+    /// retention dropped it from memory.
+    pub fn task(&self, task: TaskId) -> Option<TaskDetail> {
+        let found = self.lock().core.task_detail(task, self.epoch_ms);
+        found.or_else(|| self.journal.as_ref()?.archived(task))
     }
 
     /// Locks the core and the parked requests. The guard writes the responses that events
@@ -265,7 +301,10 @@ impl Shared {
     pub fn lock(&self) -> Locked<'_> {
         // A handler that panicked while holding the lock was already answered with 500; the
         // state it left is still the best we have, so keep serving.
-        Locked(Some(self.inner.lock().unwrap_or_else(|e| e.into_inner())))
+        Locked {
+            guard: Some(self.inner.lock().unwrap_or_else(|e| e.into_inner())),
+            journal: self.journal.as_ref(),
+        }
     }
 
     /// Queues validated specs in one event (all or none); with `watch`, each task's detail is
@@ -305,7 +344,18 @@ impl Shared {
     /// Applies an event and carries out the decisions it produced. Responses to parked
     /// requests go to `inner.outbox`; the [`Locked`] guard writes them when it is dropped.
     pub fn apply(&self, inner: &mut Inner, event: Event) -> Result<Reply, CoreError> {
-        let reply = inner.core.apply(self.now(), event);
+        let now = self.now();
+        let record = self
+            .journal
+            .as_ref()
+            .map(|_| crate::journal::encode_event(now, &event));
+        let reply = inner.core.apply(now, event);
+        if let (Some(j), Some(r)) = (&self.journal, record)
+            && crate::journal::journals(&reply)
+        {
+            j.append(r);
+            inner.journalled = true;
+        }
         let decisions = inner.core.take_decisions();
         for d in decisions {
             self.carry_out(inner, d);
@@ -378,6 +428,11 @@ impl Shared {
                 let e = WorkerEvent::Lost { worker, reason };
                 inner.subscribers.retain(|s| s.send(e.clone()).is_ok());
             }
+            Decision::Evicted { detail } => {
+                if let Some(j) = &self.journal {
+                    j.archive(&crate::journal::with_epoch(*detail, self.epoch_ms));
+                }
+            }
             Decision::WorkerForgotten { worker } => {
                 // Its console stays readable a while (why did it stop?), the last
                 // DEPARTED_CONSOLES of them, so departed workers cost bounded memory.
@@ -447,7 +502,24 @@ impl Shared {
             }
         }
         let _ = self.apply(&mut inner, Event::Tick);
+        let snapshot = match &self.journal {
+            Some(j) if j.bytes_since_snapshot() > self.cfg.snapshot_bytes => {
+                Some((j, j.begin_snapshot(&inner.core)))
+            }
+            _ => None,
+        };
         drop(inner);
+        if let Some((j, s)) = snapshot {
+            let t0 = Instant::now();
+            match j.finish_snapshot(s) {
+                Ok(bytes) => log::info!(
+                    "snapshot of the state written ({bytes} bytes, {:.3} s); older journal segments deleted",
+                    t0.elapsed().as_secs_f64()
+                ),
+                // The journal holds everything still: the next tick tries again.
+                Err(e) => log::error!("snapshot failed: {e}"),
+            }
+        }
     }
 }
 
@@ -511,6 +583,7 @@ pub struct Controller {
     threads: Vec<JoinHandle<()>>,
     port: u16,
     timer_stop: Option<Sender<()>>,
+    recovery: Option<crate::journal::RecoveryReport>,
 }
 
 impl Controller {
@@ -527,7 +600,7 @@ impl Controller {
             n => n,
         };
         log::debug!("at most {max_connections} connections (open-file limit {open_files})");
-        let core = Core::new(CoreConfig {
+        let core_cfg = CoreConfig {
             heartbeat_timeout_ms: cfg.heartbeat_timeout.as_millis() as u64,
             task_timeout_ms: cfg.task_timeout.as_millis() as u64,
             max_attempts: cfg.max_attempts,
@@ -539,11 +612,40 @@ impl Controller {
             forget_offline_ms: (cfg.heartbeat_timeout.as_millis() as u64)
                 .saturating_mul(10)
                 .max(3_600_000),
-        });
-        let epoch_ms = SystemTime::now()
+        };
+        let unix_now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
+        let (core, epoch_ms, clock_offset, journal, recovery) = match &cfg.state_dir {
+            None => (Core::new(core_cfg), unix_now, 0, None, None),
+            Some(dir) => {
+                let t0 = Instant::now();
+                let r = crate::journal::open(dir, core_cfg, unix_now).map_err(|e| {
+                    format!("cannot use the state directory {}: {e}", dir.display())
+                })?;
+                // The clock goes on where it stopped, plus the time the controller was down.
+                let offset = r.core.now().max(unix_now.saturating_sub(r.epoch_ms));
+                if r.report.fresh {
+                    log::info!("state directory {}: new", dir.display());
+                } else {
+                    log::info!(
+                        "state directory {}: {} tasks and {} workers restored in {:.3} s (snapshot {}, {} events replayed from {} segment(s), {} bytes)",
+                        dir.display(),
+                        r.core.task_ids(None).len(),
+                        r.core.workers(0).len(),
+                        t0.elapsed().as_secs_f64(),
+                        r.report
+                            .snapshot
+                            .map_or("none".to_string(), |g| g.to_string()),
+                        r.report.events,
+                        r.report.segments,
+                        r.report.bytes
+                    );
+                }
+                (r.core, r.epoch_ms, offset, Some(r.journal), Some(r.report))
+            }
+        };
         // Timer resolution: a tenth of the shortest interval it enforces, within 2..100 ms.
         let shortest = cfg
             .poll_hold
@@ -555,6 +657,8 @@ impl Controller {
             cfg,
             started: Instant::now(),
             epoch_ms,
+            clock_offset,
+            journal,
             inner: Mutex::new(Inner {
                 core,
                 parked_polls: HashMap::new(),
@@ -563,10 +667,16 @@ impl Controller {
                 departed: std::collections::VecDeque::new(),
                 subscribers: Vec::new(),
                 outbox: Vec::new(),
+                journalled: false,
             }),
             stopping: AtomicBool::new(false),
             provisioning: Mutex::new(None),
         });
+        if recovery.as_ref().is_some_and(|r| !r.fresh) {
+            // Workers that held tasks re-attach with their leases; parked polls are gone.
+            let mut inner = shared.lock();
+            let _ = shared.apply(&mut inner, Event::Recover);
+        }
         // Weak: connection threads may outlive the controller by a timeout; they then answer
         // 503 and hold nothing.
         let weak = Arc::downgrade(&shared);
@@ -605,7 +715,13 @@ impl Controller {
             threads,
             port,
             timer_stop: Some(timer_stop),
+            recovery,
         })
+    }
+
+    /// What the start read from the state directory (`None` without one).
+    pub fn recovery(&self) -> Option<&crate::journal::RecoveryReport> {
+        self.recovery.as_ref()
     }
 
     /// The bound port.
@@ -713,10 +829,7 @@ impl Controller {
 
     /// `GET /api/workers/tasks/{id}`.
     pub fn task(&self, task: TaskId) -> Option<TaskDetail> {
-        self.shared
-            .lock()
-            .core
-            .task_detail(task, self.shared.epoch_ms)
+        self.shared.task(task)
     }
 
     /// Every task, in submission order.

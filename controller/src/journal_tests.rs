@@ -1,0 +1,256 @@
+//! The journal against real files: round trips, torn tails, damage, versions, snapshots,
+//! the directory lock and the archive.
+
+use super::*;
+use crate::core::CoreError;
+use warp_common::commands::Command;
+use warp_common::protocol::{RegisterRequest, ReportState, StatusUpdate, TaskSpec, TaskState};
+
+fn cfg() -> CoreConfig {
+    CoreConfig {
+        heartbeat_timeout_ms: 1_000,
+        task_timeout_ms: 10_000,
+        max_attempts: 3,
+        heartbeat_interval_ms: 100,
+        poll_hold_ms: 500,
+        keep_finished: usize::MAX,
+        forget_offline_ms: u64::MAX,
+    }
+}
+
+/// A temporary state directory, removed on drop.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let p = std::env::temp_dir().join(format!(
+            "warp-journal-{name}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        Dir(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What the server does: apply, journal what changed, carry out evictions.
+fn apply(r: &mut Recovered, now: Millis, e: Event) -> Result<Reply, CoreError> {
+    let rec = encode_event(now, &e);
+    let reply = r.core.apply(now, e);
+    if journals(&reply) {
+        let seq = r.journal.append(rec);
+        r.journal.sync(seq);
+    }
+    for d in r.core.take_decisions() {
+        if let Decision::Evicted { detail } = d {
+            r.journal.archive(&with_epoch(*detail, r.epoch_ms));
+        }
+    }
+    reply
+}
+
+fn state(c: &Core) -> serde_json::Value {
+    serde_json::to_value(c.snapshot()).unwrap()
+}
+
+/// Registers a worker, submits `n` tasks and completes half of them.
+fn history(r: &mut Recovered, n: usize) -> Vec<TaskId> {
+    let w = uuid::Uuid::from_u128(1);
+    apply(
+        r,
+        1,
+        Event::Register {
+            id: w,
+            token: "t".into(),
+            req: RegisterRequest {
+                protocol_version: warp_common::PROTOCOL_VERSION,
+                device: 0,
+                hostname: "node".into(),
+                capabilities: Default::default(),
+                worker_version: "test".into(),
+                spawn_id: None,
+                pid: None,
+            },
+        },
+    )
+    .unwrap();
+    let ids: Vec<TaskId> = (0..n)
+        .map(|i| uuid::Uuid::from_u128(100 + i as u128))
+        .collect();
+    let tasks = ids
+        .iter()
+        .map(|id| (*id, TaskSpec::new(vec![Command::Sleep { ms: 1 }])))
+        .collect();
+    apply(r, 2, Event::Submit { tasks }).unwrap();
+    for i in 0..n / 2 {
+        let Ok(Reply::Poll(Some(a))) = apply(r, 3 + i as u64, Event::Poll { worker: w }) else {
+            panic!("no work")
+        };
+        let update = StatusUpdate {
+            lease: a.lease,
+            state: ReportState::Completed,
+            result: Some(serde_json::json!({"i": i})),
+            error: None,
+            progress: None,
+            elapsed_ms: Some(0),
+            held_fingerprint: None,
+            console: Vec::new(),
+            want_next: false,
+        };
+        apply(
+            r,
+            3 + i as u64,
+            Event::Status {
+                worker: w,
+                task: a.id,
+                update,
+            },
+        )
+        .unwrap();
+    }
+    ids
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn crc32_is_the_ieee_one() {
+    assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    assert_eq!(crc32(b""), 0);
+}
+
+#[test]
+fn a_reopened_directory_gives_the_same_state() {
+    let d = Dir::new("roundtrip");
+    let mut r = open(&d.0, cfg(), 1_000).unwrap();
+    assert!(r.report.fresh);
+    let ids = history(&mut r, 10);
+    let before = state(&r.core);
+    drop(r);
+    let r = open(&d.0, cfg(), 9_999).unwrap();
+    assert!(!r.report.fresh);
+    assert_eq!(r.epoch_ms, 1_000, "the epoch of the first start");
+    assert_eq!(state(&r.core), before);
+    assert_eq!(r.core.task_state(ids[0]), Some(TaskState::Completed));
+    assert_eq!(r.core.task_state(ids[9]), Some(TaskState::Queued));
+    // Every start opens a new segment.
+    assert_eq!(segments(&d.0).len(), 2);
+}
+
+#[test]
+fn a_torn_last_record_is_dropped_and_anything_else_stops_the_start() {
+    let d = Dir::new("torn");
+    let mut r = open(&d.0, cfg(), 0).unwrap();
+    history(&mut r, 4);
+    let all = state(&r.core);
+    drop(r);
+    let seg = segments(&d.0).remove(0);
+    let bytes = std::fs::read(&seg).unwrap();
+    // Cut the last record short, as a crash mid-write does.
+    std::fs::write(&seg, &bytes[..bytes.len() - 5]).unwrap();
+    let r = open(&d.0, cfg(), 0).unwrap();
+    assert_eq!(r.report.torn.len(), 1, "{:?}", r.report);
+    assert!(r.report.torn[0].contains("torn last record"));
+    assert_ne!(state(&r.core), all, "the last event is gone");
+    assert_eq!(r.report.events, 5, "register, submit, poll, status, poll");
+    drop(r);
+    // The torn tail was cut off: the next start finds nothing torn.
+    let r = open(&d.0, cfg(), 0).unwrap();
+    assert!(r.report.torn.is_empty());
+    drop(r);
+    // A flipped byte inside an earlier record is damage: the start stops and says where.
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&seg, &bytes).unwrap();
+    let err = open(&d.0, cfg(), 0).err().expect("damage is refused");
+    let msg = err.to_string();
+    assert!(matches!(err, JournalError::Corrupt(_)), "{msg}");
+    assert!(msg.contains(&seg.display().to_string()), "{msg}");
+    assert!(msg.contains("offset"), "{msg}");
+}
+
+#[test]
+fn another_format_version_is_refused_with_the_version() {
+    let d = Dir::new("version");
+    drop(open(&d.0, cfg(), 0).unwrap());
+    let seg = segments(&d.0).remove(0);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
+    std::fs::write(&seg, &bytes).unwrap();
+    let msg = open(&d.0, cfg(), 0).err().unwrap().to_string();
+    assert!(msg.contains("format version 7"), "{msg}");
+    std::fs::write(&seg, b"hello, not a journal at all").unwrap();
+    let msg = open(&d.0, cfg(), 0).err().unwrap().to_string();
+    assert!(msg.contains("bad magic"), "{msg}");
+}
+
+#[test]
+fn a_snapshot_replaces_the_segments_before_it() {
+    let d = Dir::new("snapshot");
+    let mut r = open(&d.0, cfg(), 0).unwrap();
+    history(&mut r, 6);
+    let pending = r.journal.begin_snapshot(&r.core);
+    r.journal.finish_snapshot(pending).unwrap();
+    // Events after the snapshot go to the new segment.
+    let w = uuid::Uuid::from_u128(1);
+    apply(&mut r, 50, Event::Poll { worker: w }).unwrap();
+    let before = state(&r.core);
+    let names: Vec<String> = std::fs::read_dir(&d.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("journal") || n.starts_with("snapshot"))
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    drop(r);
+    let r = open(&d.0, cfg(), 0).unwrap();
+    assert_eq!(r.report.snapshot, Some(1));
+    assert_eq!(r.report.events, 1, "only the tail is replayed");
+    assert_eq!(state(&r.core), before);
+}
+
+#[test]
+fn one_controller_at_a_time() {
+    let d = Dir::new("lock");
+    let r = open(&d.0, cfg(), 0).unwrap();
+    let err = open(&d.0, cfg(), 0).err().unwrap();
+    assert!(matches!(err, JournalError::Locked(_)), "{err}");
+    assert!(err.to_string().contains(&std::process::id().to_string()));
+    drop(r);
+    open(&d.0, cfg(), 0).unwrap();
+}
+
+#[test]
+fn evicted_tasks_stay_readable_from_the_archive() {
+    let d = Dir::new("archive");
+    let small = CoreConfig {
+        keep_finished: 1,
+        ..cfg()
+    };
+    let mut r = open(&d.0, small.clone(), 5_000).unwrap();
+    let ids = history(&mut r, 6);
+    // One more event applies the retention of the last finish.
+    apply(&mut r, 100, Event::Cancel { task: ids[5] }).unwrap();
+    assert_eq!(r.core.task_state(ids[0]), None, "evicted from memory");
+    let d0 = r.journal.archived(ids[0]).expect("archived");
+    assert_eq!(d0.state, TaskState::Completed);
+    assert_eq!(d0.result, Some(serde_json::json!({"i": 0})));
+    assert!(d0.created_unix_ms >= 5_000, "times are Unix times");
+    drop(r);
+    let r = open(&d.0, small, 0).unwrap();
+    assert_eq!(r.journal.archived(ids[1]).unwrap().id, ids[1]);
+    assert!(r.journal.archived(uuid::Uuid::from_u128(7)).is_none());
+}
