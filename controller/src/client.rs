@@ -12,6 +12,10 @@ use warp_common::protocol::{
 
 use crate::server::MAX_BATCH;
 
+/// How long [`AdminClient::wait`] retries an unreachable controller (one restarting from its
+/// state directory comes back within seconds).
+pub const WAIT_OUTAGE: Duration = Duration::from_secs(300);
+
 /// What can go wrong talking to the controller.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -143,19 +147,39 @@ impl AdminClient {
     }
 
     /// Waits until the task is terminal or `timeout` passes; returns its detail either way.
+    /// Rides out a controller restart (unreachable, or 503 while it stops): it retries for
+    /// up to [`WAIT_OUTAGE`], so a wait survives a controller with a state directory coming
+    /// back.
     pub fn wait(&self, task: TaskId, timeout: Option<Duration>) -> Result<TaskDetail, ClientError> {
         let start = Instant::now();
+        let mut outage: Option<Instant> = None;
         loop {
             let left = timeout.map(|t| t.saturating_sub(start.elapsed()));
             let hold = left
                 .unwrap_or(Duration::from_secs(30))
                 .min(Duration::from_secs(30));
-            let detail: TaskDetail = self.call(
+            let result: Result<TaskDetail, ClientError> = self.call(
                 "GET",
                 &format!("/api/tasks/{task}/wait?timeout_s={:.3}", hold.as_secs_f64()),
                 None::<&()>,
                 hold + Duration::from_secs(30),
-            )?;
+            );
+            let detail = match result {
+                Ok(d) => d,
+                Err(e @ (ClientError::Transport(_) | ClientError::Api { status: 503, .. })) => {
+                    let since = *outage.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= WAIT_OUTAGE || left.is_some_and(|l| l.is_zero()) {
+                        return Err(e);
+                    }
+                    if since.elapsed() < Duration::from_millis(600) {
+                        log::warn!("waiting for task {task}: {e}; retrying");
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            outage = None;
             if detail.state.is_terminal() || left.is_some_and(|l| l.is_zero()) {
                 return Ok(detail);
             }

@@ -266,6 +266,10 @@ pub struct WrapperOptions {
     /// Enrollment token of the embedded controller; a fresh random one when `None`. Set it
     /// when remote workers must enroll (they need to know it).
     pub token: Option<String>,
+    /// Keep the embedded controller's queue in this directory ([`ControllerConfig::state_dir`]):
+    /// a main program that restarts (on the same port) gets its tasks back, and workers that
+    /// outlived it re-attach with their leases.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for WrapperOptions {
@@ -282,6 +286,7 @@ impl Default for WrapperOptions {
             worker_args: Vec::new(),
             stop_grace: Duration::from_secs(5),
             token: None,
+            state_dir: None,
         }
     }
 }
@@ -369,6 +374,7 @@ impl ControllerBasedWorkerWrapper {
         cfg.heartbeat_timeout = self.opts.heartbeat_timeout;
         cfg.task_timeout = self.opts.task_timeout;
         cfg.max_attempts = self.opts.max_attempts;
+        cfg.state_dir.clone_from(&self.opts.state_dir);
         let controller = Controller::start(cfg).map_err(WrapperError::Spawn)?;
         let port = controller.port();
         // Forward the controller's worker losses and watch our children for exits.

@@ -120,6 +120,14 @@ fn options() -> Options {
         ),
         "N",
     );
+    o.optopt(
+        "",
+        "state-dir",
+        "keep the queue in DIR (journal, snapshots, archive; created 0700): after a crash or \
+         restart the controller comes back with every task, attempt, lease and worker, and \
+         workers running tasks carry on with their leases (default: in memory only)",
+        "DIR",
+    );
     o.optflag("v", "verbose", "log debug lines (or WARP_LOG=debug)");
     o.optflag("q", "quiet", "log warnings and errors only");
     provision::options(&mut o);
@@ -151,6 +159,11 @@ impl ServeConfig {
             );
         }
         cfg.keep_finished = number(&m, "keep-finished", cfg.keep_finished)?;
+        cfg.state_dir = match m.opt_str("state-dir") {
+            Some(d) if d.is_empty() => return usage("--state-dir needs a directory"),
+            Some(d) => Some(PathBuf::from(d)),
+            None => None,
+        };
         if cfg.max_attempts == 0 {
             return usage("--max-attempts must be at least 1");
         }
