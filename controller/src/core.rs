@@ -120,8 +120,8 @@ pub enum Event {
     /// Time passed: heartbeat and task timeouts.
     Tick,
     /// The controller restarted from its journal: the parked polls died with the old process,
-    /// and every live worker gets a full heartbeat timeout from now to come back (its lease
-    /// intact) before it is handled as lost.
+    /// and the time it was down does not count against the workers' heartbeat timeout (one
+    /// that comes back in time keeps its lease).
     Recover,
 }
 
@@ -469,6 +469,7 @@ impl Core {
     /// report is counted (`stale_reports_refused` in the status).
     pub fn apply(&mut self, now: Millis, event: Event) -> Result<Reply, CoreError> {
         // The clock never runs backwards inside the core, whatever the caller passes.
+        let before = self.now;
         self.now = self.now.max(now);
         // Before the event: the decisions of earlier events (which read finished tasks) have
         // been carried out.
@@ -492,7 +493,7 @@ impl Core {
                 Reply::Unchanged
             }),
             Event::Recover => {
-                self.on_recover();
+                self.on_recover(self.now - before);
                 Ok(Reply::Ack)
             }
         }
@@ -855,7 +856,10 @@ impl Core {
         self.dispatch() || changed
     }
 
-    fn on_recover(&mut self) {
+    /// `down`: the time since the last event before the restart. It does not count against
+    /// the workers: one that was silent before the crash is lost as it would have been, the
+    /// others get their heartbeat timeout counted without the downtime.
+    fn on_recover(&mut self, down: Millis) {
         let now = self.now;
         let mut ids: Vec<WorkerId> = self.workers.keys().copied().collect();
         ids.sort_unstable();
@@ -863,7 +867,7 @@ impl Core {
             self.set_waiting(id, false);
             let w = self.workers.get_mut(&id).expect("listed");
             if !w.offline {
-                w.last_seen = now;
+                w.last_seen = (w.last_seen + down).min(now);
             }
         }
     }

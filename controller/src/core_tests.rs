@@ -579,9 +579,10 @@ fn timeouts_hand_work_to_waiters_in_the_same_order_every_time() {
 }
 
 /// Issue 11: after a restart the workers that held tasks keep them: their heartbeats and
-/// final reports are accepted with the old lease, and the timeout counts from the restart.
+/// final reports are accepted with the old lease, and the downtime does not count against
+/// their heartbeat timeout (the silence before the crash does).
 #[test]
-fn recover_keeps_leases_and_gives_workers_a_full_timeout() {
+fn recover_keeps_leases_and_does_not_count_the_downtime() {
     let mut s = Sim::new();
     let w = s.register(0);
     let idle = s.register(0);
@@ -589,6 +590,11 @@ fn recover_keeps_leases_and_gives_workers_a_full_timeout() {
     let a = s.poll(w).unwrap();
     s.report(w, &a, ReportState::Running).unwrap();
     assert!(s.poll(idle).is_none());
+    // A worker already silent for 900 ms of its 1,000 when the controller died.
+    let silent = s.register(0);
+    s.now += 900;
+    s.heartbeat(w, Some(&a));
+    s.heartbeat(idle, None);
     // Down for three heartbeat timeouts.
     s.now += 3_000;
     s.apply(Event::Recover).unwrap();
@@ -608,7 +614,7 @@ fn recover_keeps_leases_and_gives_workers_a_full_timeout() {
     // The idle worker never came back: lost after the timeout.
     s.now += 200;
     s.apply(Event::Tick).unwrap();
-    assert_eq!(s.core.status(0, 0).workers.offline, 1);
+    assert_eq!(s.core.status(0, 0).workers.offline, 2);
 }
 
 /// The same walk with retention: finished tasks leave the core, the invariants hold and the

@@ -869,7 +869,8 @@ fn failpoint(name: &str) {
     if let Some((n, p)) = spec
         && n == name
     {
-        let r = uuid::Uuid::new_v4().as_u128() as u64 as f64 / u64::MAX as f64;
+        // The low 48 bits of a v4 uuid are random (the version and variant bits are above).
+        let r = (uuid::Uuid::new_v4().as_u128() & 0xFFFF_FFFF_FFFF) as f64 / (1u64 << 48) as f64;
         if r < *p {
             eprintln!("failpoint {name} fired");
             std::process::abort();

@@ -20,9 +20,15 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
-/// Path of a workspace binary. Under `cargo test` (where `$CARGO` is set) the binaries are
+/// Path of a workspace binary (`warp-controller`: `$WARP_CONTROLLER_BIN` when set). Under `cargo test` (where `$CARGO` is set) the binaries are
 /// built first, once per test process, so the tests never run stale ones.
 pub fn bin(name: &str) -> PathBuf {
+    // Another build of the controller (the chaos test's, with failpoints).
+    if name == "warp-controller"
+        && let Some(p) = std::env::var_os("WARP_CONTROLLER_BIN")
+    {
+        return PathBuf::from(p);
+    }
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let dir = bin_dir();
     if let Ok(cargo) = std::env::var("CARGO") {

@@ -4,6 +4,8 @@
 //! test-controller-architecture            basic: one worker, each command once
 //! test-controller-architecture --multi    four workers, a batch of tasks
 //! test-controller-architecture --stress   many workers, tens of thousands of tasks, random kills
+//! test-controller-architecture --stress --kill-controller-every S   the same against a
+//!                                             `serve --state-dir` killed every ~S seconds
 //! test-controller-architecture --bench    controller vs direct mode: throughput and latency (JSON)
 //! test-controller-architecture --bench-parked N   controller memory with N parked long-polls
 //! test-controller-architecture --bench-memory N   controller RSS with N queued, then N
@@ -27,6 +29,8 @@ use warp_controller::wrapper::{
     ControllerBasedWorkerWrapper, DirectWorkerWrapper, WorkerCommands, WrapperOptions,
 };
 use warp_tests::{ControllerProc, TempDir, percentile, rss_kib};
+
+mod chaos;
 
 type Check = Result<(), String>;
 
@@ -92,6 +96,19 @@ fn main() -> ExitCode {
     );
     o.optopt(
         "",
+        "kill-controller-every",
+        "--stress: SIGKILL and restart a `serve --state-dir` controller about every S seconds",
+        "S",
+    );
+    o.optopt(
+        "",
+        "failpoint",
+        "--kill-controller-every: probability per journal sync of a crash between write and \
+         sync (needs a controller built with --features failpoints, see WARP_CONTROLLER_BIN)",
+        "P",
+    );
+    o.optopt(
+        "",
         "samples",
         "--bench: latency samples per mode (default 1000)",
         "N",
@@ -119,7 +136,22 @@ fn main() -> ExitCode {
             .opt_str("kill-every")
             .and_then(|v| warp_common::parse_seconds(&v).ok())
             .unwrap_or(Duration::from_millis(500));
-        stress(num("workers", 8), num("tasks", 20_000), every)
+        match m
+            .opt_str("kill-controller-every")
+            .and_then(|v| warp_common::parse_seconds(&v).ok())
+        {
+            Some(c) => chaos::run(&chaos::Chaos {
+                workers: num("workers", 4),
+                tasks: num("tasks", 2_000),
+                kill_worker_every: every,
+                kill_controller_every: c,
+                failpoint: m
+                    .opt_str("failpoint")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0.0),
+            }),
+            None => stress(num("workers", 8), num("tasks", 20_000), every),
+        }
     } else if m.opt_present("bench") {
         bench(
             num("workers", 8),
