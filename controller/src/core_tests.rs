@@ -599,7 +599,21 @@ fn recover_keeps_leases_and_does_not_count_the_downtime() {
     s.now += 3_000;
     s.apply(Event::Recover).unwrap();
     assert!(s.core.waiting_workers().is_empty(), "parked polls died");
-    s.now += 900;
+    s.now += 200;
+    s.apply(Event::Tick).unwrap();
+    let lost: Vec<WorkerId> = s
+        .core
+        .workers(0)
+        .into_iter()
+        .filter(|x| x.state == WorkerState::Offline)
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(
+        lost,
+        [silent],
+        "the silent one is lost as it would have been"
+    );
+    s.now += 700;
     s.apply(Event::Tick).unwrap();
     assert_eq!(
         s.state(t),
