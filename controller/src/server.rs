@@ -209,9 +209,18 @@ pub(crate) struct Inner {
     pub departed: std::collections::VecDeque<WorkerId>,
     pub subscribers: Vec<Sender<WorkerEvent>>,
     pub outbox: Vec<Outgoing>,
-    /// Set when an event under the current lock holder was journalled: its answers wait
-    /// until the record is durable.
-    pub journalled: bool,
+    /// What tells someone a task ended (answers to `wait`, in-process watchers): written once
+    /// the journal holds the end (without a journal, right after `outbox`).
+    pub after_sync: Vec<AfterSync>,
+    /// Set when the current lock holder applied an event whose acknowledgement must wait
+    /// until its record is durable (a submit, a cancel, a terminal report).
+    pub must_sync: bool,
+}
+
+/// A notification written after the journal sync (see [`Inner::after_sync`]).
+pub(crate) enum AfterSync {
+    Http(Outgoing),
+    Watch(Sender<TaskDetail>, TaskDetail),
 }
 
 /// The lock on [`Inner`]; see [`Shared::lock`].
@@ -239,17 +248,31 @@ impl Drop for Locked<'_> {
             return;
         };
         let out = std::mem::take(&mut guard.outbox);
+        let after = std::mem::take(&mut guard.after_sync);
         let sync = match self.journal {
-            Some(j) if std::mem::take(&mut guard.journalled) => Some((j, j.appended())),
+            Some(j) if std::mem::take(&mut guard.must_sync) || !after.is_empty() => {
+                Some((j, j.appended()))
+            }
             _ => None,
         };
         drop(guard);
-        // Nothing this holder changed is told to anyone before it is on disk (the handler's
-        // own answer is written after this guard is gone, too).
+        // Assignments and "no work" go out at once: a delivery the journal then loses is an
+        // attempt the restarted controller does not know, whose reports get 409 (the lease
+        // check names the worker), so the task runs again and nothing is applied twice.
+        Shared::flush(out);
+        // A submit, cancel or result is acknowledged only once it is on disk (the handler's
+        // own answer is written after this guard is gone, so after this too).
         if let Some((journal, seq)) = sync {
             journal.sync(seq);
         }
-        Shared::flush(out);
+        for a in after {
+            match a {
+                AfterSync::Http(o) => http::respond(o.request, o.status, o.body),
+                AfterSync::Watch(tx, detail) => {
+                    let _ = tx.send(detail);
+                }
+            }
+        }
     }
 }
 
@@ -349,12 +372,17 @@ impl Shared {
             .journal
             .as_ref()
             .map(|_| crate::journal::encode_event(now, &event));
+        let acknowledged = match &event {
+            Event::Submit { .. } | Event::Cancel { .. } => true,
+            Event::Status { update, .. } => update.state.is_terminal(),
+            _ => false,
+        };
         let reply = inner.core.apply(now, event);
         if let (Some(j), Some(r)) = (&self.journal, record)
             && crate::journal::journals(&reply)
         {
             j.append(r);
-            inner.journalled = true;
+            inner.must_sync |= acknowledged;
         }
         let decisions = inner.core.take_decisions();
         for d in decisions {
@@ -401,19 +429,15 @@ impl Shared {
                     );
                 }
                 for w in waiters {
-                    match w {
-                        Waiter::Http { request, .. } => {
-                            let body = serde_json::to_vec(&detail).expect("detail serialises");
-                            inner.outbox.push(Outgoing {
-                                request,
-                                status: 200,
-                                body: Some(body),
-                            });
-                        }
-                        Waiter::Channel(tx) => {
-                            let _ = tx.send(detail.clone());
-                        }
-                    }
+                    let a = match w {
+                        Waiter::Http { request, .. } => AfterSync::Http(Outgoing {
+                            request,
+                            status: 200,
+                            body: Some(serde_json::to_vec(&detail).expect("detail serialises")),
+                        }),
+                        Waiter::Channel(tx) => AfterSync::Watch(tx, detail.clone()),
+                    };
+                    inner.after_sync.push(a);
                 }
             }
             Decision::WorkerRegistered { worker, spawn_id } => {
@@ -502,24 +526,43 @@ impl Shared {
             }
         }
         let _ = self.apply(&mut inner, Event::Tick);
-        let snapshot = match &self.journal {
-            Some(j) if j.bytes_since_snapshot() > self.cfg.snapshot_bytes => {
-                Some((j, j.begin_snapshot(&inner.core)))
-            }
-            _ => None,
-        };
         drop(inner);
-        if let Some((j, s)) = snapshot {
-            let t0 = Instant::now();
-            match j.finish_snapshot(s) {
-                Ok(bytes) => log::info!(
-                    "snapshot of the state written ({bytes} bytes, {:.3} s); older journal segments deleted",
-                    t0.elapsed().as_secs_f64()
-                ),
-                // The journal holds everything still: the next tick tries again.
-                Err(e) => log::error!("snapshot failed: {e}"),
-            }
+        // Records no acknowledgement waited for (heartbeats, polls) reach the disk within a
+        // tick.
+        if let Some(j) = &self.journal {
+            j.sync(j.appended());
         }
+        if self
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.bytes_since_snapshot() > self.cfg.snapshot_bytes)
+            && let Err(e) = self.snapshot()
+        {
+            // The journal holds everything still: the next tick tries again.
+            log::error!("snapshot failed: {e}");
+        }
+    }
+
+    /// Writes a snapshot of the state and deletes the journal segments it replaces; returns
+    /// its size (`Ok(None)` without a state directory). The lock is held only to copy the
+    /// state, not to write it.
+    pub fn snapshot(&self) -> Result<Option<u64>, String> {
+        let Some(j) = &self.journal else {
+            return Ok(None);
+        };
+        let t0 = Instant::now();
+        let pending = {
+            let inner = self.lock();
+            j.begin_snapshot(&inner.core)
+        };
+        let held = t0.elapsed();
+        let bytes = j.finish_snapshot(pending).map_err(|e| e.to_string())?;
+        log::info!(
+            "snapshot of the state written ({bytes} bytes, {:.3} s, lock held {:.3} s); older journal segments deleted",
+            t0.elapsed().as_secs_f64(),
+            held.as_secs_f64()
+        );
+        Ok(Some(bytes))
     }
 }
 
@@ -667,7 +710,8 @@ impl Controller {
                 departed: std::collections::VecDeque::new(),
                 subscribers: Vec::new(),
                 outbox: Vec::new(),
-                journalled: false,
+                after_sync: Vec::new(),
+                must_sync: false,
             }),
             stopping: AtomicBool::new(false),
             provisioning: Mutex::new(None),
@@ -722,6 +766,12 @@ impl Controller {
     /// What the start read from the state directory (`None` without one).
     pub fn recovery(&self) -> Option<&crate::journal::RecoveryReport> {
         self.recovery.as_ref()
+    }
+
+    /// Writes a snapshot now (the timer does past [`ControllerConfig::snapshot_bytes`] of
+    /// journal); its size, `None` without a state directory.
+    pub fn snapshot(&self) -> Result<Option<u64>, String> {
+        self.shared.snapshot()
     }
 
     /// The bound port.

@@ -10,6 +10,8 @@
 //! test-controller-architecture --bench-parked N   controller memory with N parked long-polls
 //! test-controller-architecture --bench-memory N   controller RSS with N queued, then N
 //!                                             finished tasks, and the time of one batch
+//! test-controller-architecture --bench-restart N   restart time of a state directory with N
+//!                                             finished tasks (journal, snapshot), bytes per task
 //! test-controller-architecture --bench-exec   /bin/true through the controller vs the raw
 //!                                             spawn limit, latency, controller memory (JSON)
 //! ```
@@ -63,6 +65,13 @@ fn main() -> ExitCode {
         "",
         "bench-memory",
         "controller memory with N queued and N finished tasks, as JSON",
+        "N",
+    );
+    o.optopt(
+        "",
+        "bench-restart",
+        "N tasks through a controller with a state directory, then the time it takes to serve \
+         again from the journal and from a snapshot, and the bytes per task, as JSON",
         "N",
     );
     o.optopt(
@@ -164,6 +173,8 @@ fn main() -> ExitCode {
             num("keep-finished", 100_000),
             num("workers", 2),
         )
+    } else if m.opt_present("bench-restart") {
+        bench_restart(num("bench-restart", 100_000), num("workers", 2))
     } else if m.opt_present("bench-exec") {
         bench_exec(num("workers", 2), num("tasks", 10_000), num("samples", 200))
     } else if m.opt_present("bench-parked") {
@@ -396,44 +407,135 @@ fn stress(workers: usize, tasks: usize, kill_every: Duration) -> Check {
     Ok(())
 }
 
+/// Throughput of `tasks` echo tasks on `workers` workers, and idle submit-to-result latency
+/// (p50, p99 in ms), through an embedded controller (with a state directory: journalled).
+fn controller_mode(
+    workers: usize,
+    tasks: usize,
+    samples: usize,
+    state_dir: Option<std::path::PathBuf>,
+) -> Result<(f64, (f64, f64)), String> {
+    let gap = Duration::from_millis(2);
+    let mut w = ControllerBasedWorkerWrapper::with_options(WrapperOptions {
+        heartbeat_timeout: Duration::from_secs(30),
+        silent_workers: true,
+        command_timeout: Some(Duration::from_secs(60)),
+        state_dir,
+        ..WrapperOptions::default()
+    });
+    w.start_controller(0).map_err(|e| e.to_string())?;
+    let ids: Vec<_> = (0..workers)
+        .map(|d| w.add_worker(d as i32))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let c = w.controller().map_err(|e| e.to_string())?;
+    let echo = || TaskSpec::new(vec![Command::Echo { value: Value::Null }]);
+    // Warm up connections, then the throughput batch.
+    c.submit_batch((0..workers * 20).map(|_| echo()).collect())
+        .map_err(|e| e.to_string())?;
+    wait_all_terminal(c, workers * 20, Duration::from_secs(60))?;
+    let t = Instant::now();
+    c.submit_batch((0..tasks).map(|_| echo()).collect())
+        .map_err(|e| e.to_string())?;
+    wait_all_terminal(c, workers * 20 + tasks, Duration::from_secs(600))?;
+    let tps = tasks as f64 / t.elapsed().as_secs_f64();
+    // Idle dispatch latency: one task at a time to one parked worker, submit to result.
+    let mut lat = Vec::with_capacity(samples);
+    for i in 0..samples + 100 {
+        std::thread::sleep(gap);
+        let mut spec = echo();
+        spec.target = warp_common::protocol::Target::Worker(ids[0]);
+        let t = Instant::now();
+        let (_, rx) = c.submit_watch(spec).map_err(|e| e.to_string())?;
+        rx.recv_timeout(Duration::from_secs(10))
+            .map_err(|_| "latency task timed out".to_string())?;
+        if i >= 100 {
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok((tps, (percentile(&lat, 50.0), percentile(&lat, 99.0))))
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Restart cost of a state directory holding `tasks` finished tasks: from the journal alone,
+/// then from a snapshot.
+fn bench_restart(tasks: usize, workers: usize) -> Check {
+    let tmp = TempDir::new("bench-restart");
+    let state = tmp.path().join("state");
+    let t_run = Instant::now();
+    {
+        let mut w = ControllerBasedWorkerWrapper::with_options(WrapperOptions {
+            silent_workers: true,
+            state_dir: Some(state.clone()),
+            ..WrapperOptions::default()
+        });
+        w.start_controller(0).map_err(|e| e.to_string())?;
+        for d in 0..workers {
+            w.add_worker(d as i32).map_err(|e| e.to_string())?;
+        }
+        let c = w.controller().map_err(|e| e.to_string())?;
+        let specs = (0..tasks)
+            .map(|i| TaskSpec::new(vec![Command::Echo { value: json!(i) }]))
+            .collect();
+        c.submit_batch(specs).map_err(|e| e.to_string())?;
+        wait_all_terminal(c, tasks, Duration::from_secs(1800))?;
+    }
+    let run_s = t_run.elapsed().as_secs_f64();
+    let journal_bytes = dir_bytes(&state);
+    let start = || {
+        let mut cfg = warp_controller::ControllerConfig::new("bench".into());
+        cfg.bind = "127.0.0.1".into();
+        cfg.state_dir = Some(state.clone());
+        let t = Instant::now();
+        let c = warp_controller::Controller::start(cfg)?;
+        Ok::<_, String>((t.elapsed().as_secs_f64(), c))
+    };
+    let (from_journal_s, c) = start()?;
+    let replayed = c.recovery().map(|r| r.events).unwrap_or(0);
+    ensure(c.status().tasks.completed as usize == tasks, || {
+        format!("after the restart: {:?}", c.status().tasks)
+    })?;
+    let t = Instant::now();
+    c.snapshot()?;
+    let snapshot_write_s = t.elapsed().as_secs_f64();
+    drop(c);
+    let snapshot_bytes = dir_bytes(&state);
+    let (from_snapshot_s, c) = start()?;
+    ensure(c.status().tasks.completed as usize == tasks, || {
+        format!("after the second restart: {:?}", c.status().tasks)
+    })?;
+    let report = json!({
+        "tasks": tasks, "workers": workers, "run_s": run_s,
+        "journal_bytes": journal_bytes, "journal_bytes_per_task": journal_bytes as f64 / tasks as f64,
+        "events_replayed": replayed, "restart_from_journal_s": from_journal_s,
+        "snapshot_write_s": snapshot_write_s,
+        "state_dir_bytes_after_snapshot": snapshot_bytes,
+        "snapshot_bytes_per_task": snapshot_bytes as f64 / tasks as f64,
+        "restart_from_snapshot_s": from_snapshot_s,
+    });
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    Ok(())
+}
+
 fn bench(workers: usize, tasks: usize, samples: usize) -> Check {
     let gap = Duration::from_millis(2);
-    // Controller mode.
-    let (controller_tps, (c50, c99)) = {
-        let mut w = wrapper(Duration::from_secs(30));
-        w.start_controller(0).map_err(|e| e.to_string())?;
-        let ids: Vec<_> = (0..workers)
-            .map(|d| w.add_worker(d as i32))
-            .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?;
-        let c = w.controller().map_err(|e| e.to_string())?;
-        let echo = || TaskSpec::new(vec![Command::Echo { value: Value::Null }]);
-        // Warm up connections, then the throughput batch.
-        c.submit_batch((0..workers * 20).map(|_| echo()).collect())
-            .map_err(|e| e.to_string())?;
-        wait_all_terminal(c, workers * 20, Duration::from_secs(60))?;
-        let t = Instant::now();
-        c.submit_batch((0..tasks).map(|_| echo()).collect())
-            .map_err(|e| e.to_string())?;
-        wait_all_terminal(c, workers * 20 + tasks, Duration::from_secs(600))?;
-        let tps = tasks as f64 / t.elapsed().as_secs_f64();
-        // Idle dispatch latency: one task at a time to one parked worker, submit to result.
-        let mut lat = Vec::with_capacity(samples);
-        for i in 0..samples + 100 {
-            std::thread::sleep(gap);
-            let mut spec = echo();
-            spec.target = warp_common::protocol::Target::Worker(ids[0]);
-            let t = Instant::now();
-            let (_, rx) = c.submit_watch(spec).map_err(|e| e.to_string())?;
-            rx.recv_timeout(Duration::from_secs(10))
-                .map_err(|_| "latency task timed out".to_string())?;
-            if i >= 100 {
-                lat.push(t.elapsed().as_secs_f64() * 1000.0);
-            }
-        }
-        lat.sort_by(f64::total_cmp);
-        (tps, (percentile(&lat, 50.0), percentile(&lat, 99.0)))
-    };
+    let (controller_tps, (c50, c99)) = controller_mode(workers, tasks, samples, None)?;
+    // The same with every change journalled and synced before it is acknowledged.
+    let state = TempDir::new("bench-state");
+    let (journal_tps, (j50, j99)) =
+        controller_mode(workers, tasks, samples, Some(state.path().join("state")))?;
+    let journal_bytes = dir_bytes(&state.path().join("state"));
     // Direct mode: one client thread per worker, each sending its share of echo commands.
     let (direct_tps, (d50, d99)) = {
         let direct: Vec<DirectWorkerWrapper> = (0..workers)
@@ -483,6 +585,10 @@ fn bench(workers: usize, tasks: usize, samples: usize) -> Check {
         "workers": workers, "tasks": tasks, "latency_samples": samples,
         "controller_tasks_per_s": controller_tps.round(), "direct_tasks_per_s": direct_tps.round(),
         "controller_latency_p50_ms": c50, "controller_latency_p99_ms": c99,
+        "state_dir_tasks_per_s": journal_tps.round(), "state_dir_latency_p50_ms": j50,
+        "state_dir_latency_p99_ms": j99, "state_dir_throughput_ratio": journal_tps / controller_tps,
+        "state_dir_latency_ratio_p50": j50 / c50,
+        "state_dir_bytes_per_task": journal_bytes as f64 / (tasks + workers * 20 + samples + 100) as f64,
         "direct_latency_p50_ms": d50, "direct_latency_p99_ms": d99,
         "latency_ratio_p50": c50 / d50,
     });
