@@ -1246,6 +1246,11 @@ impl Core {
             + self.per_device.values().map(BTreeMap::len).sum::<usize>()
     }
 
+    /// What a task was submitted as.
+    pub fn task_spec(&self, task: TaskId) -> Option<&TaskSpec> {
+        self.tasks.get(&task).map(|t| &t.spec)
+    }
+
     /// A task as the monitoring endpoints show it; `epoch_ms` is the Unix time of `now = 0`.
     pub fn task_detail(&self, task: TaskId, epoch_ms: u64) -> Option<TaskDetail> {
         let t = self.tasks.get(&task)?;

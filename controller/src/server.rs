@@ -844,6 +844,59 @@ impl Controller {
         Ok((self.submit_chunked(specs, Some(&tx))?, rx))
     }
 
+    /// Queues validated specs like [`Controller::submit_batch`]; `tx` receives each task's
+    /// detail once it is terminal (room for all of them, or finishing tasks wait on the
+    /// reader).
+    pub fn submit_batch_notify(
+        &self,
+        specs: Vec<TaskSpec>,
+        tx: &Sender<TaskDetail>,
+    ) -> Result<Vec<TaskId>, ApiError> {
+        self.submit_chunked(specs, Some(tx))
+    }
+
+    /// Sends each task's detail to `tx` once it is terminal (at once for those that are);
+    /// the ids the controller does not know are returned.
+    pub fn watch(&self, ids: &[TaskId], tx: &Sender<TaskDetail>) -> Vec<TaskId> {
+        let mut unknown = Vec::new();
+        let mut inner = self.shared.lock();
+        for &id in ids {
+            match inner.core.task_detail(id, self.shared.epoch_ms) {
+                Some(d) if d.state.is_terminal() => {
+                    let _ = tx.send(d);
+                }
+                Some(_) => inner
+                    .waiters
+                    .entry(id)
+                    .or_default()
+                    .push(Waiter::Channel(tx.clone())),
+                None => unknown.push(id),
+            }
+        }
+        unknown
+    }
+
+    /// What a task was submitted as.
+    pub fn task_spec(&self, task: TaskId) -> Option<TaskSpec> {
+        self.shared.lock().core.task_spec(task).cloned()
+    }
+
+    /// Removes a worker as if it had deregistered: its task goes back to the queue at once
+    /// (not counted as a failed attempt). For a restarted main program whose old local
+    /// workers cannot come back.
+    pub fn forget_worker(&self, worker: WorkerId, reason: &str) -> Result<(), ApiError> {
+        let mut inner = self.shared.lock();
+        let r = self.shared.apply(
+            &mut inner,
+            Event::Deregister {
+                worker,
+                reason: reason.to_string(),
+            },
+        );
+        drop(inner);
+        r.map(|_| ()).map_err(ApiError::from)
+    }
+
     /// Cancels a task; returns its state afterwards.
     pub fn cancel(&self, task: TaskId) -> Result<TaskState, ApiError> {
         let mut inner = self.shared.lock();

@@ -89,6 +89,10 @@ pub struct PreprocessOptions {
     pub backend: BackendChoice,
     /// Local workers read the next movie ahead (off: `--no-read-ahead`).
     pub read_ahead: bool,
+    /// The embedded controller's state directory (`None`: in memory). A run that was killed
+    /// leaves its queue there; the next run with the same options takes its tasks over
+    /// (results that arrived meanwhile included) instead of starting them again.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The `<name>.json` of a processed movie.
@@ -663,10 +667,18 @@ pub fn run(
             *port
         }
     };
+    wopts.state_dir.clone_from(&opts.state_dir);
     let mut wrapper = ControllerBasedWorkerWrapper::with_options(wopts);
     let port = wrapper
         .start_controller(port)
         .map_err(|e| format!("cannot start the controller: {e}"))?;
+    if let (Workers::Local(_), Ok(c)) = (&opts.workers, wrapper.controller()) {
+        // Local workers of an earlier run held a port that is gone: their tasks go back to
+        // the queue now rather than after the heartbeat timeout.
+        for w in c.workers() {
+            let _ = c.forget_worker(w.id, "a local worker of an earlier run of the job");
+        }
+    }
     match &opts.workers {
         Workers::Local(devices) => {
             for &d in devices {
@@ -685,19 +697,30 @@ pub fn run(
 
     // Submit every package in one batch (so each worker's first task comes with the movie it
     // reads ahead), then collect results as they come.
-    let names: Vec<String> = todo.iter().map(|m| movie_name(m)).collect();
-    let packages = todo
+    let (tx, finished_rx) = crossbeam_channel::bounded(todo.len().max(1));
+    let (adopted, fresh) = adopt_restored(controller, opts, &todo);
+    if !adopted.is_empty() {
+        log(&format!(
+            "{} movie(s) taken over from the state directory's queue (an earlier run stopped before they were recorded)",
+            adopted.len()
+        ));
+    }
+    let adopted_ids: Vec<TaskId> = adopted.iter().map(|(id, _)| *id).collect();
+    let mut pending: HashMap<TaskId, (PathBuf, String)> = adopted.into_iter().collect();
+    for id in controller.watch(&adopted_ids, &tx) {
+        pending.remove(&id);
+    }
+    let names: Vec<String> = fresh.iter().map(|m| movie_name(m)).collect();
+    let packages = fresh
         .iter()
         .zip(&names)
         .map(|(m, name)| opts.package(m, name))
         .collect();
-    let (ids, finished_rx) = controller
-        .submit_batch_watch(packages)
+    let ids = controller
+        .submit_batch_notify(packages, &tx)
         .map_err(|e| format!("the controller refused the packages: {e}"))?;
-    let mut pending: HashMap<TaskId, (PathBuf, String)> = ids
-        .into_iter()
-        .zip(todo.iter().cloned().zip(names))
-        .collect();
+    drop(tx);
+    pending.extend(ids.into_iter().zip(fresh.iter().cloned().zip(names)));
     let start = Instant::now();
     let total = pending.len();
     let mut last_progress = Instant::now();
@@ -801,6 +824,53 @@ pub fn run(
     Ok(summary)
 }
 
+/// Splits the movies to do into those whose task the controller restored from its state
+/// directory, submitted with the same package (their ids), and those to submit. Restored
+/// tasks nobody takes over (other options, a movie no longer matched or already recorded)
+/// are cancelled; failed or cancelled ones are submitted again.
+fn adopt_restored(
+    controller: &Controller,
+    opts: &PreprocessOptions,
+    todo: &[PathBuf],
+) -> (Vec<(TaskId, (PathBuf, String))>, Vec<PathBuf>) {
+    let mut tasks = controller.tasks();
+    tasks.sort_by_key(|t| t.created_unix_ms);
+    let mut by_label: HashMap<String, TaskDetail> = HashMap::new();
+    for t in tasks {
+        let Some(label) = t.label.clone() else {
+            continue;
+        };
+        // The newest task of a movie wins; an older one still queued or running goes.
+        if let Some(older) = by_label.insert(label, t)
+            && !older.state.is_terminal()
+        {
+            let _ = controller.cancel(older.id);
+        }
+    }
+    let mut adopted = Vec::new();
+    let mut fresh = Vec::new();
+    for movie in todo {
+        let name = movie_name(movie);
+        let usable = by_label.remove(&name).filter(|t| {
+            let same = controller.task_spec(t.id).as_ref() == Some(&opts.package(movie, &name));
+            if !same && !t.state.is_terminal() {
+                let _ = controller.cancel(t.id);
+            }
+            same && !matches!(t.state, TaskState::Failed | TaskState::Cancelled)
+        });
+        match usable {
+            Some(t) => adopted.push((t.id, (movie.clone(), name))),
+            None => fresh.push(movie.clone()),
+        }
+    }
+    for t in by_label.into_values() {
+        if !t.state.is_terminal() {
+            let _ = controller.cancel(t.id);
+        }
+    }
+    (adopted, fresh)
+}
+
 /// The summary table printed at the end.
 pub fn summary_table(s: &Summary) -> String {
     let mut out = String::new();
@@ -881,6 +951,7 @@ mod tests {
             progress_every: Duration::from_secs(5),
             backend: BackendChoice::Cpu,
             read_ahead: true,
+            state_dir: None,
         }
     }
 

@@ -527,3 +527,57 @@ fn backend_cuda_without_a_gpu_fails_with_the_reason() {
     assert_eq!(code, Some(1), "{}", w.stderr());
     assert!(w.stderr().contains(&reason), "{}", w.stderr());
 }
+
+/// Issue 11: a job killed with SIGKILL mid-run leaves its queue in OUTPUT/.warp-state; the
+/// next run takes the queued movies over instead of submitting them again, and finishes all.
+#[test]
+fn a_killed_job_s_queue_is_taken_over_by_the_next_run() {
+    let tmp = TempDir::new("preprocess-kill");
+    let dir = tmp.path();
+    let sim = dir.join("sim");
+    let out = dir.join("out");
+    simulate(
+        dir,
+        &sim,
+        &["--count", "5", "--size", "256", "--frames", "6"],
+    );
+    let input = format!("{}/*.mrc", sim.to_str().unwrap());
+    let job = [
+        "preprocess",
+        "--input",
+        &input,
+        "--output",
+        out.to_str().unwrap(),
+        "--workers",
+        "1",
+        "--window",
+        "128",
+    ];
+    let mut cmd = Command::new(bin("warp-controller"));
+    cmd.args(job).stdout(Stdio::null());
+    let mut p = Proc::spawn(cmd, "warp-controller preprocess", dir.join("first.log"));
+    warp_tests::wait_for(Duration::from_secs(120), "the first movie's record", || {
+        out.join("sim_0001.json").is_file().then_some(())
+    });
+    p.signal(libc::SIGKILL);
+    p.wait_exit(Duration::from_secs(10)).expect("killed");
+    let done_before = names(&json(&out.join("processed_items.json"))).len();
+    assert!(done_before < 5, "the job ended before the kill");
+    assert!(out.join(".warp-state").is_dir());
+    let (code, stdout, err) = controller(dir, &job, Duration::from_secs(300));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("movie(s) taken over from the state directory's queue"),
+        "{err}"
+    );
+    assert!(stdout.contains("0 failed"), "{stdout}");
+    assert_eq!(names(&json(&out.join("processed_items.json"))).len(), 5);
+    // Nothing is left for a later run (in memory this time).
+    let (code, _, err) = controller(
+        dir,
+        &[&job[..], &["--no-state-dir"]].concat(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("5 already processed, 0 to process"), "{err}");
+}

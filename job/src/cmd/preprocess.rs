@@ -201,6 +201,18 @@ fn options() -> Options {
         "no-read-ahead",
         "local workers do not read the next movie into the page cache while computing",
     );
+    opts.optopt(
+        "",
+        "state-dir",
+        "the embedded controller's journal: a killed run's queue is taken over by the next run \
+         with the same options, results that arrived meanwhile included (default OUTPUT/.warp-state)",
+        "DIR",
+    );
+    opts.optflag(
+        "",
+        "no-state-dir",
+        "keep the queue in memory only (a killed run's tasks start again next run)",
+    );
     opts.optflag(
         "v",
         "verbose",
@@ -296,7 +308,15 @@ impl PreprocessConfig {
             None => None,
             Some(_) => Some(number(&m, "angpix", 0.0f64)?),
         };
+        let state_dir = match (m.opt_str("state-dir"), m.opt_present("no-state-dir")) {
+            (Some(_), true) => return usage("give --state-dir or --no-state-dir, not both"),
+            (Some(d), false) if d.is_empty() => return usage("--state-dir needs a directory"),
+            (Some(d), false) => Some(PathBuf::from(d)),
+            (None, true) => None,
+            (None, false) => Some(PathBuf::from(&output).join(".warp-state")),
+        };
         let options = PreprocessOptions {
+            state_dir,
             input,
             output: PathBuf::from(output),
             workers,
