@@ -824,6 +824,9 @@ pub fn run(
     Ok(summary)
 }
 
+/// A movie's path and name.
+type Movie = (PathBuf, String);
+
 /// Splits the movies to do into those whose task the controller restored from its state
 /// directory, submitted with the same package (their ids), and those to submit. Restored
 /// tasks nobody takes over (other options, a movie no longer matched or already recorded)
@@ -832,7 +835,7 @@ fn adopt_restored(
     controller: &Controller,
     opts: &PreprocessOptions,
     todo: &[PathBuf],
-) -> (Vec<(TaskId, (PathBuf, String))>, Vec<PathBuf>) {
+) -> (Vec<(TaskId, Movie)>, Vec<PathBuf>) {
     let mut tasks = controller.tasks();
     tasks.sort_by_key(|t| t.created_unix_ms);
     let mut by_label: HashMap<String, TaskDetail> = HashMap::new();
