@@ -48,6 +48,8 @@ const SNAPSHOT_MAGIC: &[u8; 8] = b"WARPSNAP";
 const MAX_RECORD: u32 = 1 << 30;
 /// Journal bytes after which the timer takes a snapshot (bounds what a start replays).
 pub const SNAPSHOT_BYTES: u64 = 64 << 20;
+/// Segments since the last snapshot after which the timer takes one.
+pub const MAX_SEGMENTS: u64 = 32;
 /// The archive is rotated past this size; one old file is kept, so it stays under twice it.
 pub const ARCHIVE_ROTATE_BYTES: u64 = 256 << 20;
 
@@ -256,6 +258,15 @@ fn generation_of(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
         .ok()
 }
 
+/// Options for a file of the state directory: created mode 600 (the journal holds the
+/// workers' tokens).
+fn private() -> OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = OpenOptions::new();
+    o.mode(0o600);
+    o
+}
+
 fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -265,7 +276,12 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
 /// Temporary file, fsync, rename, fsync of the directory.
 fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(|e| io_err("create", &tmp, e))?;
+    let mut f = private()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| io_err("create", &tmp, e))?;
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
         .map_err(|e| io_err("write", &tmp, e))?;
@@ -280,7 +296,7 @@ fn new_segment(
     config: &CoreConfig,
 ) -> Result<File, JournalError> {
     let path = segment_path(dir, generation);
-    let mut f = OpenOptions::new()
+    let mut f = private()
         .write(true)
         .create_new(true)
         .open(&path)
@@ -369,7 +385,7 @@ impl Archive {
             }
         }
         let path = Archive::current(dir);
-        let file = OpenOptions::new()
+        let file = private()
             .create(true)
             .append(true)
             .open(&path)
@@ -390,7 +406,7 @@ impl Archive {
         if self.len > ARCHIVE_ROTATE_BYTES {
             self.file.sync_data()?;
             std::fs::rename(Archive::current(&self.dir), Archive::old(&self.dir))?;
-            self.file = OpenOptions::new()
+            self.file = private()
                 .create(true)
                 .append(true)
                 .open(Archive::current(&self.dir))?;
@@ -433,6 +449,8 @@ struct Pending {
     /// Records appended so far (the sequence number of the last one).
     appended: u64,
     bytes_since_snapshot: u64,
+    /// Segments since the last snapshot (every start opens one).
+    segments_since_snapshot: u64,
     /// The generation the next snapshot starts.
     next_generation: u64,
 }
@@ -493,7 +511,7 @@ pub struct Recovered {
 fn lock_dir(dir: &Path) -> Result<File, JournalError> {
     use std::os::unix::io::AsRawFd;
     let path = dir.join("lock");
-    let mut f = OpenOptions::new()
+    let mut f = private()
         .create(true)
         .truncate(false)
         .read(true)
@@ -518,11 +536,25 @@ fn lock_dir(dir: &Path) -> Result<File, JournalError> {
 /// Opens (or creates) a state directory and rebuilds the core from it. `now_unix_ms` is the
 /// epoch of a new directory.
 pub fn open(dir: &Path, cfg: CoreConfig, now_unix_ms: u64) -> Result<Recovered, JournalError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).map_err(|e| io_err("create", dir, e))?;
-    // Worker tokens are in the journal: the directory is the owner's alone.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| io_err("set the permissions of", dir, e))?;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    // Worker tokens are in the journal: a new directory is the owner's alone, and every file
+    // in it is created mode 600. An existing directory keeps its mode (it may be shared on
+    // purpose), with a warning if others can look in.
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io_err("create", dir, e))?;
+    } else if let Ok(m) = std::fs::metadata(dir)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        log::warn!(
+            "state directory {} can be listed by other users (mode {:o}); its files are mode 600, but consider chmod 700",
+            dir.display(),
+            m.permissions().mode() & 0o777
+        );
+    }
     let lock = lock_dir(dir)?;
     let mut segments = Vec::new();
     let mut snapshots = Vec::new();
@@ -672,6 +704,7 @@ pub fn open(dir: &Path, cfg: CoreConfig, now_unix_ms: u64) -> Result<Recovered, 
                 items: Vec::new(),
                 appended: 0,
                 bytes_since_snapshot: report.bytes,
+                segments_since_snapshot: report.segments + 1,
                 next_generation: generation + 1,
             }),
             io: Mutex::new(Io { file, generation }),
@@ -727,6 +760,13 @@ impl Journal {
     /// Journal bytes since the last snapshot (the timer snapshots past [`SNAPSHOT_BYTES`]).
     pub fn bytes_since_snapshot(&self) -> u64 {
         lock(&self.pending).bytes_since_snapshot
+    }
+
+    /// Whether a snapshot is due: `max_bytes` of journal, or [`MAX_SEGMENTS`] segments (a
+    /// controller restarted often opens many small ones) since the last.
+    pub fn snapshot_due(&self, max_bytes: u64) -> bool {
+        let p = lock(&self.pending);
+        p.bytes_since_snapshot > max_bytes || p.segments_since_snapshot > MAX_SEGMENTS
     }
 
     /// Returns once every record up to `seq` is on disk: writes everything pending and syncs

@@ -148,6 +148,14 @@ fn a_reopened_directory_gives_the_same_state() {
     assert_eq!(r.core.task_state(ids[9]), Some(TaskState::Queued));
     // Every start opens a new segment.
     assert_eq!(segments(&d.0).len(), 2);
+    // Worker tokens are in there: the directory and its files are the owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&d.0), 0o700);
+    for e in std::fs::read_dir(&d.0).unwrap() {
+        let p = e.unwrap().path();
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+    }
 }
 
 #[test]

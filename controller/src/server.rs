@@ -535,7 +535,7 @@ impl Shared {
         if self
             .journal
             .as_ref()
-            .is_some_and(|j| j.bytes_since_snapshot() > self.cfg.snapshot_bytes)
+            .is_some_and(|j| j.snapshot_due(self.cfg.snapshot_bytes))
             && let Err(e) = self.snapshot()
         {
             // The journal holds everything still: the next tick tries again.
@@ -992,6 +992,10 @@ impl Controller {
         drop(inner);
         for o in out {
             http::respond_error(o.request, &ApiError::shutting_down());
+        }
+        // What no acknowledgement waited for (heartbeats, polls) goes to disk too.
+        if let Some(j) = &self.shared.journal {
+            j.sync(j.appended());
         }
         // Closes the listener; connections answer 503 from now on and end by their timeouts.
         self.server = None;

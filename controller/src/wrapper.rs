@@ -267,8 +267,10 @@ pub struct WrapperOptions {
     /// when remote workers must enroll (they need to know it).
     pub token: Option<String>,
     /// Keep the embedded controller's queue in this directory ([`ControllerConfig::state_dir`]):
-    /// a main program that restarts (on the same port) gets its tasks back, and workers that
-    /// outlived it re-attach with their leases.
+    /// a main program that restarts gets its tasks back (ids, results, order). Workers that
+    /// outlived it re-attach with their leases if it listens on the same port again; otherwise
+    /// their tasks go back to the queue after the heartbeat timeout, or at once with
+    /// [`Controller::forget_worker`] (what `preprocess` does for its old local workers).
     pub state_dir: Option<std::path::PathBuf>,
 }
 
