@@ -1547,4 +1547,4 @@ impl Core {
 
 #[cfg(test)]
 #[path = "core_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -4,7 +4,8 @@ use super::*;
 use warp_common::commands::Command;
 use warp_common::protocol::{InitPart, Progress};
 
-fn cfg() -> CoreConfig {
+/// The policy of the scenario tests (also the journal's): short timeouts, nothing evicted.
+pub(crate) fn cfg() -> CoreConfig {
     CoreConfig {
         heartbeat_timeout_ms: 1_000,
         task_timeout_ms: 10_000,

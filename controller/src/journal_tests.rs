@@ -3,20 +3,9 @@
 
 use super::*;
 use crate::core::CoreError;
+use crate::core::tests::cfg;
 use warp_common::commands::Command;
 use warp_common::protocol::{RegisterRequest, ReportState, StatusUpdate, TaskSpec, TaskState};
-
-fn cfg() -> CoreConfig {
-    CoreConfig {
-        heartbeat_timeout_ms: 1_000,
-        task_timeout_ms: 10_000,
-        max_attempts: 3,
-        heartbeat_interval_ms: 100,
-        poll_hold_ms: 500,
-        keep_finished: usize::MAX,
-        forget_offline_ms: u64::MAX,
-    }
-}
 
 /// A temporary state directory, removed on drop.
 struct Dir(PathBuf);

@@ -36,6 +36,23 @@ fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
+/// `serve` with `flags`, expected to refuse to start: its output.
+fn serve_to_exit(token_file: &std::path::Path, flags: &[String]) -> std::process::Output {
+    std::process::Command::new(warp_tests::bin("warp-controller"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--token-file",
+        ])
+        .arg(token_file)
+        .args(flags)
+        .output()
+        .unwrap()
+}
+
 /// 300 short tasks and one long one on 2 workers; the controller is SIGKILLed while the long
 /// task runs and tasks are queued, then restarted on the same port with the same state dir.
 /// Every task ends completed with its own result and exactly one completed attempt; the long
@@ -160,19 +177,7 @@ fn a_state_dir_serves_one_controller_at_a_time() {
     let state = dir.path().join("state");
     let flags = serve_flags(&state);
     let c = ControllerProc::start(dir.path(), 0, &refs(&flags));
-    let out = std::process::Command::new(warp_tests::bin("warp-controller"))
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--token-file",
-        ])
-        .arg(&c.token_file)
-        .args(&flags)
-        .output()
-        .unwrap();
+    let out = serve_to_exit(&c.token_file, &flags);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -205,19 +210,7 @@ fn a_damaged_journal_stops_the_start_with_file_and_offset() {
     let at = bytes.len() / 2;
     bytes[at] ^= 0x01;
     std::fs::write(&seg, &bytes).unwrap();
-    let out = std::process::Command::new(warp_tests::bin("warp-controller"))
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--token-file",
-        ])
-        .arg(dir.path().join("token"))
-        .args(&flags)
-        .output()
-        .unwrap();
+    let out = serve_to_exit(&dir.path().join("token"), &flags);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
