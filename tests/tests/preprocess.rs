@@ -539,7 +539,7 @@ fn a_killed_job_s_queue_is_taken_over_by_the_next_run() {
     simulate(
         dir,
         &sim,
-        &["--count", "5", "--size", "256", "--frames", "6"],
+        &["--count", "8", "--size", "256", "--frames", "6"],
     );
     let input = format!("{}/*.mrc", sim.to_str().unwrap());
     let job = [
@@ -562,7 +562,7 @@ fn a_killed_job_s_queue_is_taken_over_by_the_next_run() {
     p.signal(libc::SIGKILL);
     p.wait_exit(Duration::from_secs(10)).expect("killed");
     let done_before = names(&json(&out.join("processed_items.json"))).len();
-    assert!(done_before < 5, "the job ended before the kill");
+    assert!(done_before < 8, "the job ended before the kill");
     assert!(out.join(".warp-state").is_dir());
     let (code, stdout, err) = controller(dir, &job, Duration::from_secs(300));
     assert_eq!(code, 0, "{err}");
@@ -571,7 +571,7 @@ fn a_killed_job_s_queue_is_taken_over_by_the_next_run() {
         "{err}"
     );
     assert!(stdout.contains("0 failed"), "{stdout}");
-    assert_eq!(names(&json(&out.join("processed_items.json"))).len(), 5);
+    assert_eq!(names(&json(&out.join("processed_items.json"))).len(), 8);
     // Nothing is left for a later run (in memory this time).
     let (code, _, err) = controller(
         dir,
@@ -579,5 +579,5 @@ fn a_killed_job_s_queue_is_taken_over_by_the_next_run() {
         Duration::from_secs(60),
     );
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("5 already processed, 0 to process"), "{err}");
+    assert!(err.contains("8 already processed, 0 to process"), "{err}");
 }
