@@ -175,6 +175,21 @@ pub struct HeartbeatResponse {
     /// Tasks the worker must stop (cancelled, timed out, or re-assigned elsewhere).
     #[serde(default)]
     pub cancel: Vec<TaskId>,
+    /// Where the controller's journal stands (only with a state directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable: Option<Durability>,
+}
+
+/// How far a controller with a state directory has its journal on disk. A report answered
+/// with a [`StatusResponse::receipt`] is on disk once `through` reaches the receipt in a reply
+/// of the same `run`; until then the worker keeps it, and sends it again before it polls (a
+/// controller that restarted in between is another run and may not have it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Durability {
+    /// This controller process's journal (every start is a new run).
+    pub run: uuid::Uuid,
+    /// Records up to this number are on disk.
+    pub through: u64,
 }
 
 /// State reported in a [`StatusUpdate`].
@@ -251,6 +266,14 @@ pub struct StatusResponse {
     /// The next task, when `want_next` was set and work was waiting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<Assignment>,
+    /// A terminal report answered (with its next task) before it was on disk: the number of
+    /// its journal record; see [`Durability`]. Absent: the report is on disk (or there is no
+    /// journal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<u64>,
+    /// Where the journal stands (only with a state directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable: Option<Durability>,
 }
 
 /// `POST /api/workers/{id}/deregister`: the worker is leaving (SIGTERM, idle exit). Its current

@@ -592,7 +592,10 @@ impl Core {
                 cancel.push(task);
             }
         }
-        Ok(Reply::Heartbeat(HeartbeatResponse { cancel }))
+        Ok(Reply::Heartbeat(HeartbeatResponse {
+            cancel,
+            durable: None,
+        }))
     }
 
     fn on_status(
@@ -608,6 +611,24 @@ impl Core {
         let Some(t) = self.tasks.get(&task) else {
             return Err(CoreError::UnknownTask(task));
         };
+        // The same completion sent again (a worker resends a report it could not be sure was
+        // on disk, see `Durability`): accepted again, nothing changes.
+        if t.state == TaskState::Completed
+            && update.state == ReportState::Completed
+            && t.history.iter().any(|a| {
+                a.lease == update.lease
+                    && a.worker == worker
+                    && a.outcome == AttemptOutcome::Completed
+            })
+        {
+            return Ok(Reply::Status(StatusResponse {
+                accepted: true,
+                cancel: false,
+                task: None,
+                receipt: None,
+                durable: None,
+            }));
+        }
         let valid = t.lease == Some(update.lease)
             && t.worker == Some(worker)
             && matches!(t.state, TaskState::Assigned | TaskState::Running);
@@ -660,6 +681,8 @@ impl Core {
                     accepted: true,
                     cancel: false,
                     task: None,
+                    receipt: None,
+                    durable: None,
                 }))
             }
             ReportState::Completed | ReportState::Failed => {
@@ -678,6 +701,8 @@ impl Core {
                     accepted: true,
                     cancel: false,
                     task: next,
+                    receipt: None,
+                    durable: None,
                 }))
             }
         }

@@ -740,7 +740,10 @@ fn heartbeat(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
         s.cfg.console_lines,
     );
     match apply_and_flush(s, inner, Event::Heartbeat { worker, req })? {
-        CoreReply::Heartbeat(h) => json(200, &h),
+        CoreReply::Heartbeat(mut h) => {
+            h.durable = s.durability();
+            json(200, &h)
+        }
         r => unreachable!("heartbeat replied {r:?}"),
     }
 }
@@ -762,16 +765,26 @@ fn status(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
         std::mem::take(&mut update.console),
         s.cfg.console_lines,
     );
-    match apply_and_flush(
-        s,
-        inner,
+    let terminal = update.state.is_terminal();
+    let reply = s.apply(
+        &mut inner,
         Event::Status {
             worker,
             task,
             update,
         },
-    )? {
-        CoreReply::Status(r) => json(200, &r),
+    );
+    // A final report answered with its next task before it is on disk: its record number,
+    // for the worker to keep the report until a later reply says the journal has it.
+    let receipt = (terminal && s.pipelined(&reply)).then(|| s.journal_appended());
+    // Dropping the lock syncs the journal when the reply must wait for it.
+    drop(inner);
+    match reply.map_err(ApiError::from)? {
+        CoreReply::Status(mut r) => {
+            r.receipt = receipt.flatten();
+            r.durable = s.durability();
+            json(200, &r)
+        }
         r => unreachable!("status replied {r:?}"),
     }
 }

@@ -464,6 +464,8 @@ struct Io {
 pub struct Journal {
     dir: PathBuf,
     epoch_ms: u64,
+    /// This process's run of the journal (record numbers count from 1 in each).
+    run: uuid::Uuid,
     pending: Mutex<Pending>,
     io: Mutex<Io>,
     durable: AtomicU64,
@@ -700,6 +702,7 @@ pub fn open(dir: &Path, cfg: CoreConfig, now_unix_ms: u64) -> Result<Recovered, 
         journal: Journal {
             dir: dir.to_path_buf(),
             epoch_ms,
+            run: uuid::Uuid::new_v4(),
             pending: Mutex::new(Pending {
                 items: Vec::new(),
                 appended: 0,
@@ -755,6 +758,14 @@ impl Journal {
     /// The sequence number of the last record appended.
     pub fn appended(&self) -> u64 {
         lock(&self.pending).appended
+    }
+
+    /// How far the journal is on disk, as workers are told.
+    pub fn durability(&self) -> warp_common::protocol::Durability {
+        warp_common::protocol::Durability {
+            run: self.run,
+            through: self.durable.load(Ordering::Acquire),
+        }
     }
 
     /// Journal bytes since the last snapshot (the timer snapshots past [`SNAPSHOT_BYTES`]).

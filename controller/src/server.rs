@@ -226,7 +226,7 @@ pub(crate) enum AfterSync {
 /// The lock on [`Inner`]; see [`Shared::lock`].
 pub(crate) struct Locked<'a> {
     guard: Option<MutexGuard<'a, Inner>>,
-    journal: Option<&'a crate::journal::Journal>,
+    shared: &'a Shared,
 }
 
 impl std::ops::Deref for Locked<'_> {
@@ -249,31 +249,48 @@ impl Drop for Locked<'_> {
         };
         let out = std::mem::take(&mut guard.outbox);
         let after = std::mem::take(&mut guard.after_sync);
-        let sync = match self.journal {
-            Some(j) if std::mem::take(&mut guard.must_sync) || !after.is_empty() => {
-                Some((j, j.appended()))
-            }
-            _ => None,
+        let must_sync = std::mem::take(&mut guard.must_sync);
+        let Some(journal) = &self.shared.journal else {
+            drop(guard);
+            Shared::flush(out);
+            deliver(after);
+            return;
         };
+        let seq = journal.appended();
         drop(guard);
         // Assignments and "no work" go out at once: a delivery the journal then loses is an
         // attempt the restarted controller does not know, whose reports get 409 (the lease
         // check names the worker), so the task runs again and nothing is applied twice.
         Shared::flush(out);
-        // A submit, cancel or result is acknowledged only once it is on disk (the handler's
-        // own answer is written after this guard is gone, so after this too).
-        if let Some((journal, seq)) = sync {
-            journal.sync(seq);
+        if !after.is_empty() {
+            // End notifications wait for the disk, but not in this thread unless it waits
+            // anyway: the sync thread sends them.
+            lock(&self.shared.deferred).push((seq, after));
+            let _ = self.shared.sync_wake.try_send(());
         }
-        for a in after {
-            match a {
-                AfterSync::Http(o) => http::respond(o.request, o.status, o.body),
-                AfterSync::Watch(tx, detail) => {
-                    let _ = tx.send(detail);
-                }
+        // A submit, cancel or final result is acknowledged only once it is on disk (the
+        // handler's own answer is written after this guard is gone, so after this too).
+        if must_sync {
+            journal.sync(seq);
+            self.shared.deliver_durable();
+        }
+    }
+}
+
+/// Writes end notifications (see [`Inner::after_sync`]).
+fn deliver(after: Vec<AfterSync>) {
+    for a in after {
+        match a {
+            AfterSync::Http(o) => http::respond(o.request, o.status, o.body),
+            AfterSync::Watch(tx, detail) => {
+                let _ = tx.send(detail);
             }
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub(crate) struct Shared {
@@ -284,6 +301,10 @@ pub(crate) struct Shared {
     /// plus the time the controller was down).
     clock_offset: Millis,
     journal: Option<crate::journal::Journal>,
+    /// End notifications waiting for the journal to reach their record.
+    deferred: Mutex<Vec<(u64, Vec<AfterSync>)>>,
+    /// Wakes the sync thread.
+    sync_wake: Sender<()>,
     inner: Mutex<Inner>,
     stopping: AtomicBool,
     /// Set by the provisioner each tick (shown in the status).
@@ -311,6 +332,36 @@ impl Shared {
         self.clock_offset + self.started.elapsed().as_millis() as Millis
     }
 
+    /// Sends the deferred end notifications whose records are on disk.
+    fn deliver_durable(&self) {
+        let Some(j) = &self.journal else { return };
+        let through = j.durability().through;
+        let ready: Vec<AfterSync> = {
+            let mut d = lock(&self.deferred);
+            let (now, later): (Vec<_>, Vec<_>) = d.drain(..).partition(|(seq, _)| *seq <= through);
+            *d = later;
+            now.into_iter().flat_map(|(_, a)| a).collect()
+        };
+        deliver(ready);
+    }
+
+    /// The number of the last journal record (call under the lock, right after the event).
+    pub fn journal_appended(&self) -> Option<u64> {
+        self.journal.as_ref().map(|j| j.appended())
+    }
+
+    /// What a worker is told of the journal (`None` without a state directory).
+    pub fn durability(&self) -> Option<warp_common::protocol::Durability> {
+        self.journal.as_ref().map(|j| j.durability())
+    }
+
+    /// Whether `worker` is answered before the event it just caused is on disk: a final
+    /// report whose reply carries the next task (the worker keeps the report until a later
+    /// reply says it is durable; see [`warp_common::protocol::Durability`]).
+    pub fn pipelined(&self, reply: &Result<Reply, CoreError>) -> bool {
+        self.journal.is_some() && matches!(reply, Ok(Reply::Status(r)) if r.task.is_some())
+    }
+
     /// A task by id: from the core, or from the archive of the state directory once
     /// retention dropped it from memory.
     pub fn task(&self, task: TaskId) -> Option<TaskDetail> {
@@ -326,7 +377,7 @@ impl Shared {
         // state it left is still the best we have, so keep serving.
         Locked {
             guard: Some(self.inner.lock().unwrap_or_else(|e| e.into_inner())),
-            journal: self.journal.as_ref(),
+            shared: self,
         }
     }
 
@@ -382,7 +433,12 @@ impl Shared {
             && crate::journal::journals(&reply)
         {
             j.append(r);
-            inner.must_sync |= acknowledged;
+            if acknowledged && self.pipelined(&reply) {
+                // Answered before the disk: the sync thread makes it durable soon.
+                let _ = self.sync_wake.try_send(());
+            } else {
+                inner.must_sync |= acknowledged;
+            }
         }
         let decisions = inner.core.take_decisions();
         for d in decisions {
@@ -531,6 +587,7 @@ impl Shared {
         // tick.
         if let Some(j) = &self.journal {
             j.sync(j.appended());
+            self.deliver_durable();
         }
         if self
             .journal
@@ -696,12 +753,15 @@ impl Controller {
             .min(cfg.task_timeout);
         let tick = (shortest / 10).clamp(Duration::from_millis(2), Duration::from_millis(100));
         let timeouts = cfg.timeouts();
+        let (sync_wake, sync_rx) = crossbeam_channel::bounded::<()>(1);
         let shared = Arc::new(Shared {
             cfg,
             started: Instant::now(),
             epoch_ms,
             clock_offset,
             journal,
+            deferred: Mutex::new(Vec::new()),
+            sync_wake,
             inner: Mutex::new(Inner {
                 core,
                 parked_polls: HashMap::new(),
@@ -753,6 +813,25 @@ impl Controller {
                 })
                 .map_err(|e| format!("cannot start the timer thread: {e}"))?,
         );
+        if shared.journal.is_some() {
+            // Makes durable what was answered before the disk (pipelined final reports) and
+            // sends the end notifications that waited for it.
+            let s = Arc::clone(&shared);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("journal-sync".into())
+                    .spawn(move || {
+                        while !s.stopping() {
+                            let _ = sync_rx.recv_timeout(Duration::from_millis(50));
+                            if let Some(j) = &s.journal {
+                                j.sync(j.appended());
+                            }
+                            s.deliver_durable();
+                        }
+                    })
+                    .map_err(|e| format!("cannot start the journal sync thread: {e}"))?,
+            );
+        }
         Ok(Controller {
             shared,
             server: Some(server),
@@ -967,6 +1046,7 @@ impl Controller {
         if self.shared.stopping.swap(true, Ordering::AcqRel) {
             return;
         }
+        let _ = self.shared.sync_wake.try_send(());
         drop(self.timer_stop.take());
         let mut inner = self.shared.lock();
         let mut out: Vec<Outgoing> = inner
@@ -996,6 +1076,7 @@ impl Controller {
         // What no acknowledgement waited for (heartbeats, polls) goes to disk too.
         if let Some(j) = &self.shared.journal {
             j.sync(j.appended());
+            self.shared.deliver_durable();
         }
         // Closes the listener; connections answer 503 from now on and end by their timeouts.
         self.server = None;

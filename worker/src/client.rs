@@ -121,6 +121,10 @@ pub struct StatusReply {
     pub cancel: bool,
     /// The next task (asked for with `want_next`).
     pub next: Option<Incoming>,
+    /// The report was answered before the controller's journal had it: its record number.
+    pub receipt: Option<u64>,
+    /// Where the controller's journal stands.
+    pub durable: Option<warp_common::protocol::Durability>,
 }
 
 /// HTTP client of one controller.
@@ -220,6 +224,8 @@ impl Client {
                 accepted: r.accepted,
                 cancel: r.cancel,
                 next: r.task.map(Incoming::Task),
+                receipt: r.receipt,
+                durable: r.durable,
             }),
             Err(e) => {
                 // Most likely a next task this build cannot run; the report itself went through.
@@ -227,6 +233,8 @@ impl Client {
                 Ok(StatusReply {
                     accepted: v["accepted"].as_bool().unwrap_or(false),
                     cancel: v["cancel"].as_bool().unwrap_or(false),
+                    receipt: v["receipt"].as_u64(),
+                    durable: serde_json::from_value(v["durable"].clone()).ok(),
                     next: if v.get("task").is_some() {
                         Some(unrunnable(&bytes, e)?)
                     } else {

@@ -100,7 +100,7 @@ fn send(sh: &WorkerState, id: TaskId, lease: u64, cancel: &CancelFlag, update: &
             info!("controller cancelled task {id} (lease {lease})");
             cancel.cancel();
         }
-        Ok(_) => {}
+        Ok(reply) => sh.note_durable(reply.durable),
         Err(e) if e.status() == Some(409) => {
             info!("task {id} lease {lease} is no longer this worker's (409): stopping it");
             cancel.cancel();
@@ -141,6 +141,7 @@ fn beat(sh: &WorkerState, failures: &mut u32) {
                 info!("heartbeat delivered again after {failures} failures");
             }
             *failures = 0;
+            sh.note_durable(reply.durable);
             cancel_listed(sh, &reply.cancel);
         }
         Err(e) if sh.is_forgotten(&e) => forgotten_or_log(sh, &e, "heartbeat"),

@@ -26,7 +26,7 @@ use crate::config::PullConfig;
 use crate::console;
 use crate::exec::{CancelFlag, Executor};
 use crate::signals;
-use crate::state::{CONSOLE_BATCH, Current, WorkerState};
+use crate::state::{CONSOLE_BATCH, Current, Kept, WorkerState};
 use crossbeam_channel::{Receiver, select};
 use log::{debug, error, info, warn};
 use std::sync::Arc;
@@ -170,6 +170,9 @@ impl Worker {
         }
         let mut next: Option<Incoming> = None;
         let mut pending: Option<(TaskId, StatusUpdate)> = None;
+        // Final reports sent again before a poll: the controller answered them before its
+        // journal had them, and no later reply said it does now.
+        let mut resend: std::collections::VecDeque<(TaskId, StatusUpdate)> = Default::default();
         loop {
             if self.sh.stopping() {
                 return Ok(());
@@ -181,11 +184,20 @@ impl Worker {
                         r.lease
                     );
                 }
+                resend.clear();
+                drop(self.sh.take_unconfirmed());
                 if !self.register(false)? {
                     return Ok(());
                 }
                 next = None;
                 continue;
+            }
+            if pending.is_none()
+                && let Some((id, mut report)) = resend.pop_front()
+            {
+                debug!("sending the report of task {id} again: no reply said it is on disk");
+                report.want_next = false;
+                pending = Some((id, report));
             }
             if let Some((id, report)) = pending.take() {
                 match self
@@ -197,6 +209,15 @@ impl Worker {
                         self.reached();
                         if !reply.accepted {
                             debug!("controller did not record the report of task {id}");
+                        }
+                        self.sh.note_durable(reply.durable);
+                        if let (Some(receipt), Some(d)) = (reply.receipt, reply.durable) {
+                            self.sh.keep_unconfirmed(Kept {
+                                run: d.run,
+                                receipt,
+                                task: id,
+                                report,
+                            });
                         }
                         next = reply.next;
                     }
@@ -237,6 +258,12 @@ impl Worker {
             }
             let incoming = match next.take() {
                 Some(t) => t,
+                // Never poll while a report may be missing from the controller's disk: the
+                // poll would end that attempt as abandoned.
+                None if self.sh.has_unconfirmed() => {
+                    resend.extend(self.sh.take_unconfirmed());
+                    continue;
+                }
                 None => match self.poll()? {
                     Some(t) => t,
                     None => continue,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use log::{info, warn};
-use warp_common::protocol::TaskId;
+use warp_common::protocol::{Durability, StatusUpdate, TaskId};
 
 use crate::client::{CallError, Client, Session};
 use crate::config::PullConfig;
@@ -73,6 +73,18 @@ pub(crate) struct WorkerState {
     stop_reason: Mutex<String>,
     /// Set when the device failed its health check: the worker stops and exits 3.
     unhealthy: Mutex<Option<String>>,
+    /// Final reports the controller answered before its journal had them (see
+    /// [`warp_common::protocol::Durability`]): kept until a reply of the same run says they
+    /// are on disk, sent again before the next poll otherwise.
+    unconfirmed: Mutex<Vec<Kept>>,
+}
+
+/// A final report kept until the controller's journal has it.
+pub(crate) struct Kept {
+    pub run: uuid::Uuid,
+    pub receipt: u64,
+    pub task: TaskId,
+    pub report: StatusUpdate,
 }
 
 impl WorkerState {
@@ -99,7 +111,34 @@ impl WorkerState {
             last_activity_ms: AtomicU64::new(0),
             stop_reason: Mutex::new(String::new()),
             unhealthy: Mutex::new(None),
+            unconfirmed: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Keeps a report answered before it was on disk.
+    pub fn keep_unconfirmed(&self, k: Kept) {
+        lock(&self.unconfirmed).push(k);
+    }
+
+    /// What a reply said of the journal: drops the kept reports it has on disk.
+    pub fn note_durable(&self, d: Option<Durability>) {
+        if let Some(d) = d {
+            lock(&self.unconfirmed).retain(|k| !(k.run == d.run && k.receipt <= d.through));
+        }
+    }
+
+    /// The kept reports, to send again (the controller may have restarted without them; one
+    /// it has is accepted again).
+    pub fn take_unconfirmed(&self) -> Vec<(TaskId, StatusUpdate)> {
+        std::mem::take(&mut *lock(&self.unconfirmed))
+            .into_iter()
+            .map(|k| (k.task, k.report))
+            .collect()
+    }
+
+    /// Whether a report waits for the controller's disk.
+    pub fn has_unconfirmed(&self) -> bool {
+        !lock(&self.unconfirmed).is_empty()
     }
 
     pub fn session(&self) -> Option<Arc<Session>> {
