@@ -211,6 +211,30 @@ fn stale_lease_is_refused_and_changes_nothing() {
 }
 
 #[test]
+fn the_same_completion_sent_again_is_accepted_and_changes_nothing() {
+    // A worker sends a final report again when it cannot be sure the journal has it.
+    let mut s = Sim::new();
+    let (w1, w2) = (s.register(0), s.register(0));
+    let t = s.submit(sleep_spec());
+    let a = s.poll(w1).unwrap();
+    s.report(w1, &a, ReportState::Completed).unwrap();
+    s.core.take_decisions();
+    let before = serde_json::to_value(s.detail(t)).unwrap();
+    match s.report(w1, &a, ReportState::Completed).unwrap() {
+        Reply::Status(r) => assert!(r.accepted && r.task.is_none(), "{r:?}"),
+        r => panic!("unexpected {r:?}"),
+    }
+    assert_eq!(serde_json::to_value(s.detail(t)).unwrap(), before);
+    assert_eq!(s.core.take_decisions(), vec![]);
+    // Another worker, or another outcome, with that lease is still refused.
+    let err = s.report(w2, &a, ReportState::Completed).unwrap_err();
+    assert!(matches!(err, CoreError::StaleLease { .. }), "{err:?}");
+    let err = s.report(w1, &a, ReportState::Failed).unwrap_err();
+    assert!(matches!(err, CoreError::StaleLease { .. }), "{err:?}");
+    assert_eq!(serde_json::to_value(s.detail(t)).unwrap(), before);
+}
+
+#[test]
 fn revived_worker_is_told_to_cancel_its_revoked_task() {
     let mut s = Sim::new();
     let w = s.register(0);
