@@ -625,15 +625,16 @@ mod tests {
     use std::sync::Mutex;
     type CallLog = Arc<Mutex<Vec<(String, Value)>>>;
 
-    /// A scripted controller: poll answers pop `tasks`; the status report of `forget_on` gets
-    /// 404 unknown_worker; a lease of 999 gets 409. Records (path, body) of every call.
-    fn mock_controller(tasks: Vec<Value>, forget_on: &'static str) -> (String, CallLog) {
+    /// A controller that answers registrations (a new worker id each time) and every other
+    /// call with `answer(path, body)`; records (path, body) of every call.
+    fn serve_mock(
+        mut answer: impl FnMut(&str, &Value) -> (u16, Value) + Send + 'static,
+    ) -> (String, CallLog) {
         let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
         let base = format!("http://{}", server.server_addr().to_ip().unwrap());
         let log = Arc::new(Mutex::new(Vec::new()));
         let seen = log.clone();
         std::thread::spawn(move || {
-            let mut tasks = tasks.into_iter();
             let mut registrations = 0;
             while let Ok(mut rq) = server.recv() {
                 let mut body = String::new();
@@ -649,22 +650,8 @@ mod tests {
                         json!({"worker_id": id, "token": "w", "heartbeat_interval_ms": 20,
                         "poll_hold_ms": 50, "protocol_version": 1, "controller_version": "mock"}),
                     )
-                } else if path.ends_with("/poll") {
-                    match tasks.next() {
-                        Some(t) => (200, json!({ "task": t })),
-                        None => {
-                            std::thread::sleep(Duration::from_millis(50));
-                            (204, Value::Null)
-                        }
-                    }
-                } else if path.contains(forget_on) {
-                    (404, json!({"error": "who?", "code": "unknown_worker"}))
-                } else if body["lease"] == 999 {
-                    (409, json!({"error": "stale", "code": "stale_lease"}))
-                } else if body["want_next"] == true {
-                    (200, json!({"accepted": true, "task": tasks.next()}))
                 } else {
-                    (200, json!({"accepted": true, "cancel": []}))
+                    answer(&path, &body)
                 };
                 let data = if reply.is_null() {
                     Vec::new()
@@ -675,6 +662,116 @@ mod tests {
             }
         });
         (base, log)
+    }
+
+    /// No work: a poll is held 50 ms and answered 204.
+    fn no_work() -> (u16, Value) {
+        std::thread::sleep(Duration::from_millis(50));
+        (204, Value::Null)
+    }
+
+    /// A scripted controller: poll answers pop `tasks`; the status report of `forget_on` gets
+    /// 404 unknown_worker; a lease of 999 gets 409.
+    fn mock_controller(tasks: Vec<Value>, forget_on: &'static str) -> (String, CallLog) {
+        let mut tasks = tasks.into_iter();
+        serve_mock(move |path, body| {
+            if path.ends_with("/poll") {
+                match tasks.next() {
+                    Some(t) => (200, json!({ "task": t })),
+                    None => no_work(),
+                }
+            } else if path.contains(forget_on) {
+                (404, json!({"error": "who?", "code": "unknown_worker"}))
+            } else if body["lease"] == 999 {
+                (409, json!({"error": "stale", "code": "stale_lease"}))
+            } else if body["want_next"] == true {
+                (200, json!({"accepted": true, "task": tasks.next()}))
+            } else {
+                (200, json!({"accepted": true, "cancel": []}))
+            }
+        })
+    }
+
+    #[test]
+    fn a_report_answered_before_the_disk_is_sent_again_before_the_next_poll() {
+        let echo = |id: &str, lease: u64| json!({"id": id, "lease": lease, "attempt": 1, "commands": [{"name": "Echo", "params": {"value": lease}}]});
+        let (a, b) = (
+            "a0000000-0000-4000-8000-000000000000",
+            "b0000000-0000-4000-8000-000000000000",
+        );
+        let (first_run, second_run) = (
+            "11111111-1111-4111-8111-111111111111",
+            "22222222-2222-4222-8222-222222222222",
+        );
+        let mut polls = 0;
+        // Task a comes from a poll; its result is answered with task b before the journal
+        // has it (receipt 5, durable through 4). Then the controller restarts (another run):
+        // b's result is acknowledged on disk in that run, which says nothing of a's.
+        let (base, log) = serve_mock(move |path, body| {
+            let terminal = body["state"] == "completed";
+            if path.ends_with("/poll") {
+                polls += 1;
+                if polls == 1 {
+                    (200, json!({ "task": echo(a, 1) }))
+                } else {
+                    no_work()
+                }
+            } else if path.contains(a) && terminal && body["want_next"] == true {
+                (
+                    200,
+                    json!({"accepted": true, "task": echo(b, 2), "receipt": 5,
+                        "durable": {"run": first_run, "through": 4}}),
+                )
+            } else if terminal {
+                (
+                    200,
+                    json!({"accepted": true, "durable": {"run": second_run, "through": 9}}),
+                )
+            } else {
+                (200, json!({"accepted": true, "cancel": []}))
+            }
+        });
+        let mut cfg = PullConfig::new(&base, "enroll").unwrap();
+        cfg.silent = true;
+        let stop = cfg.stop.clone();
+        let worker = std::thread::spawn(move || run_pull(cfg));
+        let start = Instant::now();
+        while lock(&log)
+            .iter()
+            .filter(|(p, _)| p.ends_with("/poll"))
+            .count()
+            < 2
+        {
+            assert!(start.elapsed() < Duration::from_secs(10), "no second poll");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stop.trigger();
+        worker.join().unwrap().unwrap();
+        let calls: Vec<String> = lock(&log)
+            .iter()
+            .filter_map(|(p, body)| {
+                if p.ends_with("/poll") {
+                    Some("poll".to_string())
+                } else if body["state"] == "completed" {
+                    let task = if p.contains(a) { "a" } else { "b" };
+                    Some(format!("{task} want_next={}", body["want_next"] == true))
+                } else {
+                    None
+                }
+            })
+            .take(5)
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                "poll",
+                "a want_next=true",
+                "b want_next=true",
+                "a want_next=false",
+                "poll"
+            ],
+            "a's report must go again, without asking for work, before the worker polls"
+        );
     }
 
     #[test]

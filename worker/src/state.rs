@@ -172,6 +172,14 @@ impl WorkerState {
             return;
         }
         slot.deregistered = true;
+        // A report the journal may not have yet goes again first, without asking for work:
+        // that reply waits for the disk, so a crash after this worker left loses nothing.
+        for (task, mut report) in self.take_unconfirmed() {
+            report.want_next = false;
+            if let Err(e) = self.client.status(&s, task, &report) {
+                warn!("could not confirm the report of task {task} before leaving: {e}");
+            }
+        }
         match self.client.deregister(&s, reason) {
             Ok(()) => info!("deregistered from {} ({reason})", self.client.base()),
             Err(e) => warn!("deregistration failed ({reason}): {e}"),
