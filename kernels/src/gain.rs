@@ -64,6 +64,17 @@ pub enum GainError {
     },
 }
 
+impl GainError {
+    /// Whether reading a file failed rather than its content being wrong.
+    pub fn is_io(&self) -> bool {
+        match self {
+            GainError::Mrc(e) => e.is_io(),
+            GainError::Tiff(e) => e.is_io(),
+            _ => false,
+        }
+    }
+}
+
 impl fmt::Display for GainError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let size = |s: &(usize, usize)| format!("{}x{}", s.0, s.1);

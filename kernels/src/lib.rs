@@ -7,6 +7,7 @@
 //! * [`motion`]: global and local motion estimation.
 //! * [`ctf`], [`ctf_fit`]: the CTF model and its estimation from a power spectrum.
 //! * [`dose`]: exposure weighting.
+//! * [`memory`]: how much host memory the process may still use (a movie too big is refused).
 //! * [`thumbnail`]: 8-bit previews.
 //! * [`backend`]: the `Backend` trait the worker calls, its errors, probing and selection; the
 //!   CPU implementation and the CUDA one ([`backend::cuda`]: PTX kernels, cuFFT, dynamic
@@ -23,6 +24,7 @@ pub mod dose;
 pub mod fft;
 pub mod gain;
 pub mod io;
+pub mod memory;
 pub mod motion;
 pub mod movie;
 pub mod sim;

@@ -59,6 +59,13 @@ pub enum LoadError {
         /// What is wrong.
         reason: String,
     },
+    /// The movie needs more memory than this worker may use (another worker may have more).
+    TooBig {
+        /// The movie.
+        path: PathBuf,
+        /// What it needs and what there is.
+        reason: String,
+    },
     /// The compute device failed while transforming the frames.
     Backend {
         /// The movie.
@@ -73,7 +80,9 @@ impl fmt::Display for LoadError {
         match self {
             LoadError::Read(e) => write!(f, "{e}"),
             LoadError::Gain(e) => write!(f, "{e}"),
-            LoadError::Invalid { path, reason } => write!(f, "{}: {reason}", path.display()),
+            LoadError::Invalid { path, reason } | LoadError::TooBig { path, reason } => {
+                write!(f, "{}: {reason}", path.display())
+            }
             LoadError::Backend { path, error } => write!(f, "{}: {error}", path.display()),
         }
     }
@@ -84,6 +93,45 @@ impl std::error::Error for LoadError {
         match self {
             LoadError::Backend { error, .. } => Some(error),
             _ => None,
+        }
+    }
+}
+
+/// Refuses what no processing can make sense of: a frame with a non-finite pixel (a NaN or
+/// an infinity reaches every frequency of its spectrum, so its DC term shows it), or a movie
+/// whose every frame is constant (nothing but the DC term; the first row of the spectrum is
+/// enough to tell).
+fn check_content(spectra: &[Vec<Complex32>]) -> Result<(), String> {
+    if let Some(i) = spectra.iter().position(|s| {
+        s.first()
+            .is_some_and(|dc| !(dc.re.is_finite() && dc.im.is_finite()))
+    }) {
+        return Err(format!(
+            "frame {i} holds non-finite values (NaN or infinity); the file is damaged or was written wrongly"
+        ));
+    }
+    let constant = spectra.iter().all(|s| {
+        s.iter()
+            .skip(1)
+            .take(s.len().min(4096))
+            .all(|c| c.norm_sqr() == 0.0)
+    });
+    if constant {
+        return Err("every frame is constant: there is no image to process".into());
+    }
+    Ok(())
+}
+
+impl LoadError {
+    /// Whether another attempt would fail the same way: the file's content or the request is
+    /// wrong. Not so for a failed read (a node's mount, a transient I/O error), a movie too
+    /// big for this worker's memory, or a device's failure.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            LoadError::Read(e) => !e.is_io(),
+            LoadError::Gain(e) => !e.is_io(),
+            LoadError::Invalid { .. } => true,
+            LoadError::TooBig { .. } | LoadError::Backend { .. } => false,
         }
     }
 }
@@ -240,6 +288,19 @@ impl Movie {
             _ => None,
         };
 
+        let need = Movie::memory_needed(file_nx, file_ny, nx, ny, n);
+        if let Some((avail, what)) = crate::memory::host_available()
+            && need > avail
+        {
+            return Err(LoadError::TooBig {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "{n} frames of {file_nx}x{file_ny} need about {} of memory to process, but this worker may use {} ({what})",
+                    crate::memory::format_bytes(need),
+                    crate::memory::format_bytes(avail)
+                ),
+            });
+        }
         let geometry = FrameGeometry {
             file_nx,
             file_ny,
@@ -279,6 +340,7 @@ impl Movie {
             }
             Ok(())
         })?;
+        check_content(&spectra).map_err(invalid)?;
         Ok(Movie {
             path: path.to_path_buf(),
             nx,
@@ -289,6 +351,19 @@ impl Movie {
             gain_corrected: gain.is_some(),
             spectra,
         })
+    }
+
+    /// Bytes of host memory processing a movie takes at most, about: the spectra, the frames
+    /// in flight while loading (two chunks), and the full-size sums and work images of the
+    /// later steps.
+    pub fn memory_needed(file_nx: usize, file_ny: usize, nx: usize, ny: usize, n: usize) -> u64 {
+        let spectrum = ((nx / 2 + 1) * ny * std::mem::size_of::<Complex32>()) as u64;
+        let file_frame = (file_nx * file_ny * std::mem::size_of::<f32>()) as u64;
+        let frame = (nx * ny * std::mem::size_of::<f32>()) as u64;
+        (n as u64)
+            .saturating_mul(spectrum)
+            .saturating_add((3 * chunk_frames() as u64).saturating_mul(file_frame))
+            .saturating_add(8u64.saturating_mul(frame))
     }
 
     /// A movie from frames in memory (`nx × ny` each, x fastest), e.g. a simulation.

@@ -178,7 +178,7 @@ fn load_errors_name_the_file_and_the_problem() {
     let (nx, ny) = (32, 32);
     write_mrc(
         &path,
-        &vec![1.0; nx * ny * 3],
+        &(0..nx * ny * 3).map(|i| (i % 7) as f32).collect::<Vec<_>>(),
         nx,
         ny,
         3,
@@ -238,4 +238,59 @@ fn load_errors_name_the_file_and_the_problem() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("missing.mrc"), "{err}");
+}
+
+#[test]
+fn non_finite_or_constant_movies_are_refused_as_the_file_s_fault() {
+    let dir = TempDir::new("movie-content");
+    let (nx, ny) = (32, 24);
+    let mut data: Vec<f32> = (0..nx * ny * 3).map(|i| (i % 5) as f32).collect();
+    data[nx * ny + 7] = f32::NAN;
+    let path = dir.join("nan.mrc");
+    write_mrc(&path, &data, nx, ny, 3, WriteMode::Float32, 1.0).unwrap();
+    let e = Movie::load(&path, None, &LoadOptions::default()).unwrap_err();
+    assert!(e.is_permanent(), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("nan.mrc") && msg.contains("frame 1"), "{msg}");
+
+    let path = dir.join("flat.mrc");
+    write_mrc(
+        &path,
+        &vec![3.0; nx * ny * 3],
+        nx,
+        ny,
+        3,
+        WriteMode::Float32,
+        1.0,
+    )
+    .unwrap();
+    let e = Movie::load(&path, None, &LoadOptions::default()).unwrap_err();
+    assert!(
+        e.is_permanent() && e.to_string().contains("constant"),
+        "{e}"
+    );
+
+    // One constant frame among others is still a movie.
+    let mut data: Vec<f32> = (0..nx * ny * 3).map(|i| (i % 5) as f32).collect();
+    data[..nx * ny].fill(0.0);
+    let path = dir.join("one-flat.mrc");
+    write_mrc(&path, &data, nx, ny, 3, WriteMode::Float32, 1.0).unwrap();
+    assert_eq!(
+        Movie::load(&path, None, &LoadOptions::default())
+            .unwrap()
+            .frames(),
+        3
+    );
+}
+
+#[test]
+fn what_a_movie_needs_grows_with_its_frames_and_saturates() {
+    let one = Movie::memory_needed(4096, 4096, 4096, 4096, 1);
+    let forty = Movie::memory_needed(4096, 4096, 4096, 4096, 40);
+    // 39 more spectra of (2049 × 4096) complex values.
+    assert_eq!(forty - one, 39 * 2049 * 4096 * 8);
+    assert_eq!(
+        Movie::memory_needed(65536, 65536, 65536, 65536, usize::MAX),
+        u64::MAX
+    );
 }

@@ -187,6 +187,14 @@ pub enum MrcError {
     InvalidWrite { path: PathBuf, reason: String },
 }
 
+impl MrcError {
+    /// Whether reading the file failed (it may read on another try or another node), rather
+    /// than its content being wrong.
+    pub fn is_io(&self) -> bool {
+        matches!(self, MrcError::Io { .. })
+    }
+}
+
 impl fmt::Display for MrcError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -278,7 +278,10 @@ fn format_value(v: &StarValue, out: &mut String) -> Result<(), String> {
 fn needs_quotes(s: &str) -> bool {
     s.is_empty()
         || s.chars().any(char::is_whitespace)
-        || s.starts_with(['_', '#', '\'', '"'])
+        || s.starts_with(['_', '\'', '"'])
+        // A comment only where a token starts, by the STAR rules; but pandas-based readers
+        // (the `starfile` package) cut a bare value at any '#'.
+        || s.contains('#')
         || RESERVED_PREFIXES
             .iter()
             .any(|p| s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p))

@@ -130,6 +130,21 @@ pub enum TiffError {
     },
 }
 
+impl TiffError {
+    /// Whether reading the file failed (it may read on another try or another node), rather
+    /// than its content being wrong.
+    pub fn is_io(&self) -> bool {
+        matches!(
+            self,
+            TiffError::Io { .. }
+                | TiffError::Decode {
+                    source: ::tiff::TiffError::IoError(_),
+                    ..
+                }
+        )
+    }
+}
+
 impl fmt::Display for TiffError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -363,6 +378,23 @@ fn inspect_page(
             ),
         });
     }
+    // What each scheme can expand to at most: Deflate 1032:1 (RFC 1951: a 258-byte match per
+    // 2 bits at best), LZW about 4096 bytes per 12-bit code, PackBits 128 bytes per 2.
+    let max_ratio = match compression {
+        5 => 2731,
+        8 | 32946 => 1032,
+        32773 => 64,
+        _ => 1,
+    };
+    if compression != 1 && total.saturating_mul(max_ratio) < frame_bytes {
+        return Err(TiffError::Corrupt {
+            path: p(),
+            page,
+            reason: format!(
+                "{total} compressed bytes cannot expand to the {frame_bytes} bytes a {width}x{height} {format} image needs (at most {max_ratio}:1): a damaged file or a decompression bomb"
+            ),
+        });
+    }
     Ok(PageInfo {
         width,
         height,
@@ -547,6 +579,17 @@ pub enum MovieError {
     Tiff(TiffError),
     /// An extension that names no movie format this crate reads.
     UnknownFormat { path: PathBuf },
+}
+
+impl MovieError {
+    /// Whether reading the file failed rather than its content being wrong.
+    pub fn is_io(&self) -> bool {
+        match self {
+            MovieError::Mrc(e) => e.is_io(),
+            MovieError::Tiff(e) => e.is_io(),
+            MovieError::UnknownFormat { .. } => false,
+        }
+    }
 }
 
 impl fmt::Display for MovieError {

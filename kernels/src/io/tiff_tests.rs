@@ -306,6 +306,34 @@ fn huge_dimensions_are_refused() {
 }
 
 #[test]
+fn a_decompression_bomb_is_refused_before_anything_is_allocated() {
+    let dir = TempDir::new("tiffbomb");
+    // Zeros compress as far as each scheme goes: such files still open.
+    for comp in [Comp::Lzw, Comp::Deflate] {
+        let b = encode::<Gray16>(&[(512, 512, vec![0u16; 512 * 512])], comp);
+        let p = dir.join("zeros.tif");
+        std::fs::write(&p, &b).unwrap();
+        let mut r = TiffReader::open(&p).unwrap();
+        assert!(r.read_frame(0).unwrap().iter().all(|&v| v == 0.0));
+    }
+    // The same few hundred bytes declared as a 65536² page (16 GiB as f32): refused at open.
+    let mut b = encode::<Gray16>(&[(64, 64, vec![0u16; 64 * 64])], Comp::Deflate);
+    for tag in [256, 257, 278] {
+        let o = entry_value_offset(&b, tag);
+        b[o..o + 4].copy_from_slice(&65_536u32.to_le_bytes());
+    }
+    let p = dir.join("bomb.tif");
+    std::fs::write(&p, &b).unwrap();
+    let e = TiffReader::open(&p).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, TiffError::Corrupt { page: 0, .. }), "{e:?}");
+    assert!(
+        msg.contains("bomb.tif") && msg.contains("decompression bomb"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn eer_is_refused_by_extension_and_by_compression_tag() {
     let dir = TempDir::new("tiffeer");
     let b = encode::<Gray8>(&[(4, 4, vec![0u8; 16])], Comp::None);
