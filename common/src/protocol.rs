@@ -253,6 +253,10 @@ pub struct StatusUpdate {
     /// (answered at once, never held), saving one round trip per task.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub want_next: bool,
+    /// With `failed`: the input is at fault and another attempt would fail the same way (a
+    /// damaged or unreadable file, an invalid request), so the task fails for good now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
 }
 
 /// Reply to a status report.

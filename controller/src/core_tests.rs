@@ -129,6 +129,7 @@ fn update_for(a: &Assignment, state: ReportState) -> StatusUpdate {
         held_fingerprint: None,
         console: vec![],
         want_next: false,
+        permanent: false,
     }
 }
 
@@ -267,6 +268,64 @@ fn failed_attempts_requeue_until_the_limit_then_fail_with_history() {
     assert_eq!(errors, ["boom 1", "boom 2", "boom 3"]);
     assert!(d.error.unwrap().contains("boom 3"));
     assert_eq!(s.poll(w), None);
+}
+
+#[test]
+fn a_permanent_failure_is_not_retried() {
+    let mut s = Sim::new();
+    let w = s.register(0);
+    let t = s.submit(sleep_spec());
+    let a = s.poll(w).unwrap();
+    let mut update = update_for(&a, ReportState::Failed);
+    update.permanent = true;
+    s.apply(Event::Status {
+        worker: w,
+        task: a.id,
+        update,
+    })
+    .unwrap();
+    let d = s.detail(t);
+    assert_eq!(d.state, TaskState::Failed);
+    assert_eq!(d.history.len(), 1, "one attempt of 3 allowed");
+    let e = d.error.unwrap();
+    assert!(e.contains("not retried") && e.contains("boom 1"), "{e}");
+    assert_eq!(s.poll(w), None);
+}
+
+#[test]
+fn a_worker_whose_process_exited_is_lost_at_once_and_its_attempt_counts() {
+    let mut s = Sim::new();
+    let w = s.register(0);
+    let t = s.submit(sleep_spec());
+    s.poll(w).unwrap();
+    let exited = |s: &mut Sim, w| {
+        s.apply(Event::Exited {
+            worker: w,
+            reason: "signal: 9 (SIGKILL)".into(),
+        })
+    };
+    assert_eq!(exited(&mut s, w).unwrap(), Reply::Ack);
+    let d = s.detail(t);
+    assert_eq!(
+        d.state,
+        TaskState::Queued,
+        "back in the queue, long before any timeout"
+    );
+    assert_eq!(d.history[0].outcome, AttemptOutcome::WorkerLost);
+    assert!(d.history[0].error.as_deref().unwrap().contains("SIGKILL"));
+    // Seen twice (or after its heartbeats stopped): nothing more happens.
+    assert_eq!(exited(&mut s, w).unwrap(), Reply::Unchanged);
+    // One that deregistered first is unknown.
+    let v = s.register(0);
+    s.apply(Event::Deregister {
+        worker: v,
+        reason: "stop".into(),
+    })
+    .unwrap();
+    assert!(matches!(
+        exited(&mut s, v),
+        Err(CoreError::UnknownWorker(_))
+    ));
 }
 
 #[test]
@@ -729,11 +788,20 @@ fn random_walk(keep_finished: usize) -> (Vec<(Millis, Event)>, Vec<Decision>, se
                 let _ = s.apply(Event::Cancel { task: t });
             }
             9 if next(20) == 0 => {
-                s.apply(Event::Deregister {
-                    worker: w,
-                    reason: "test".into(),
-                })
-                .unwrap();
+                // Leaving properly, or its process seen to exit (its attempt counts).
+                if next(2) == 0 {
+                    s.apply(Event::Deregister {
+                        worker: w,
+                        reason: "test".into(),
+                    })
+                    .unwrap();
+                } else {
+                    s.apply(Event::Exited {
+                        worker: w,
+                        reason: "signal: 9".into(),
+                    })
+                    .unwrap();
+                }
                 held.remove(&w);
                 workers.retain(|x| *x != w);
                 workers.push(s.register(next(2) as i32));

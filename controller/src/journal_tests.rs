@@ -90,6 +90,7 @@ fn history(r: &mut Recovered, n: usize) -> Vec<TaskId> {
             held_fingerprint: None,
             console: Vec::new(),
             want_next: false,
+            permanent: false,
         };
         apply(
             r,

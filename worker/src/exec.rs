@@ -122,31 +122,35 @@ impl Executor {
     }
 
     /// Runs one command; the error is a message for the task's error history.
-    pub fn run_command(&mut self, cmd: &Command, cancel: &CancelFlag) -> Result<Value, String> {
-        cmd.validate()?;
-        match cmd {
-            Command::Exec(p) => run_exec(p, cancel).map(|r| json!(r)),
+    pub fn run_command(
+        &mut self,
+        cmd: &Command,
+        cancel: &CancelFlag,
+    ) -> Result<Value, CommandError> {
+        cmd.validate().map_err(CommandError::permanent)?;
+        Ok(match cmd {
+            Command::Exec(p) => run_exec(p, cancel).map(|r| json!(r))?,
             Command::Sleep { ms } => {
                 let start = Instant::now();
                 let cancelled = cancel.wait_timeout(Duration::from_millis(*ms));
                 let slept_ms = start.elapsed().as_millis() as u64;
                 if cancelled {
-                    return Err(format!("cancelled after {slept_ms} ms"));
+                    return Err(format!("cancelled after {slept_ms} ms").into());
                 }
-                Ok(json!({ "slept_ms": slept_ms }))
+                json!({ "slept_ms": slept_ms })
             }
-            Command::Fail { message } => Err(message.clone()),
-            Command::Echo { value } => Ok(json!({ "value": value })),
+            Command::Fail { message } => return Err(message.clone().into()),
+            Command::Echo { value } => json!({ "value": value }),
             Command::LoadStack(p) => {
                 self.pre
                     .note_read_ahead(self.read_ahead.report_for(&p.path));
-                self.pre.run(cmd)
+                self.pre.run(cmd)?
             }
             Command::LoadGainRef(_)
             | Command::MovieProcessMovement(_)
             | Command::MovieProcessCtf(_)
             | Command::MovieExportMovie(_)
-            | Command::MovieCreateThumbnail(_) => self.pre.run(cmd),
+            | Command::MovieCreateThumbnail(_) => self.pre.run(cmd)?,
             // The only background work a worker does is the read-ahead.
             Command::WaitAsyncTasks {} => {
                 let (waited, pending) = self.read_ahead.wait_up_to(WAIT_ASYNC_LIMIT, cancel);
@@ -154,9 +158,10 @@ impl Executor {
                 if cancel.is_cancelled() {
                     return Err(format!(
                         "cancelled after {waited_ms} ms ({pending} file(s) of the read-ahead pending)"
-                    ));
+                    )
+                    .into());
                 }
-                Ok(json!({ "waited_ms": waited_ms, "pending": pending }))
+                json!({ "waited_ms": waited_ms, "pending": pending })
             }
             Command::GcCollect {} => {
                 self.pre.release_movie();
@@ -165,9 +170,9 @@ impl Executor {
                 unsafe {
                     libc::malloc_trim(0);
                 }
-                Ok(json!({ "released": true }))
+                json!({ "released": true })
             }
-        }
+        })
     }
 
     /// Runs a task: its init part unless the held fingerprint matches, then its main commands.
@@ -179,7 +184,7 @@ impl Executor {
         task: &Assignment,
         cancel: &CancelFlag,
         on_command: &mut dyn FnMut(usize, usize, &'static str),
-    ) -> Result<TaskResult, String> {
+    ) -> Result<TaskResult, CommandError> {
         // A read-ahead for another task (this worker was given a different one) stops here
         // rather than compete with this task's reads.
         let inputs: Vec<&str> = task.commands.iter().flat_map(|c| c.input_files()).collect();
@@ -194,7 +199,7 @@ impl Executor {
             for (i, c) in init.commands.iter().enumerate() {
                 check_cancel(cancel)?;
                 self.run_command(c, cancel)
-                    .map_err(|e| format!("init command {i} ({}): {e}", c.name()))?;
+                    .map_err(|e| e.context(format!("init command {i} ({})", c.name())))?;
             }
             self.held = Some(init.fingerprint.clone());
             init_ran = true;
@@ -214,13 +219,58 @@ impl Executor {
             on_command(i, n, c.name());
             let r = self
                 .run_command(c, cancel)
-                .map_err(|e| format!("command {i} ({}): {e}", c.name()))?;
+                .map_err(|e| e.context(format!("command {i} ({})", c.name())))?;
             results.push(r);
             if Some(i) == last_input {
                 self.read_ahead.start(&task.read_ahead);
             }
         }
         Ok(TaskResult { results, init_ran })
+    }
+}
+
+/// Why a command failed: a message for the task's error history, and whether the input is
+/// at fault so that another attempt would fail the same way (see
+/// `warp_common::protocol::StatusUpdate::permanent`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandError {
+    /// What went wrong, naming the file or the step.
+    pub message: String,
+    /// Not worth another attempt.
+    pub permanent: bool,
+}
+
+impl CommandError {
+    /// An error of the input itself.
+    pub fn permanent(message: String) -> CommandError {
+        CommandError {
+            message,
+            permanent: true,
+        }
+    }
+
+    /// The same error with `what: ` before its message.
+    pub fn context(self, what: String) -> CommandError {
+        CommandError {
+            message: format!("{what}: {}", self.message),
+            ..self
+        }
+    }
+}
+
+/// Any other failure may go away on another attempt or another worker.
+impl From<String> for CommandError {
+    fn from(message: String) -> CommandError {
+        CommandError {
+            message,
+            permanent: false,
+        }
+    }
+}
+
+impl std::fmt::Display for CommandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }
 
@@ -410,7 +460,8 @@ mod tests {
         let start = Instant::now();
         let err = ex
             .run_command(&Command::WaitAsyncTasks {}, &cancel)
-            .unwrap_err();
+            .unwrap_err()
+            .message;
         canceller.join().unwrap();
         assert!(err.contains("cancelled") && err.contains("1 file"), "{err}");
         assert!(
@@ -510,7 +561,8 @@ mod tests {
         let start = Instant::now();
         let err = ex
             .run_command(&Command::Sleep { ms: 10_000 }, &cancel)
-            .unwrap_err();
+            .unwrap_err()
+            .message;
         assert!(err.contains("cancelled") && start.elapsed() < Duration::from_secs(2));
         t.join().unwrap();
         let ok = CancelFlag::new();
@@ -526,7 +578,7 @@ mod tests {
         let fail = Command::Fail {
             message: "boom".into(),
         };
-        assert_eq!(ex.run_command(&fail, &ok).unwrap_err(), "boom");
+        assert_eq!(ex.run_command(&fail, &ok).unwrap_err().message, "boom");
         assert_eq!(
             ex.run_command(&Command::GcCollect {}, &ok).unwrap()["released"],
             true
@@ -578,7 +630,7 @@ mod tests {
             &c,
             &mut |_, _, _| {},
         );
-        assert_eq!(err.unwrap_err(), "command 1 (Fail): bad");
+        assert_eq!(err.unwrap_err().message, "command 1 (Fail): bad");
         assert_eq!(ex.held_fingerprint(), Some("A"));
 
         // An init failure resets it.
@@ -587,7 +639,7 @@ mod tests {
             &c,
             &mut |_, _, _| {},
         );
-        assert_eq!(err.unwrap_err(), "init command 0 (Fail): bad");
+        assert_eq!(err.unwrap_err().message, "init command 0 (Fail): bad");
         assert_eq!(ex.held_fingerprint(), None);
         let r = ex.run_assignment(&task("B", vec![echo()], vec![]), &c, &mut |_, _, _| {});
         assert!(r.unwrap().init_ran);

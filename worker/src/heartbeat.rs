@@ -85,6 +85,7 @@ fn report(task: &Current, state: ReportState, progress: Option<Progress>) -> Sta
         held_fingerprint: None,
         console: Vec::new(),
         want_next: false,
+        permanent: false,
     }
 }
 

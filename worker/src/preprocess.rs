@@ -17,6 +17,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::exec::CommandError;
 use serde_json::Value;
 use warp_common::commands::Command;
 use warp_common::preprocessing::{
@@ -217,17 +218,19 @@ impl Preprocessor {
     }
 
     /// Runs a preprocessing command (any other command is an error).
-    pub fn run(&mut self, cmd: &Command) -> Result<Value, String> {
+    pub fn run(&mut self, cmd: &Command) -> Result<Value, CommandError> {
         let name = cmd.name();
         // Errors come back as values; the guard only catches a kernel's bug.
         let outcome = catch_unwind(AssertUnwindSafe(|| match cmd {
             Command::LoadGainRef(p) => self.load_gain_ref(p),
             Command::LoadStack(p) => self.load_stack(p),
-            Command::MovieProcessMovement(p) => self.process_movement(p),
-            Command::MovieProcessCtf(p) => self.process_ctf(p),
-            Command::MovieExportMovie(p) => self.export_movie(p),
-            Command::MovieCreateThumbnail(p) => self.create_thumbnail(p),
-            _ => Err(format!("{name} is not a preprocessing command")),
+            Command::MovieProcessMovement(p) => Ok(self.process_movement(p)?),
+            Command::MovieProcessCtf(p) => Ok(self.process_ctf(p)?),
+            Command::MovieExportMovie(p) => Ok(self.export_movie(p)?),
+            Command::MovieCreateThumbnail(p) => Ok(self.create_thumbnail(p)?),
+            _ => Err(CommandError::permanent(format!(
+                "{name} is not a preprocessing command"
+            ))),
         }));
         let outcome = match outcome {
             Ok(r) => r,
@@ -239,7 +242,7 @@ impl Preprocessor {
                     .unwrap_or_else(|| "unknown panic".into());
                 // The state may be half-updated: drop the movie, keep nothing suspect.
                 self.loaded = None;
-                Err(format!("internal error in {name}: {what}"))
+                Err(format!("internal error in {name}: {what}").into())
             }
         };
         // A failure on a device may mean the device is gone: check before blaming the task.
@@ -257,7 +260,7 @@ impl Preprocessor {
         loaded(self.loaded.as_mut(), command)
     }
 
-    fn load_gain_ref(&mut self, p: &LoadGainRefParams) -> Result<Value, String> {
+    fn load_gain_ref(&mut self, p: &LoadGainRefParams) -> Result<Value, CommandError> {
         self.gain = None;
         let gain = GainRef::load(
             &p.path,
@@ -266,7 +269,10 @@ impl Preprocessor {
             p.transpose,
             p.defects_path.as_deref().map(Path::new),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| CommandError {
+            message: e.to_string(),
+            permanent: !e.is_io(),
+        })?;
         let r = GainRefLoaded {
             path: p.path.clone(),
             width: gain.width(),
@@ -274,10 +280,10 @@ impl Preprocessor {
             defects: gain.defect_count(),
         };
         self.gain = Some(gain);
-        to_json(&r)
+        Ok(to_json(&r)?)
     }
 
-    fn load_stack(&mut self, p: &LoadStackParams) -> Result<Value, String> {
+    fn load_stack(&mut self, p: &LoadStackParams) -> Result<Value, CommandError> {
         let start = Instant::now();
         let read_ahead = self.read_ahead.take();
         // Drop the previous movie first: one movie in memory at a time.
@@ -290,12 +296,15 @@ impl Preprocessor {
         let movie = self
             .backend
             .load_movie(path, self.gain.as_ref(), &opts)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| CommandError {
+                message: e.to_string(),
+                permanent: e.is_permanent(),
+            })?;
         let file_angpix = p.angpix.or(movie.file_pixel_size_a).ok_or_else(|| {
-            format!(
+            CommandError::permanent(format!(
                 "{}: the file states no pixel size (TIFF, or 0 in the MRC header); pass angpix",
                 p.path
-            )
+            ))
         })?;
         let angpix = file_angpix / movie.scale();
         let r = StackLoaded {
@@ -317,7 +326,7 @@ impl Preprocessor {
             motion: None,
             sums: None,
         });
-        to_json(&r)
+        Ok(to_json(&r)?)
     }
 
     fn process_movement(&mut self, p: &MovementParams) -> Result<Value, String> {
@@ -599,7 +608,8 @@ mod tests {
         let mut pre = with_movie(Box::new(FailingGpu));
         let e = pre
             .run(&Command::MovieProcessMovement(MovementParams::default()))
-            .unwrap_err();
+            .unwrap_err()
+            .message;
         assert!(
             e.starts_with("MovieProcessMovement: GPU error: warp_cc_product")
                 && e.contains("CUDA_ERROR_LAUNCH_FAILED"),
@@ -610,7 +620,8 @@ mod tests {
 
         let e = pre
             .run(&Command::MovieProcessCtf(CtfParams::default()))
-            .unwrap_err();
+            .unwrap_err()
+            .message;
         assert!(
             e.starts_with("MovieProcessCTF: GPU out of memory")
                 && e.contains("600 MiB")
@@ -640,7 +651,8 @@ mod tests {
         let mut pre = with_movie(Box::new(Buggy));
         let e = pre
             .run(&Command::MovieProcessMovement(MovementParams::default()))
-            .unwrap_err();
+            .unwrap_err()
+            .message;
         assert_eq!(
             e,
             "internal error in MovieProcessMovement: index out of bounds"

@@ -546,17 +546,25 @@ impl Worker {
                 r.result = Some(serde_json::to_value(result).unwrap_or_default());
             }
             Err(e) => {
+                let permanent = e.permanent && !cancel.is_cancelled();
                 let e = if cancel.is_cancelled() {
                     format!("cancelled by the controller ({e})")
                 } else {
-                    e
+                    e.message
                 };
                 info!(
-                    "task {} attempt {} failed after {ms} ms: {e}",
-                    task.id, task.attempt
+                    "task {} attempt {} failed after {ms} ms{}: {e}",
+                    task.id,
+                    task.attempt,
+                    if permanent {
+                        " (the input is at fault: not retried)"
+                    } else {
+                        ""
+                    }
                 );
                 r.state = ReportState::Failed;
                 r.error = Some(e);
+                r.permanent = permanent;
             }
         }
         Some((task.id, r))
@@ -574,6 +582,7 @@ impl Worker {
             held_fingerprint: self.exec.held_fingerprint().map(str::to_string),
             console: self.sh.console.take_unshipped(CONSOLE_BATCH),
             want_next: true,
+            permanent: false,
         }
     }
 }
