@@ -106,7 +106,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe {
         libc::kill(pid as libc::pid_t, libc::SIGKILL);
     }
-    if let Ok(WrapperEvent::WorkerDied { worker, status }) =
+    if let Ok(WrapperEvent::WorkerDied { worker, status, .. }) =
         events.recv_timeout(Duration::from_secs(5))
     {
         println!("notified: worker {worker} died ({status})");

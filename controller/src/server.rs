@@ -500,9 +500,21 @@ impl Shared {
                 let e = WorkerEvent::Registered { worker, spawn_id };
                 inner.subscribers.retain(|s| s.send(e.clone()).is_ok());
             }
-            Decision::WorkerLost { worker, reason } => {
-                log::warn!(
-                    "worker {worker} lost: {}",
+            Decision::WorkerLost {
+                worker,
+                reason,
+                left,
+            } => {
+                // Leaving is normal (a stop, an idle exit); going silent is not.
+                let level = if left {
+                    log::Level::Info
+                } else {
+                    log::Level::Warn
+                };
+                log::log!(
+                    level,
+                    "worker {worker} {}: {}",
+                    if left { "left" } else { "lost" },
                     warp_common::for_log(&reason, warp_common::MAX_REASON)
                 );
                 let e = WorkerEvent::Lost { worker, reason };
@@ -1099,6 +1111,20 @@ pub struct ControllerView {
 }
 
 impl ControllerView {
+    /// A worker process the caller spawned has exited without deregistering: it is lost now,
+    /// and its task's attempt counts as failed (see `Event::Exited`). A worker that left
+    /// properly, or one already lost, changes nothing.
+    pub fn worker_exited(&self, worker: WorkerId, reason: &str) {
+        let mut inner = self.shared.lock();
+        let _ = self.shared.apply(
+            &mut inner,
+            Event::Exited {
+                worker,
+                reason: reason.to_string(),
+            },
+        );
+    }
+
     /// Queue, running tasks, live workers and the jobs they came from (spawn id `job-<ID>`).
     pub fn observation(&self) -> crate::provision::planner::Observation {
         let inner = self.shared.lock();

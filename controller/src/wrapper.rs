@@ -303,17 +303,23 @@ pub enum WrapperEvent {
         /// Why.
         reason: String,
     },
-    /// A worker process this wrapper spawned exited.
+    /// A worker process this wrapper spawned exited. Unless it deregistered first, the
+    /// controller has been told (`ControllerView::worker_exited`): its task's attempt counts
+    /// as failed and the task runs again elsewhere, now rather than after the heartbeat
+    /// timeout.
     WorkerDied {
         /// Which.
         worker: WorkerId,
+        /// The device it was started for (to start a replacement).
+        device: i32,
         /// Its exit status as text.
         status: String,
     },
 }
 
 struct Spawned {
-    children: Mutex<HashMap<WorkerId, Child>>,
+    /// Each spawned worker's process and device.
+    children: Mutex<HashMap<WorkerId, (Child, i32)>>,
     events: Mutex<Vec<Sender<WrapperEvent>>>,
 }
 
@@ -381,11 +387,12 @@ impl ControllerBasedWorkerWrapper {
         let port = controller.port();
         // Forward the controller's worker losses and watch our children for exits.
         let lost = controller.subscribe();
+        let view = controller.view();
         let spawned = Arc::clone(&self.spawned);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
         let handle = std::thread::Builder::new()
             .name("wrapper-monitor".into())
-            .spawn(move || monitor(spawned, lost, stop_rx))
+            .spawn(move || monitor(spawned, view, lost, stop_rx))
             .map_err(|e| WrapperError::Spawn(format!("cannot start the monitor thread: {e}")))?;
         self.monitor = Some((stop_tx, handle));
         self.controller = Some(controller);
@@ -430,7 +437,7 @@ impl ControllerBasedWorkerWrapper {
                         .children
                         .lock()
                         .expect("children lock")
-                        .insert(worker, child);
+                        .insert(worker, (child, device));
                     return Ok(worker);
                 }
                 Ok(_) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
@@ -463,7 +470,7 @@ impl ControllerBasedWorkerWrapper {
             .expect("children lock")
             .remove(&worker);
         match child {
-            Some(c) => {
+            Some((c, _)) => {
                 stop_children(vec![c], self.opts.stop_grace);
                 true
             }
@@ -478,7 +485,7 @@ impl ControllerBasedWorkerWrapper {
             .lock()
             .expect("children lock")
             .iter()
-            .map(|(w, c)| (*w, c.id()))
+            .map(|(w, (c, _))| (*w, c.id()))
             .collect()
     }
 
@@ -566,7 +573,7 @@ impl Drop for ControllerBasedWorkerWrapper {
             .lock()
             .expect("children lock")
             .drain()
-            .map(|(_, c)| c)
+            .map(|(_, (c, _))| c)
             .collect();
         stop_children(children, self.opts.stop_grace);
         if let Some((stop, handle)) = self.monitor.take() {
@@ -623,7 +630,12 @@ fn task_outcome(detail: TaskDetail) -> Result<TaskResult, WrapperError> {
     }
 }
 
-fn monitor(spawned: Arc<Spawned>, lost: Receiver<WorkerEvent>, stop: Receiver<()>) {
+fn monitor(
+    spawned: Arc<Spawned>,
+    view: crate::server::ControllerView,
+    lost: Receiver<WorkerEvent>,
+    stop: Receiver<()>,
+) {
     loop {
         crossbeam_channel::select! {
             recv(lost) -> e => match e {
@@ -637,17 +649,27 @@ fn monitor(spawned: Arc<Spawned>, lost: Receiver<WorkerEvent>, stop: Receiver<()
         let mut died = Vec::new();
         {
             let mut children = spawned.children.lock().expect("children lock");
-            children.retain(|w, c| match c.try_wait() {
+            children.retain(|w, (c, device)| match c.try_wait() {
                 Ok(Some(status)) => {
-                    died.push((*w, status.to_string()));
+                    died.push((*w, *device, status));
                     false
                 }
                 _ => true,
             });
         }
-        for (worker, status) in died {
-            log::warn!("worker {worker} exited: {status}");
-            spawned.notify(WrapperEvent::WorkerDied { worker, status });
+        for (worker, device, status) in died {
+            if status.success() {
+                log::info!("worker {worker} exited: {status}");
+            } else {
+                log::warn!("worker {worker} (device {device}) exited: {status}");
+            }
+            let status = status.to_string();
+            view.worker_exited(worker, &status);
+            spawned.notify(WrapperEvent::WorkerDied {
+                worker,
+                device,
+                status,
+            });
         }
     }
 }
@@ -975,6 +997,7 @@ mod tests {
                         held_fingerprint: None,
                         console: Vec::new(),
                         want_next: false,
+                        permanent: false,
                     })
                     .unwrap();
                 served += 1;

@@ -31,12 +31,14 @@ use warp_common::preprocessing::{
     LocalMotionResult, MovementParams, MovementResult, ReadAheadReport, StackLoaded,
     ThumbnailParams, ThumbnailResult,
 };
-use warp_common::protocol::{InitPart, TaskDetail, TaskId, TaskResult, TaskSpec, TaskState};
+use warp_common::protocol::{
+    InitPart, TaskDetail, TaskId, TaskResult, TaskSpec, TaskState, WorkerId,
+};
 use warp_kernels::backend::{BackendChoice, probe};
 use warp_kernels::io::star::{StarTable, StarValue, write_star};
 
 use warp_controller::Controller;
-use warp_controller::wrapper::{ControllerBasedWorkerWrapper, WrapperOptions};
+use warp_controller::wrapper::{ControllerBasedWorkerWrapper, WrapperEvent, WrapperOptions};
 
 /// Where the workers come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -252,6 +254,25 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
+/// Local workers that may die, one after another, without any movie completing before the job
+/// stops replacing them: a worker that cannot finish one movie in this many starts is broken
+/// (a bad binary, a device that fails, a node out of memory), not the movies. Each movie
+/// whose worker died has that attempt counted; at the attempt limit it fails with the reason.
+const MAX_DEATHS_WITHOUT_SUCCESS: usize = 10;
+
+/// Why a movie's name cannot go into a STAR file, if it cannot: a control character (a
+/// newline would split the row) or a quote (STAR quoting rules allow some, but the readers
+/// in use, RELION's and the `starfile` package, read them back wrong).
+fn star_unsafe(name: &str) -> Option<&'static str> {
+    if name.chars().any(char::is_control) {
+        Some("holds a control character (a newline or tab)")
+    } else if name.contains(['"', '\'']) {
+        Some("holds a quote")
+    } else {
+        None
+    }
+}
+
 /// Output name of a movie: its file stem.
 fn movie_name(path: &Path) -> String {
     path.file_stem()
@@ -363,6 +384,20 @@ impl PreprocessOptions {
         spec.label = Some(name.to_string());
         spec.timeout_s = Some(self.task_timeout.as_secs_f64());
         spec
+    }
+
+    /// Every file the package of movie `name` may write, and its record: what a failed
+    /// movie must not leave behind.
+    fn outputs(&self, name: &str) -> Vec<PathBuf> {
+        let out = &self.output;
+        vec![
+            out.join("average").join(format!("{name}.mrc")),
+            out.join("average").join(format!("{name}_odd.mrc")),
+            out.join("average").join(format!("{name}_even.mrc")),
+            out.join("powerspectrum").join(format!("{name}.mrc")),
+            out.join("thumbnails").join(format!("{name}.png")),
+            out.join(format!("{name}.json")),
+        ]
     }
 
     /// Builds the record of a finished package from its results.
@@ -599,6 +634,32 @@ pub fn run(
         let d = opts.output.join(sub);
         std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     }
+    // A name no STAR reader would read back is refused now, so the table is still written for
+    // every other movie.
+    let (movies, refused): (Vec<PathBuf>, Vec<PathBuf>) = movies
+        .into_iter()
+        .partition(|m| star_unsafe(&movie_name(m)).is_none());
+    let refused: Vec<Item> = refused
+        .into_iter()
+        .map(|m| {
+            let name = movie_name(&m);
+            let why = star_unsafe(&name).unwrap_or_default();
+            Item {
+                movie: path_string(&m),
+                error: Some(format!(
+                    "not processed: its name {name:?} {why}, which the STAR file (micrographs_ctf.star) cannot hold and RELION or starfile would not read back; rename the file"
+                )),
+                name,
+            }
+        })
+        .collect();
+    for r in &refused {
+        log(&format!(
+            "FAILED {:?}: {}",
+            r.name,
+            r.error.as_deref().unwrap_or_default()
+        ));
+    }
     let processed_path = opts.output.join("processed_items.json");
     let failed_path = opts.output.join("failed_items.json");
     let mut processed: Vec<Item> = read_items(&processed_path)?;
@@ -610,7 +671,7 @@ pub fn run(
     let done: BTreeSet<String> = processed.iter().map(|i| i.name.clone()).collect();
 
     let mut summary = Summary {
-        matched: movies.len(),
+        matched: movies.len() + refused.len(),
         ..Summary::default()
     };
     let todo: Vec<PathBuf> = movies
@@ -625,7 +686,7 @@ pub fn run(
         .count();
     log(&format!(
         "{} movie(s) matched; {} already processed, {} to process{}",
-        movies.len(),
+        summary.matched,
         summary.skipped,
         todo.len(),
         if retried > 0 {
@@ -634,9 +695,15 @@ pub fn run(
             String::new()
         }
     ));
-    let mut failed: Vec<Item> = Vec::new();
+    let refused_count = refused.len();
+    let mut failed: Vec<Item> = refused;
     if todo.is_empty() {
-        write_json_atomic(&failed_path, &ItemList { items: Vec::new() })?;
+        write_json_atomic(
+            &failed_path,
+            &ItemList {
+                items: failed.clone(),
+            },
+        )?;
         let names: Vec<String> = processed.iter().map(|i| i.name.clone()).collect();
         write_micrographs_star(&opts.output, &names)?;
         return Ok(summary);
@@ -679,12 +746,18 @@ pub fn run(
             let _ = c.forget_worker(w.id, "a local worker of an earlier run of the job");
         }
     }
+    // Local workers that die are replaced (see `MAX_DEATHS_WITHOUT_SUCCESS`).
+    let deaths = wrapper.worker_events();
+    let mut local_alive: BTreeSet<WorkerId> = BTreeSet::new();
+    let mut deaths_since_success = 0usize;
+    let mut last_death = String::new();
     match &opts.workers {
         Workers::Local(devices) => {
             for &d in devices {
-                wrapper
+                let id = wrapper
                     .add_worker(d)
                     .map_err(|e| format!("cannot start a local worker for device {d}: {e}"))?;
+                local_alive.insert(id);
             }
             log(&format!("{} local worker(s) started", devices.len()));
         }
@@ -736,7 +809,7 @@ pub fn run(
             break;
         }
         // Details of finished tasks, or every pending movie failed if the controller is gone.
-        let got: Vec<(PathBuf, String, Result<TaskDetail, ()>)> =
+        let got: Vec<(PathBuf, String, Result<TaskDetail, String>)> =
             match finished_rx.recv_timeout(Duration::from_millis(250)) {
                 Ok(d) => pending
                     .remove(&d.id)
@@ -744,19 +817,61 @@ pub fn run(
                     .into_iter()
                     .collect(),
                 Err(RecvTimeoutError::Timeout) => Vec::new(),
-                Err(RecvTimeoutError::Disconnected) => {
-                    pending.drain().map(|(_, (m, n))| (m, n, Err(()))).collect()
-                }
+                Err(RecvTimeoutError::Disconnected) => pending
+                    .drain()
+                    .map(|(_, (m, n))| (m, n, Err("the controller stopped".to_string())))
+                    .collect(),
             };
         let ready = !got.is_empty();
+        // A local worker that died: its task was handed back (the attempt counts); start
+        // another unless they keep dying; with none left, the movies cannot be processed.
+        for e in deaths.try_iter() {
+            let WrapperEvent::WorkerDied {
+                worker,
+                device,
+                status,
+            } = e
+            else {
+                continue;
+            };
+            local_alive.remove(&worker);
+            deaths_since_success += 1;
+            last_death = format!("worker for device {device} exited ({status})");
+            if deaths_since_success >= MAX_DEATHS_WITHOUT_SUCCESS {
+                log(&format!(
+                    "{last_death}; not replaced: {deaths_since_success} workers died without a movie completing"
+                ));
+                continue;
+            }
+            match wrapper.add_worker(device) {
+                Ok(id) => {
+                    local_alive.insert(id);
+                    log(&format!("{last_death}; started a replacement"));
+                }
+                Err(e) => log(&format!("{last_death}; cannot start a replacement: {e}")),
+            }
+        }
+        let mut got = got;
+        if matches!(opts.workers, Workers::Local(_)) && local_alive.is_empty() {
+            let why = format!("no local worker left: the last {last_death}");
+            log(&format!(
+                "{why}; failing the {} movie(s) left",
+                pending.len()
+            ));
+            for (id, (m, n)) in pending.drain() {
+                let _ = controller.cancel(id);
+                got.push((m, n, Err(why.clone())));
+            }
+        }
         for (movie, name, detail) in got {
             let outcome = match detail {
                 Ok(d) if d.state == TaskState::Completed => opts.record(&movie, &d),
                 Ok(d) => Err(d.error.unwrap_or_else(|| format!("task {:?}", d.state))),
-                Err(()) => Err("the controller stopped".into()),
+                Err(why) => Err(why),
             };
             match outcome {
                 Ok(rec) => {
+                    deaths_since_success = 0;
                     write_json_atomic(&opts.output.join(format!("{name}.json")), &rec)?;
                     log(&format!(
                         "done   {name}: defocus {:.3}/{:.3} µm, fit to {:.1} Å, {:.1} s",
@@ -781,6 +896,17 @@ pub fn run(
                 }
                 Err(error) => {
                     log(&format!("FAILED {name}: {error}"));
+                    // What the steps before the failing one wrote would pass for a result.
+                    for f in opts.outputs(&name) {
+                        match std::fs::remove_file(&f) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(e) => log(&format!(
+                                "cannot remove {} of the failed movie {name}: {e}",
+                                f.display()
+                            )),
+                        }
+                    }
                     failed.push(Item {
                         name,
                         movie: path_string(&movie),
@@ -798,12 +924,13 @@ pub fn run(
         if ready || last_progress.elapsed() >= opts.progress_every {
             last_progress = Instant::now();
             let status = controller.status();
-            let finished = summary.processed.len() + failed.len();
+            // The movies refused before submission are not part of this count.
+            let failed_here = failed.len() - refused_count;
+            let finished = summary.processed.len() + failed_here;
             let elapsed = start.elapsed();
             log(&format!(
-                "progress: {finished}/{total} ({} done, {} failed), {} running, {} workers; {:.1} movies/h; ETA {}",
+                "progress: {finished}/{total} ({} done, {failed_here} failed), {} running, {} workers; {:.1} movies/h; ETA {}",
                 summary.processed.len(),
-                failed.len(),
                 status.tasks.running + status.tasks.assigned,
                 status.workers.idle + status.workers.busy,
                 finished as f64 / elapsed.as_secs_f64().max(1e-9) * 3600.0,

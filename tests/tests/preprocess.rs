@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use warp_tests::{Proc, TempDir, bin};
+use warp_tests::{Proc, TempDir, bin, wait_for};
 
 /// Runs `warp-controller ARGS`, waits up to `limit`, returns (exit code, stdout, stderr).
 fn controller(dir: &Path, args: &[&str], limit: Duration) -> (i32, String, String) {
@@ -37,6 +37,24 @@ fn simulate(dir: &Path, sim: &Path, args: &[&str]) {
     all.extend_from_slice(args);
     let (code, _, err) = controller(dir, &all, Duration::from_secs(300));
     assert_eq!(code, 0, "simulate {args:?} failed:\n{err}");
+}
+
+/// `preprocess --input INPUT --output OUT --workers 1 --window 128`: the common job of the
+/// tests below, with `extra` after it.
+fn one_worker_job<'a>(input: &'a str, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "preprocess",
+        "--input",
+        input,
+        "--output",
+        out.to_str().unwrap(),
+        "--workers",
+        "1",
+        "--window",
+        "128",
+    ];
+    v.extend_from_slice(extra);
+    v
 }
 
 fn json(path: &Path) -> Value {
@@ -227,17 +245,7 @@ fn one_worker_reads_each_next_movie_ahead_and_records_it() {
         &["--count", "3", "--size", "256", "--frames", "6"],
     );
     let input = format!("{}/*.mrc", sim.to_str().unwrap());
-    let mut job = vec![
-        "preprocess",
-        "--input",
-        &input,
-        "--output",
-        out.to_str().unwrap(),
-        "--workers",
-        "1",
-        "--window",
-        "128",
-    ];
+    let mut job = one_worker_job(&input, &out, &[]);
     let (code, stdout, err) = controller(dir, &job, Duration::from_secs(300));
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -580,4 +588,281 @@ fn a_killed_job_s_queue_is_taken_over_by_the_next_run() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("8 already processed, 0 to process"), "{err}");
+}
+
+/// A little-endian TIFF of one Deflate page that declares `side`² uint16 pixels but holds only
+/// `data` (a decompression bomb when `side` is large).
+fn deflate_tiff_declaring(side: u32, data: &[u8]) -> Vec<u8> {
+    // (tag, type, value): type 3 SHORT, 4 LONG; entries sorted by tag as TIFF requires.
+    let entries: [(u16, u16, u32); 10] = [
+        (256, 4, side),
+        (257, 4, side),
+        (258, 3, 16),
+        (259, 3, 8),
+        (262, 3, 1),
+        (273, 4, 8 + 2 + 12 * 10 + 4),
+        (277, 3, 1),
+        (278, 4, side),
+        (279, 4, data.len() as u32),
+        (339, 3, 1),
+    ];
+    let mut b = b"II*\0".to_vec();
+    b.extend(8u32.to_le_bytes());
+    b.extend((entries.len() as u16).to_le_bytes());
+    for (tag, ty, v) in entries {
+        b.extend(tag.to_le_bytes());
+        b.extend(ty.to_le_bytes());
+        b.extend(1u32.to_le_bytes());
+        if ty == 3 {
+            b.extend((v as u16).to_le_bytes());
+            b.extend([0, 0]);
+        } else {
+            b.extend(v.to_le_bytes());
+        }
+    }
+    b.extend(0u32.to_le_bytes());
+    b.extend_from_slice(data);
+    b
+}
+
+/// Issue 13, part 3: files that used to abort workers (allocation), hang the job, lose the
+/// STAR file or pass for results. Each now fails alone, fast, with its reason; input errors are
+/// not retried; a failed movie leaves no output; the STAR file holds every good movie (a name
+/// with a space and a '#' included, read back by `starfile`); and the job's log has no WARN.
+#[test]
+fn hostile_movies_fail_alone_with_reasons_and_the_star_file_is_still_written() {
+    use warp_kernels::io::mrc::{WriteMode, write_mrc};
+    let tmp = TempDir::new("hostile-movies");
+    let dir = tmp.path();
+    let sim = dir.join("sim");
+    let out = dir.join("out");
+    simulate(
+        dir,
+        &sim,
+        &["--count", "1", "--size", "256", "--frames", "8"],
+    );
+    std::fs::remove_file(sim.join("sim_0001.truth.json")).unwrap();
+    let good = sim.join("sim_0001.mrc");
+    std::fs::copy(&good, sim.join("a #b c.mrc")).unwrap();
+    std::fs::copy(&good, sim.join("it's.mrc")).unwrap();
+    std::fs::copy(&good, sim.join("new\nline.mrc")).unwrap();
+    let n = 256 * 256 * 4;
+    write_mrc(
+        sim.join("nan.mrc"),
+        &vec![f32::NAN; n],
+        256,
+        256,
+        4,
+        WriteMode::Float32,
+        1.0,
+    )
+    .unwrap();
+    write_mrc(
+        sim.join("flat.mrc"),
+        &vec![3.0; n],
+        256,
+        256,
+        4,
+        WriteMode::Float32,
+        1.0,
+    )
+    .unwrap();
+    // A 1 KiB header declaring 16384² × 4000 float32 frames (4 TiB), its data a hole.
+    write_mrc(
+        sim.join("sparse.mrc"),
+        &[0.0; 4],
+        2,
+        2,
+        1,
+        WriteMode::Float32,
+        1.0,
+    )
+    .unwrap();
+    {
+        let p = sim.join("sparse.mrc");
+        let mut h = std::fs::read(&p).unwrap()[..1024].to_vec();
+        for (i, v) in [16384i32, 16384, 4000].iter().enumerate() {
+            h[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+            h[28 + 4 * i..32 + 4 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        std::fs::write(&p, &h).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(1024 + 16384 * 16384 * 4000 * 4).unwrap();
+    }
+    std::fs::write(
+        sim.join("bomb.tif"),
+        deflate_tiff_declaring(65536, &vec![0x78; 64 * 1024]),
+    )
+    .unwrap();
+    // Stale outputs of a movie that fails now: they must not pass for its results.
+    std::fs::create_dir_all(out.join("average")).unwrap();
+    std::fs::write(out.join("average/nan.mrc"), b"stale").unwrap();
+
+    let input = format!("{}/*", sim.display());
+    let job = one_worker_job(&input, &out, &["--thumbnail-size", "64"]);
+    let (code, stdout, err) = controller(dir, &job, Duration::from_secs(300));
+    assert_eq!(code, 1, "movies failed, so the job exits 1:\n{err}");
+    assert!(stdout.contains("2 processed, 6 failed"), "{stdout}\n{err}");
+    assert!(
+        !err.contains("WARN"),
+        "a normal end logs no warning:\n{err}"
+    );
+
+    let failed = json(&out.join("failed_items.json"));
+    assert_eq!(
+        names(&failed),
+        ["bomb", "flat", "it's", "nan", "new\nline", "sparse"]
+    );
+    let error_of = |name: &str| -> String {
+        failed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for (name, says) in [
+        ("bomb", "decompression bomb"),
+        ("flat", "every frame is constant"),
+        ("nan", "non-finite"),
+    ] {
+        let e = error_of(name);
+        assert!(e.contains(says) && e.contains("not retried"), "{name}: {e}");
+    }
+    // Too big for this worker, not the file's fault: tried on each attempt, refused each time
+    // before allocating (the worker survives: the other movies are processed by it).
+    let e = error_of("sparse");
+    assert!(
+        e.contains("need about") && e.contains("3 failed attempt"),
+        "sparse: {e}"
+    );
+    for name in ["it's", "new\nline"] {
+        let e = error_of(name);
+        assert!(
+            e.contains("not processed") && e.contains("rename"),
+            "{name:?}: {e}"
+        );
+    }
+    for name in ["bomb", "flat", "nan", "sparse"] {
+        for f in [
+            format!("average/{name}.mrc"),
+            format!("powerspectrum/{name}.mrc"),
+            format!("thumbnails/{name}.png"),
+            format!("{name}.json"),
+        ] {
+            assert!(!out.join(&f).exists(), "{f} left by a failed movie");
+        }
+    }
+    assert_eq!(
+        names(&json(&out.join("processed_items.json"))),
+        ["a #b c", "sim_0001"]
+    );
+    reference_check(&out, &[]);
+}
+
+/// Process ids of the `warp-worker` children of `pid` (from every thread's `children` list).
+fn worker_children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        for c in list
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
+            let comm = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
+            if comm.trim() == "warp-worker" {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Starts `warp-controller ARGS` in the background; its stderr goes to a log in `dir`.
+fn start_controller(dir: &Path, args: &[&str]) -> Proc {
+    let mut cmd = Command::new(bin("warp-controller"));
+    cmd.args(args).stdout(Stdio::null());
+    let log = dir.join(format!("stderr-{}.log", uuid::Uuid::new_v4()));
+    Proc::spawn(cmd, &format!("warp-controller {}", args[0]), log)
+}
+
+/// Issue 13, part 3: a local worker that dies mid-movie is noticed at once (its process
+/// exited; the heartbeat timeout is 120 s) and replaced, and the movie runs again; when
+/// workers keep dying, the job stops replacing them and fails what is left with the reason
+/// instead of waiting for workers that will not come.
+#[test]
+fn a_dead_local_worker_is_replaced_and_a_job_with_none_left_ends() {
+    let tmp = TempDir::new("worker-deaths");
+    let dir = tmp.path();
+    let sim = dir.join("sim");
+    simulate(
+        dir,
+        &sim,
+        &["--count", "4", "--size", "512", "--frames", "16"],
+    );
+    let input = format!("{}/*.mrc", sim.display());
+
+    // One kill, once the first movie runs: all four are processed.
+    let out = dir.join("once");
+    let mut p = start_controller(dir, &one_worker_job(&input, &out, &[]));
+    let first = wait_for(Duration::from_secs(60), "a running movie", || {
+        let w = worker_children(p.pid());
+        (p.stderr().contains("progress: 0/4") || p.stderr().contains("1 running"))
+            .then(|| w.first().copied())
+            .flatten()
+    });
+    // SAFETY: kill(2) on a child of the job we started.
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    let code = p.wait_exit(Duration::from_secs(90)).unwrap_or_else(|| {
+        panic!(
+            "the job did not finish after a worker died:\n{}",
+            p.stderr()
+        )
+    });
+    let err = p.stderr();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("started a replacement"), "{err}");
+    assert_eq!(
+        names(&json(&out.join("processed_items.json"))).len(),
+        4,
+        "{err}"
+    );
+
+    // Every worker killed as soon as it appears: each movie's attempts fail (3 deaths each),
+    // until the job stops replacing them (10 deaths at most) and fails the rest.
+    let out = dir.join("always");
+    let mut p = start_controller(dir, &one_worker_job(&input, &out, &[]));
+    let job_pid = p.pid();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for w in worker_children(job_pid) {
+                    // SAFETY: as above.
+                    unsafe { libc::kill(w as i32, libc::SIGKILL) };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let code = p.wait_exit(Duration::from_secs(120));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    killer.join().unwrap();
+    let err = p.stderr();
+    let code = code.unwrap_or_else(|| panic!("the job waited for workers forever:\n{err}"));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no local worker left"), "{err}");
+    let failed = json(&out.join("failed_items.json"));
+    assert_eq!(names(&failed).len(), 4, "{err}");
+    for item in failed["items"].as_array().unwrap() {
+        let e = item["error"].as_str().unwrap();
+        assert!(e.contains("exited"), "{e}");
+    }
 }
