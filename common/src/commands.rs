@@ -158,8 +158,11 @@ impl Command {
                         p.scale_factor
                     ));
                 }
-                if p.eer_group_frames != 0 {
-                    return Err("LoadStack eer_group_frames: EER is not supported yet".into());
+                if ![1, 2, 4].contains(&p.eer_upsample) {
+                    return Err(format!(
+                        "LoadStack eer_upsample must be 1, 2 or 4, got {}",
+                        p.eer_upsample
+                    ));
                 }
                 if let Some(a) = p.angpix {
                     positive("LoadStack angpix", a)?;

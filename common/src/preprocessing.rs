@@ -17,6 +17,9 @@ fn yes() -> bool {
 fn one() -> f64 {
     1.0
 }
+fn one_u32() -> u32 {
+    1
+}
 fn range_min_motion() -> f64 {
     500.0
 }
@@ -92,7 +95,7 @@ pub struct GainRefLoaded {
     pub defects: usize,
 }
 
-/// `LoadStack`: reads a movie (MRC or TIFF; EER is refused), applies the loaded gain reference
+/// `LoadStack`: reads a movie (MRC, TIFF or EER), applies the loaded gain reference
 /// and optionally Fourier-crops it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,9 +105,12 @@ pub struct LoadStackParams {
     /// Fourier-crop factor in `(0, 1]` (1: none); the result has even sizes.
     #[serde(default = "one")]
     pub scale_factor: f64,
-    /// EER frame grouping (Warp's parameter; EER is not supported yet, so it must be 0).
+    /// EER: raw frames summed into one fraction (Warp's parameter; 0 means 1).
     #[serde(default)]
     pub eer_group_frames: u32,
+    /// EER: rendering 1 (physical pixels), 2 or 4 (from the electrons' sub-pixel positions).
+    #[serde(default = "one_u32")]
+    pub eer_upsample: u32,
     /// Apply the loaded gain reference, if one is loaded (the result's `gain_corrected` says
     /// whether it was).
     #[serde(default = "yes")]

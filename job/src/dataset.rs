@@ -46,13 +46,24 @@ pub enum SimFormat {
     Int16,
     /// MRC mode 12 (integers up to 2048 stored exactly).
     Float16,
+    /// EER (`.eer`, scheme 65001): each frame's counts spread over this many raw frames, at most
+    /// one electron per pixel in each (counts above it are cut), sub-pixel codes at random;
+    /// read back with `--eer-groups` of the same number.
+    Eer(usize),
 }
 
 impl SimFormat {
     fn write_mode(self) -> WriteMode {
         match self {
-            SimFormat::Int16 => WriteMode::Int16,
             SimFormat::Float16 => WriteMode::Float16,
+            SimFormat::Int16 | SimFormat::Eer(_) => WriteMode::Int16,
+        }
+    }
+
+    fn extension(self) -> &'static str {
+        match self {
+            SimFormat::Eer(_) => "eer",
+            _ => "mrc",
         }
     }
 }
@@ -135,6 +146,9 @@ impl SimulateOptions {
                 "size {} must be even and at least 64 pixels",
                 self.size
             ));
+        }
+        if self.format == SimFormat::Eer(0) {
+            return Err("EER groups must hold at least one raw frame".into());
         }
         if self.frames < 2 {
             return Err(format!("frames {} must be at least 2", self.frames));
@@ -265,12 +279,57 @@ fn existing_dataset(dir: &Path) -> Result<Vec<(usize, PathBuf)>, String> {
         let entry = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(n) = sim_number(name, ".mrc").or_else(|| sim_number(name, ".truth.json")) {
+        if let Some(n) = sim_number(name, ".mrc")
+            .or_else(|| sim_number(name, ".eer"))
+            .or_else(|| sim_number(name, ".truth.json"))
+        {
             found.push((n, entry.path()));
         }
     }
     found.sort();
     Ok(found)
+}
+
+/// Writes counting frames (`n × n` each) as an EER movie of `group` raw frames per frame (see
+/// [`SimFormat::Eer`]).
+fn write_sim_eer(
+    path: &Path,
+    frames: &[Vec<f32>],
+    n: usize,
+    group: usize,
+    seed: u64,
+) -> Result<(), String> {
+    use warp_kernels::io::eer::{EerScheme, Electron, encode_frame, write_eer_pages};
+    let scheme = EerScheme::from_tags(65001, None, None, None)?;
+    let mut rng = SplitMix64::new(seed ^ 0xEE5);
+    let mut pages = Vec::with_capacity(frames.len() * group);
+    let mut raw: Vec<Vec<Electron>> = vec![Vec::new(); group];
+    let mut taken = vec![false; group];
+    for f in frames {
+        raw.iter_mut().for_each(Vec::clear);
+        for (p, &c) in f.iter().enumerate() {
+            let c = (c.max(0.0).round() as usize).min(group);
+            taken.fill(false);
+            for _ in 0..c {
+                // A raw frame this pixel has no electron in yet.
+                let mut r = (rng.next_u64() % group as u64) as usize;
+                while taken[r] {
+                    r = (r + 1) % group;
+                }
+                taken[r] = true;
+                let code = rng.next_u64();
+                raw[r].push(Electron {
+                    x: (p % n) as u32,
+                    y: (p / n) as u32,
+                    sub_x: (code & 3) as u8,
+                    sub_y: ((code >> 2) & 3) as u8,
+                });
+            }
+        }
+        pages.extend(raw.iter().map(|e| encode_frame(e, n, n, scheme)));
+    }
+    write_eer_pages(path, &pages, n, n, 65001, scheme, false)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename
@@ -340,27 +399,36 @@ pub fn simulate_dataset(
             seed: movie_seed,
             max_shift_px: opts.max_shift_px,
         };
-        let movie = simulate(&params);
-        let mut data = Vec::with_capacity(n * n * frames);
-        for frame in movie.frames {
-            data.extend_from_slice(&frame);
-        }
+        let mut movie = simulate(&params);
         let name = stem(index);
-        let mrc_path = dir.join(format!("{name}.mrc"));
-        write_mrc(
-            &mrc_path,
-            &data,
-            n,
-            n,
-            frames,
-            opts.format.write_mode(),
-            opts.angpix as f32,
-        )
-        .map_err(|e| e.to_string())?;
-        drop(data);
+        let mrc_path = dir.join(format!("{name}.{}", opts.format.extension()));
+        if let SimFormat::Eer(group) = opts.format {
+            write_sim_eer(
+                &mrc_path,
+                &std::mem::take(&mut movie.frames),
+                n,
+                group,
+                movie_seed,
+            )?;
+        } else {
+            let mut data = Vec::with_capacity(n * n * frames);
+            for frame in std::mem::take(&mut movie.frames) {
+                data.extend_from_slice(&frame);
+            }
+            write_mrc(
+                &mrc_path,
+                &data,
+                n,
+                n,
+                frames,
+                opts.format.write_mode(),
+                opts.angpix as f32,
+            )
+            .map_err(|e| e.to_string())?;
+        }
         let ctf = movie.truth.ctf;
         let truth = Truth {
-            movie: format!("{name}.mrc"),
+            movie: format!("{name}.{}", opts.format.extension()),
             width: n,
             height: n,
             frames,

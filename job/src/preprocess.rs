@@ -69,6 +69,10 @@ pub struct PreprocessOptions {
     pub angpix: Option<f64>,
     /// Fourier-crop factor of `LoadStack`.
     pub scale_factor: f64,
+    /// EER movies: rendering 1, 2 or 4 (4k, 8k, 16k from a Falcon's 4096²).
+    pub eer_upsample: u32,
+    /// EER movies: raw frames per fraction (each fraction is one frame for motion and dose).
+    pub eer_groups: u32,
     /// Gain reference and its orientation.
     pub gain: Option<LoadGainRefParams>,
     /// Exposure per frame, e⁻/Å² (0: no dose weighting).
@@ -322,6 +326,9 @@ impl PreprocessOptions {
         if self.thumbnail_size == 0 {
             return Err("--thumbnail-size must be at least 1".into());
         }
+        if self.eer_groups == 0 {
+            return Err("--eer-groups must be at least 1".into());
+        }
         if let Some(a) = self.angpix
             && !(a.is_finite() && a > 0.0)
         {
@@ -341,7 +348,8 @@ impl PreprocessOptions {
             Command::LoadStack(LoadStackParams {
                 path: path_string(movie),
                 scale_factor: self.scale_factor,
-                eer_group_frames: 0,
+                eer_group_frames: self.eer_groups,
+                eer_upsample: self.eer_upsample,
                 correct_gain: self.gain.is_some(),
                 angpix: self.angpix,
             }),
@@ -500,6 +508,7 @@ const PARAMETER_FLAGS: &[(&str, &str, &str)] = &[
     ("LoadGainRef", "path", "--gain"),
     ("LoadStack", "scale_factor", "--scale"),
     ("LoadStack", "angpix", "--angpix"),
+    ("LoadStack", "eer_upsample", "--eer-upsample"),
     ("MovieProcessMovement", "range_max_a", "--motion-range-max"),
     (
         "MovieProcessMovement",
@@ -1070,6 +1079,8 @@ mod tests {
             workers: Workers::Local(vec![0]),
             angpix: None,
             scale_factor: 1.0,
+            eer_upsample: 1,
+            eer_groups: 1,
             gain: None,
             dose_per_frame: 0.0,
             movement: MovementParams::default(),

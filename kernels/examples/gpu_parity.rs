@@ -237,6 +237,7 @@ fn run(device: usize, size: usize, n_frames: usize) -> Result<bool, String> {
     let half = LoadOptions {
         scale_factor: 0.5,
         correct_gain: true,
+        ..LoadOptions::default()
     };
     let hc = cpu
         .load_movie(&movie_path, Some(&gain_ref), &half)

@@ -23,7 +23,7 @@ use crate::backend::BackendError;
 use crate::dose;
 use crate::fft::{Fft2d, FftPool, crop_spectrum, signed_freq};
 use crate::gain::{GainError, GainRef};
-use crate::io::tiff::{MovieError, MovieReader, open_movie};
+use crate::io::tiff::{MovieError, MovieReader, open_movie_with};
 
 /// How [`Movie::load`] reads a movie (Warp's `LoadStack` parameters).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,6 +34,8 @@ pub struct LoadOptions {
     /// Apply the gain reference given to [`Movie::load`] (and repair its defects); ignored
     /// when none is given.
     pub correct_gain: bool,
+    /// How an EER movie is rendered (upsampling, raw frames per fraction); ignored for others.
+    pub eer: crate::io::eer::EerOptions,
 }
 
 impl Default for LoadOptions {
@@ -41,6 +43,7 @@ impl Default for LoadOptions {
         LoadOptions {
             scale_factor: 1.0,
             correct_gain: true,
+            eer: crate::io::eer::EerOptions::default(),
         }
     }
 }
@@ -261,7 +264,7 @@ impl Movie {
                 opts.scale_factor
             )));
         }
-        let mut reader = open_movie(path)?;
+        let mut reader = open_movie_with(path, opts.eer)?;
         let (file_nx, file_ny, n) = (reader.width(), reader.height(), reader.frames());
         if n == 0 {
             return Err(invalid("the movie has no frames".into()));

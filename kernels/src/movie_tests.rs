@@ -160,6 +160,7 @@ fn load_reads_mrc_crops_and_reports_pixel_size() {
         &LoadOptions {
             scale_factor: 0.5,
             correct_gain: true,
+            ..LoadOptions::default()
         },
     )
     .unwrap();
@@ -193,6 +194,7 @@ fn load_errors_name_the_file_and_the_problem() {
         &LoadOptions {
             scale_factor: 1.5,
             correct_gain: true,
+            ..LoadOptions::default()
         },
     )
     .unwrap_err()
@@ -223,6 +225,7 @@ fn load_errors_name_the_file_and_the_problem() {
     let off = LoadOptions {
         scale_factor: 1.0,
         correct_gain: false,
+        ..LoadOptions::default()
     };
     assert!(Movie::load(&path, Some(&gain), &off).is_ok());
 

@@ -247,6 +247,7 @@ fn preprocessing_calls_through_both_wrappers() {
         path: p(name),
         scale_factor: 1.0,
         eer_group_frames: 0,
+        eer_upsample: 1,
         correct_gain: true,
         angpix: None,
     };

@@ -175,6 +175,7 @@ fn commands(args: &Args, out: &Path) -> Vec<Command> {
             path: s(args.movie.clone()),
             scale_factor: 1.0,
             eer_group_frames: 0,
+            eer_upsample: 1,
             correct_gain: false,
             angpix: args.angpix,
         }),

@@ -292,6 +292,10 @@ impl Preprocessor {
         let opts = LoadOptions {
             scale_factor: p.scale_factor,
             correct_gain: p.correct_gain,
+            eer: warp_kernels::io::eer::EerOptions {
+                upsample: p.eer_upsample as usize,
+                group: p.eer_group_frames.max(1) as usize,
+            },
         };
         let movie = self
             .backend
@@ -300,12 +304,22 @@ impl Preprocessor {
                 message: e.to_string(),
                 permanent: e.is_permanent(),
             })?;
-        let file_angpix = p.angpix.or(movie.file_pixel_size_a).ok_or_else(|| {
-            CommandError::permanent(format!(
-                "{}: the file states no pixel size (TIFF, or 0 in the MRC header); pass angpix",
-                p.path
-            ))
-        })?;
+        // An EER's angpix is its detector pixel's; rendered finer, each pixel is smaller.
+        let eer_up = if warp_kernels::io::eer::is_eer(path) {
+            f64::from(p.eer_upsample.max(1))
+        } else {
+            1.0
+        };
+        let file_angpix = p
+            .angpix
+            .map(|a| a / eer_up)
+            .or(movie.file_pixel_size_a)
+            .ok_or_else(|| {
+                CommandError::permanent(format!(
+                    "{}: the file states no pixel size (TIFF and EER files do not, and this MRC header says 0); pass angpix",
+                    p.path
+                ))
+            })?;
         let angpix = file_angpix / movie.scale();
         let r = StackLoaded {
             path: p.path.clone(),

@@ -25,7 +25,7 @@ pub struct PreprocessConfig {
 }
 
 const BRIEF: &str = "Usage: warp-controller preprocess --input 'GLOB' --output DIR [options]\n\n\
-        Preprocesses every movie matching GLOB (MRC or TIFF): gain correction, motion (global\n\
+        Preprocesses every movie matching GLOB (MRC, TIFF or EER): gain correction, motion (global\n\
         and local), dose-weighted average, CTF, thumbnail. Runs an embedded controller with\n\
         local workers (--workers/--devices) or waits for remote ones (--port). Writes\n\
         DIR/<name>.json, DIR/average/, DIR/powerspectrum/, DIR/thumbnails/,\n\
@@ -75,7 +75,7 @@ fn options() -> Options {
     opts.optopt(
         "",
         "angpix",
-        "pixel size in Å (default: from the file header)",
+        "pixel size in Å (default: from the file header; EER and TIFF have none: give the detector pixel, before --eer-upsample)",
         "A",
     );
     opts.optopt(
@@ -175,6 +175,18 @@ fn options() -> Options {
         "A",
     );
     opts.optflag("", "no-local-motion", "skip the patch (local) motion");
+    opts.optopt(
+        "",
+        "eer-upsample",
+        "EER movies: render at 1 (4k), 2 (8k) or 4 (16k) (default 1)",
+        "N",
+    );
+    opts.optopt(
+        "",
+        "eer-groups",
+        "EER movies: raw frames summed into each frame (fraction); raw frames past the last whole group are left out; --dose-per-frame is then per fraction (default 1)",
+        "N",
+    );
     opts.optflag("", "float16", "write float16 averages (MRC mode 12)");
     opts.optflag("", "odd-even", "also write odd/even half averages");
     opts.optopt(
@@ -322,6 +334,8 @@ impl PreprocessConfig {
             workers,
             angpix,
             scale_factor: number(&m, "scale", 1.0)?,
+            eer_upsample: number(&m, "eer-upsample", 1)?,
+            eer_groups: number(&m, "eer-groups", 1)?,
             gain,
             dose_per_frame: number(&m, "dose-per-frame", 0.0)?,
             movement,

@@ -111,6 +111,12 @@ pub fn from_args(args: &[String]) -> Result<Option<SimulateOptions>, CliError> {
         "float16",
         "store float16 (MRC mode 12) instead of int16 (mode 1)",
     );
+    o.optopt(
+        "",
+        "eer-groups",
+        "write EER movies (.eer) instead, each frame spread over N raw frames (read them with preprocess --eer-groups N)",
+        "N",
+    );
     o.optflag(
         "",
         "overwrite",
@@ -143,10 +149,11 @@ pub fn from_args(args: &[String]) -> Result<Option<SimulateOptions>, CliError> {
         astig_max_um: number(&m, "astig-max", d.astig_max_um)?,
         max_shift_px: number(&m, "max-shift", d.max_shift_px)?,
         seed: number(&m, "seed", d.seed)?,
-        format: if m.opt_present("float16") {
-            SimFormat::Float16
-        } else {
-            SimFormat::Int16
+        format: match (m.opt_present("float16"), m.opt_str("eer-groups")) {
+            (true, Some(_)) => return usage("--float16 and --eer-groups exclude each other"),
+            (true, None) => SimFormat::Float16,
+            (false, None) => SimFormat::Int16,
+            (false, Some(_)) => SimFormat::Eer(number(&m, "eer-groups", 1)?),
         },
         overwrite: m.opt_present("overwrite"),
     };

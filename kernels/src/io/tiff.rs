@@ -14,8 +14,9 @@
 //! never make it allocate more. Every [`TiffError`] names the file and, where one is concerned,
 //! the page (counted from 0).
 //!
-//! EER files (`.eer`, or a page whose compression tag is 65000, 65001 or 65002) are refused with
-//! [`EER_UNSUPPORTED`].
+//! EER files are read by [`super::eer`] ([`open_movie`] picks it by the `.eer` extension); this
+//! reader refuses them (a `.eer` file, or a page whose compression tag is 65000, 65001 or
+//! 65002) with [`EER_UNSUPPORTED`].
 
 use std::fmt;
 use std::fs::File;
@@ -32,7 +33,8 @@ pub const MAX_XY: usize = 65_536;
 /// The compression tag values of EER (electron event representation) files.
 pub const EER_COMPRESSION: [u16; 3] = [65000, 65001, 65002];
 /// The message of an EER refusal.
-pub const EER_UNSUPPORTED: &str = "EER is not supported yet: convert to TIFF or MRC";
+pub const EER_UNSUPPORTED: &str =
+    "an EER movie, which the TIFF reader does not decode: name it .eer to read it as EER";
 
 /// Sample format of a TIFF movie's pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -577,6 +579,8 @@ pub enum MovieError {
     Mrc(MrcError),
     /// From the TIFF reader (names the file; EER refusals included).
     Tiff(TiffError),
+    /// From the EER reader (names the file).
+    Eer(super::eer::EerError),
     /// An extension that names no movie format this crate reads.
     UnknownFormat { path: PathBuf },
 }
@@ -587,6 +591,7 @@ impl MovieError {
         match self {
             MovieError::Mrc(e) => e.is_io(),
             MovieError::Tiff(e) => e.is_io(),
+            MovieError::Eer(e) => e.io,
             MovieError::UnknownFormat { .. } => false,
         }
     }
@@ -597,9 +602,10 @@ impl fmt::Display for MovieError {
         match self {
             MovieError::Mrc(e) => e.fmt(f),
             MovieError::Tiff(e) => e.fmt(f),
+            MovieError::Eer(e) => e.fmt(f),
             MovieError::UnknownFormat { path } => write!(
                 f,
-                "{}: unknown movie format (readable: .mrc, .mrcs, .st, .tif, .tiff)",
+                "{}: unknown movie format (readable: .mrc, .mrcs, .st, .tif, .tiff, .eer)",
                 path.display()
             ),
         }
@@ -611,6 +617,7 @@ impl std::error::Error for MovieError {
         match self {
             MovieError::Mrc(e) => Some(e),
             MovieError::Tiff(e) => Some(e),
+            MovieError::Eer(e) => Some(e),
             MovieError::UnknownFormat { .. } => None,
         }
     }
@@ -619,6 +626,12 @@ impl std::error::Error for MovieError {
 impl From<MrcError> for MovieError {
     fn from(e: MrcError) -> MovieError {
         MovieError::Mrc(e)
+    }
+}
+
+impl From<super::eer::EerError> for MovieError {
+    fn from(e: super::eer::EerError) -> MovieError {
+        MovieError::Eer(e)
     }
 }
 
@@ -635,21 +648,31 @@ pub enum MovieReader {
     Mrc(MrcReader),
     /// A TIFF: one page per frame (boxed: its decoder is large).
     Tiff(Box<TiffReader>),
+    /// An EER: one fraction (a group of raw frames) per frame.
+    Eer(Box<super::eer::EerReader>),
 }
 
 /// Opens a movie by its extension (case ignored): `.mrc`, `.mrcs`, `.st` as MRC; `.tif`,
-/// `.tiff` as TIFF; `.eer` is refused ([`EER_UNSUPPORTED`]); anything else is
-/// [`MovieError::UnknownFormat`].
+/// `.tiff` as TIFF; `.eer` as EER with the default rendering (physical size, one raw frame
+/// per frame; see [`open_movie_with`]); anything else is [`MovieError::UnknownFormat`].
 pub fn open_movie(path: impl AsRef<Path>) -> Result<MovieReader, MovieError> {
+    open_movie_with(path, super::eer::EerOptions::default())
+}
+
+/// [`open_movie`], rendering an EER movie with `eer`.
+pub fn open_movie_with(
+    path: impl AsRef<Path>,
+    eer: super::eer::EerOptions,
+) -> Result<MovieReader, MovieError> {
     let path = path.as_ref();
     if ["mrc", "mrcs", "st"].iter().any(|e| has_ext(path, e)) {
         Ok(MovieReader::Mrc(MrcReader::open(path)?))
     } else if ["tif", "tiff"].iter().any(|e| has_ext(path, e)) {
         Ok(MovieReader::Tiff(Box::new(TiffReader::open(path)?)))
     } else if has_ext(path, "eer") {
-        Err(MovieError::Tiff(TiffError::Eer {
-            path: path.to_path_buf(),
-        }))
+        Ok(MovieReader::Eer(Box::new(super::eer::EerReader::open(
+            path, eer,
+        )?)))
     } else {
         Err(MovieError::UnknownFormat {
             path: path.to_path_buf(),
@@ -663,6 +686,7 @@ impl MovieReader {
         match self {
             MovieReader::Mrc(r) => r.path(),
             MovieReader::Tiff(r) => r.path(),
+            MovieReader::Eer(r) => r.path(),
         }
     }
 
@@ -671,6 +695,7 @@ impl MovieReader {
         match self {
             MovieReader::Mrc(r) => r.header().nz,
             MovieReader::Tiff(r) => r.frames(),
+            MovieReader::Eer(r) => r.frames(),
         }
     }
 
@@ -679,6 +704,7 @@ impl MovieReader {
         match self {
             MovieReader::Mrc(r) => r.header().nx,
             MovieReader::Tiff(r) => r.width(),
+            MovieReader::Eer(r) => r.width(),
         }
     }
 
@@ -687,6 +713,7 @@ impl MovieReader {
         match self {
             MovieReader::Mrc(r) => r.header().ny,
             MovieReader::Tiff(r) => r.height(),
+            MovieReader::Eer(r) => r.height(),
         }
     }
 
@@ -702,6 +729,10 @@ impl MovieReader {
         match self {
             MovieReader::Mrc(r) => Ok(r.read_section_into(i, out)?),
             MovieReader::Tiff(r) => Ok(r.read_frame_into(i, out)?),
+            MovieReader::Eer(r) => {
+                *out = r.read_frame(i)?;
+                Ok(())
+            }
         }
     }
 
@@ -710,6 +741,13 @@ impl MovieReader {
         match self {
             MovieReader::Mrc(r) => Ok(r.read_all()?),
             MovieReader::Tiff(r) => Ok(r.read_all()?),
+            MovieReader::Eer(r) => {
+                let mut all = Vec::new();
+                for i in 0..r.frames() {
+                    all.extend(r.read_frame(i)?);
+                }
+                Ok(all)
+            }
         }
     }
 }
