@@ -124,41 +124,90 @@ pub fn decode_frame(
     s: EerScheme,
     out: &mut Vec<Electron>,
 ) -> Result<(), String> {
-    let pixels = width * height;
-    let total = data.len() * 8;
-    let max_skip = (1u64 << s.skip_bits) - 1;
-    let sub = s.horz_bits + s.vert_bits;
-    let (mut at, mut pos) = (0usize, 0usize);
-    while at + s.skip_bits as usize <= total {
-        // One read holds the skip and the sub-pixel code after it (at most 16 bits).
-        let word = peek(data, at);
-        let skip = word & max_skip;
-        at += s.skip_bits as usize;
-        pos += skip as usize;
-        if pos == pixels {
-            return Ok(());
-        }
-        if pos > pixels {
-            return Err(format!(
-                "an electron past the last of {pixels} pixels (bit {at})"
-            ));
-        }
-        if skip == max_skip {
-            continue;
-        }
-        if at + sub as usize > total {
-            return Err("the stream ends inside an electron's code".into());
-        }
-        let code = ((word >> s.skip_bits) & ((1 << sub) - 1)) as u32;
-        at += sub as usize;
+    decode_with(data, width * height, s, |pos, code| {
         out.push(Electron {
             x: (pos % width) as u32,
             y: (pos / width) as u32,
             sub_x: (code & ((1 << s.horz_bits) - 1)) as u8,
             sub_y: (code >> s.horz_bits) as u8,
         });
-        pos += 1;
+    })
+}
+
+/// The decoding loop: `found(pixel, code)` for each electron in stream order (`code` holds the
+/// horizontal sub-pixel bits low, the vertical ones above them).
+#[inline]
+fn decode_with(
+    data: &[u8],
+    pixels: usize,
+    s: EerScheme,
+    found: impl FnMut(usize, u32),
+) -> Result<(), String> {
+    let mut at = Stream::default();
+    decode_until(data, pixels, pixels, s, &mut at, found)
+}
+
+/// Where a decoding stopped: the bit read next, the pixel reached, whether the frame ended.
+#[derive(Debug, Clone, Copy, Default)]
+struct Stream {
+    bit: usize,
+    pixel: usize,
+    ended: bool,
+}
+
+/// Decodes from `at` up to the first electron at or past pixel `end` (left unread, so the
+/// next call starts with it), or to the frame's end.
+#[inline]
+fn decode_until(
+    data: &[u8],
+    pixels: usize,
+    end: usize,
+    s: EerScheme,
+    at: &mut Stream,
+    mut found: impl FnMut(usize, u32),
+) -> Result<(), String> {
+    let total = data.len() * 8;
+    let max_skip = (1u64 << s.skip_bits) - 1;
+    let (skip_bits, sub) = (s.skip_bits as usize, s.horz_bits + s.vert_bits);
+    let (mut bit, mut pos) = (at.bit, at.pixel);
+    while !at.ended && bit + skip_bits <= total {
+        // One read holds the skip and the sub-pixel code after it (at most 16 bits).
+        let word = peek(data, bit);
+        let skip = word & max_skip;
+        let next = pos + skip as usize;
+        if next == pixels {
+            at.ended = true;
+            break;
+        }
+        if next > pixels {
+            *at = Stream {
+                bit,
+                pixel: pos,
+                ended: true,
+            };
+            return Err(format!(
+                "an electron past the last of {pixels} pixels (bit {})",
+                bit + skip_bits
+            ));
+        }
+        if skip == max_skip {
+            bit += skip_bits;
+            pos = next;
+            continue;
+        }
+        if next >= end {
+            break;
+        }
+        if bit + skip_bits + sub as usize > total {
+            at.ended = true;
+            return Err("the stream ends inside an electron's code".into());
+        }
+        found(next, ((word >> skip_bits) & ((1 << sub) - 1)) as u32);
+        bit += skip_bits + sub as usize;
+        pos = next + 1;
     }
+    at.bit = bit;
+    at.pixel = pos;
     Ok(())
 }
 
@@ -241,6 +290,8 @@ pub struct EerReader {
     height: usize,
     scheme: EerScheme,
     opts: EerOptions,
+    /// The strips of a group's raw frames, reused from fraction to fraction.
+    scratch: Vec<Vec<u8>>,
 }
 
 /// A classic TIFF's byte order.
@@ -455,6 +506,7 @@ impl EerReader {
             height,
             scheme,
             opts,
+            scratch: Vec::new(),
         })
     }
 
@@ -488,48 +540,103 @@ impl EerReader {
         self.scheme
     }
 
+    fn error(&self, page: Option<usize>, reason: String, io: bool) -> EerError {
+        EerError {
+            path: self.path.clone(),
+            page,
+            reason,
+            io,
+        }
+    }
+
+    /// Reads the strip of raw frame `page` into `data`.
+    fn read_page(&self, page: usize, data: &mut Vec<u8>) -> Result<(), EerError> {
+        let p = self.pages.get(page).ok_or_else(|| {
+            self.error(
+                Some(page),
+                format!("no such raw frame (the file has {})", self.pages.len()),
+                false,
+            )
+        })?;
+        data.clear();
+        data.resize(p.len as usize, 0);
+        self.file
+            .read_exact_at(data, p.offset)
+            .map_err(|e| self.error(Some(page), e.to_string(), true))
+    }
+
     /// The electrons of raw frame `page` (counted from the first EER page).
     pub fn electrons(&self, page: usize) -> Result<Vec<Electron>, EerError> {
-        let p = self.pages.get(page).ok_or_else(|| EerError {
-            path: self.path.clone(),
-            page: Some(page),
-            reason: format!("no such raw frame (the file has {})", self.pages.len()),
-            io: false,
-        })?;
-        let mut data = vec![0u8; p.len as usize];
-        self.file
-            .read_exact_at(&mut data, p.offset)
-            .map_err(|e| EerError {
-                path: self.path.clone(),
-                page: Some(page),
-                reason: e.to_string(),
-                io: true,
-            })?;
+        let mut data = Vec::new();
+        self.read_page(page, &mut data)?;
         let mut out = Vec::new();
-        decode_frame(&data, self.width, self.height, self.scheme, &mut out).map_err(|reason| {
-            EerError {
-                path: self.path.clone(),
-                page: Some(page),
-                reason,
-                io: false,
-            }
-        })?;
+        decode_frame(&data, self.width, self.height, self.scheme, &mut out)
+            .map_err(|reason| self.error(Some(page), reason, false))?;
         Ok(out)
     }
 
-    /// Rendered frame `i`: the counts of raw frames `i·group .. (i+1)·group` (decoded in
-    /// parallel, rendered in order).
+    /// Rendered frame `i`: the counts of raw frames `i·group .. (i+1)·group`.
     pub fn read_frame(&mut self, i: usize) -> Result<Vec<f32>, EerError> {
-        use rayon::prelude::*;
-        let raw: Vec<Vec<Electron>> = (i * self.opts.group..(i + 1) * self.opts.group)
-            .into_par_iter()
-            .map(|page| self.electrons(page))
-            .collect::<Result<_, _>>()?;
-        let mut frame = vec![0f32; self.width() * self.height()];
-        for e in &raw {
-            render(e, self.width, self.opts.upsample, self.scheme, &mut frame);
-        }
+        let mut frame = Vec::new();
+        self.read_frame_into(i, &mut frame)?;
         Ok(frame)
+    }
+
+    /// [`Self::read_frame`] into `frame` (its memory reused). The group's strips are read
+    /// into buffers kept between calls, then decoded band by band of rows: for each band every
+    /// raw frame's stream is decoded up to the band's end, straight into the band, which stays
+    /// in the cache meanwhile (one raw frame after another would sweep the whole frame each,
+    /// and lists of decoded positions would cost as much memory traffic again).
+    pub fn read_frame_into(&mut self, i: usize, frame: &mut Vec<f32>) -> Result<(), EerError> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.resize_with(self.opts.group, Vec::new);
+        let first_page = i * self.opts.group;
+        let read: Result<(), EerError> = scratch
+            .iter_mut()
+            .enumerate()
+            .try_for_each(|(k, data)| self.read_page(first_page + k, data));
+        let result = read.and_then(|()| self.render_group(first_page, &scratch, frame));
+        self.scratch = scratch;
+        result
+    }
+
+    fn render_group(
+        &self,
+        first_page: usize,
+        strips: &[Vec<u8>],
+        frame: &mut Vec<f32>,
+    ) -> Result<(), EerError> {
+        let (w, up, s) = (self.width, self.opts.upsample, self.scheme);
+        let pixels = w * self.height;
+        let k = up.trailing_zeros();
+        let (hs, vs) = (
+            s.horz_bits - k.min(s.horz_bits),
+            s.vert_bits - k.min(s.vert_bits),
+        );
+        let (hmask, out_w) = ((1u32 << s.horz_bits) - 1, w * up);
+        frame.clear();
+        frame.resize(self.width() * self.height(), 0.0);
+        // Physical rows per band: about 256 KiB of rendered output.
+        let band = (65536 / (out_w * up)).max(1);
+        let mut streams = vec![Stream::default(); strips.len()];
+        for first in (0..self.height).step_by(band) {
+            let end = (first + band).min(self.height) * w;
+            for (k, (data, at)) in strips.iter().zip(streams.iter_mut()).enumerate() {
+                let fail = |reason| self.error(Some(first_page + k), reason, false);
+                if up == 1 {
+                    // The rendered index is the pixel's.
+                    decode_until(data, pixels, end, s, at, |p, _| frame[p] += 1.0).map_err(fail)?;
+                } else {
+                    decode_until(data, pixels, end, s, at, |p, cd| {
+                        let x = (p % w) * up + (((cd & hmask) ^ s.horz_bits) >> hs) as usize;
+                        let y = (p / w) * up + (((cd >> s.horz_bits) ^ s.vert_bits) >> vs) as usize;
+                        frame[y * out_w + x] += 1.0;
+                    })
+                    .map_err(fail)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

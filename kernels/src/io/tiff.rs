@@ -729,10 +729,7 @@ impl MovieReader {
         match self {
             MovieReader::Mrc(r) => Ok(r.read_section_into(i, out)?),
             MovieReader::Tiff(r) => Ok(r.read_frame_into(i, out)?),
-            MovieReader::Eer(r) => {
-                *out = r.read_frame(i)?;
-                Ok(())
-            }
+            MovieReader::Eer(r) => Ok(r.read_frame_into(i, out)?),
         }
     }
 
