@@ -91,6 +91,8 @@ pub struct PreprocessOptions {
     pub task_timeout: Duration,
     /// Print a progress line at least this often.
     pub progress_every: Duration,
+    /// Keep looking for new movies (`--watch`); `None`: the glob's files once.
+    pub watch: Option<Watch>,
     /// Compute backend of local workers (`--backend`).
     pub backend: BackendChoice,
     /// Local workers read the next movie ahead (off: `--no-read-ahead`).
@@ -256,6 +258,38 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
         }
     }
     p[pi..].iter().all(|&c| c == '*')
+}
+
+/// How `--watch` follows a session folder.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Watch {
+    /// How often the glob is listed again (`--watch-interval`).
+    pub interval: Duration,
+    /// How long a file's size and mtime must stay the same before it is read (`--settle`).
+    pub settle: Duration,
+    /// End after this long without a new file and with nothing running
+    /// (`--watch-exit-after`); `None`: until SIGINT/SIGTERM.
+    pub exit_after: Option<Duration>,
+}
+
+/// A file the watch has seen but not taken yet: its size and mtime, and since when they have
+/// not changed.
+struct Settling {
+    len: u64,
+    mtime: Option<std::time::SystemTime>,
+    since: Instant,
+}
+
+/// Whether a settled file is a whole movie: its header opens and every frame it declares lies
+/// inside the file (the readers check that before reading anything).
+fn movie_is_whole(path: &Path, opts: &PreprocessOptions) -> Result<(), String> {
+    let eer = warp_kernels::io::eer::EerOptions {
+        upsample: opts.eer_upsample.max(1) as usize,
+        group: opts.eer_groups.max(1) as usize,
+    };
+    warp_kernels::io::tiff::open_movie_with(path, eer)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// Local workers that may die, one after another, without any movie completing before the job
@@ -625,7 +659,7 @@ pub fn run(
     on_started: &mut dyn FnMut(&Controller) -> Result<(), String>,
 ) -> Result<Summary, String> {
     let movies = expand_glob(&opts.input)?;
-    if movies.is_empty() {
+    if movies.is_empty() && opts.watch.is_none() {
         return Err(format!("--input '{}' matches no file", opts.input));
     }
     let mut seen = BTreeMap::new();
@@ -706,7 +740,7 @@ pub fn run(
     ));
     let refused_count = refused.len();
     let mut failed: Vec<Item> = refused;
-    if todo.is_empty() {
+    if todo.is_empty() && opts.watch.is_none() {
         write_json_atomic(
             &failed_path,
             &ItemList {
@@ -779,7 +813,7 @@ pub fn run(
 
     // Submit every package in one batch (so each worker's first task comes with the movie it
     // reads ahead), then collect results as they come.
-    let (tx, finished_rx) = crossbeam_channel::bounded(todo.len().max(1));
+    let (tx, finished_rx) = crossbeam_channel::unbounded();
     let (adopted, fresh) = adopt_restored(controller, opts, &todo);
     if !adopted.is_empty() {
         log(&format!(
@@ -801,13 +835,128 @@ pub fn run(
     let ids = controller
         .submit_batch_notify(packages, &tx)
         .map_err(|e| format!("the controller refused the packages: {e}"))?;
-    drop(tx);
+    // A watch submits more as files arrive; otherwise the channel ends with the last result.
+    let tx = opts.watch.map(|_| tx);
     pending.extend(ids.into_iter().zip(fresh.iter().cloned().zip(names)));
     let start = Instant::now();
-    let total = pending.len();
+    let mut total = pending.len();
     let mut last_progress = Instant::now();
-    while !pending.is_empty() {
+    // The watch's bookkeeping: every name seen (never processed twice), files settling.
+    let mut known: BTreeSet<String> = done.iter().cloned().collect();
+    known.extend(todo.iter().map(|m| movie_name(m)));
+    known.extend(failed.iter().map(|i| i.name.clone()));
+    let mut settling: HashMap<PathBuf, Settling> = HashMap::new();
+    let (mut last_scan, mut last_new) = (Instant::now(), Instant::now());
+    let mut star_dirty = false;
+    let mut last_star = Instant::now();
+    if let Some(w) = &opts.watch {
+        log(&format!(
+            "watching '{}' every {:.1} s for new movies (read once unchanged for {:.1} s){}; SIGINT or SIGTERM ends the session",
+            opts.input,
+            w.interval.as_secs_f64(),
+            w.settle.as_secs_f64(),
+            w.exit_after
+                .map(|d| format!(", or after {:.0} s without one", d.as_secs_f64()))
+                .unwrap_or_default()
+        ));
+    }
+    loop {
+        if opts.watch.is_none() && pending.is_empty() {
+            break;
+        }
+        if let Some(w) = &opts.watch
+            && pending.is_empty()
+            && settling.is_empty()
+            && w.exit_after.is_some_and(|d| last_new.elapsed() >= d)
+        {
+            log(&format!(
+                "no new movie for {:.0} s: ending the session",
+                last_new.elapsed().as_secs_f64()
+            ));
+            break;
+        }
+        if let (Some(w), Some(tx)) = (&opts.watch, &tx)
+            && last_scan.elapsed() >= w.interval
+        {
+            last_scan = Instant::now();
+            let mut ready = Vec::new();
+            for m in expand_glob(&opts.input)? {
+                let name = movie_name(&m);
+                if known.contains(&name) {
+                    continue;
+                }
+                let meta = std::fs::metadata(&m).ok();
+                let (len, mtime) = (
+                    meta.as_ref().map_or(0, |m| m.len()),
+                    meta.as_ref().and_then(|m| m.modified().ok()),
+                );
+                let s = settling.entry(m.clone()).or_insert_with(|| {
+                    last_new = Instant::now();
+                    Settling {
+                        len,
+                        mtime,
+                        since: Instant::now(),
+                    }
+                });
+                if (s.len, s.mtime) != (len, mtime) {
+                    *s = Settling {
+                        len,
+                        mtime,
+                        since: Instant::now(),
+                    };
+                    last_new = Instant::now();
+                } else if s.since.elapsed() >= w.settle {
+                    ready.push((m, name, len));
+                }
+            }
+            let mut packages = Vec::new();
+            let mut taken = Vec::new();
+            for (m, name, len) in ready {
+                settling.remove(&m);
+                known.insert(name.clone());
+                let whole = match star_unsafe(&name) {
+                    Some(why) => Err(format!(
+                        "not processed: its name {name:?} {why}, which the STAR file cannot hold; rename the file"
+                    )),
+                    None => movie_is_whole(&m, opts)
+                        .map_err(|e| format!("{e} (it stopped growing at {len} bytes)")),
+                };
+                match whole {
+                    Ok(()) => {
+                        packages.push(opts.package(&m, &name));
+                        taken.push((m, name));
+                    }
+                    Err(error) => {
+                        log(&format!("FAILED {name}: {error}"));
+                        failed.push(Item {
+                            name,
+                            movie: path_string(&m),
+                            error: Some(error),
+                        });
+                        total += 1;
+                        write_json_atomic(
+                            &failed_path,
+                            &ItemList {
+                                items: failed.clone(),
+                            },
+                        )?;
+                    }
+                }
+            }
+            if !packages.is_empty() {
+                let ids = controller
+                    .submit_batch_notify(packages, tx)
+                    .map_err(|e| format!("the controller refused the packages: {e}"))?;
+                log(&format!("{} new movie(s) queued", ids.len()));
+                total += ids.len();
+                pending.extend(ids.into_iter().zip(taken));
+            }
+        }
         if stop.load(Ordering::SeqCst) {
+            if opts.watch.is_some() && pending.is_empty() {
+                log("stopping: the session ends");
+                break;
+            }
             summary.interrupted = true;
             log("interrupted: cancelling the remaining movies (they will be processed next run)");
             for t in controller.tasks() {
@@ -902,6 +1051,7 @@ pub fn run(
                         },
                     )?;
                     summary.processed.push((name, rec));
+                    star_dirty = true;
                 }
                 Err(error) => {
                     log(&format!("FAILED {name}: {error}"));
@@ -929,6 +1079,13 @@ pub fn run(
                     )?;
                 }
             }
+        }
+        // A watched session's table follows it (a script or RELION may read it meanwhile).
+        if opts.watch.is_some() && star_dirty && last_star.elapsed() >= Duration::from_secs(2) {
+            let names: Vec<String> = processed.iter().map(|i| i.name.clone()).collect();
+            write_micrographs_star(&opts.output, &names)?;
+            star_dirty = false;
+            last_star = Instant::now();
         }
         if ready || last_progress.elapsed() >= opts.progress_every {
             last_progress = Instant::now();
@@ -1090,6 +1247,7 @@ mod tests {
             thumbnail_size: 512,
             task_timeout: Duration::from_secs(60),
             progress_every: Duration::from_secs(5),
+            watch: None,
             backend: BackendChoice::Cpu,
             read_ahead: true,
             state_dir: None,

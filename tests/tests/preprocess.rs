@@ -939,3 +939,95 @@ fn eer_movies_are_preprocessed_like_the_same_counts_in_mrc() {
     assert_eq!(rec["width"].as_u64(), Some(1024), "{rec}");
     assert_eq!(rec["angpix"].as_f64(), Some(0.5), "{rec}");
 }
+
+/// Issue 12: `preprocess --watch` follows a session folder as a detector writes it: a movie
+/// written slowly in chunks is read only once complete (a half-written MRC would fail as
+/// truncated), one written under another name and renamed into place is taken, one that stops
+/// growing truncated fails with the reason, each is processed once, the STAR file follows the
+/// session, and SIGTERM ends it with its summary.
+#[test]
+fn a_watched_folder_is_processed_as_movies_arrive() {
+    let tmp = TempDir::new("watch");
+    let dir = tmp.path();
+    let sim = dir.join("sim");
+    simulate(
+        dir,
+        &sim,
+        &["--count", "4", "--size", "256", "--frames", "8"],
+    );
+    let session = dir.join("session");
+    std::fs::create_dir_all(&session).unwrap();
+    let out = dir.join("out");
+    let input = format!("{}/*.mrc", session.display());
+    let job = one_worker_job(
+        &input,
+        &out,
+        &["--watch", "--watch-interval", "0.2", "--settle", "1"],
+    );
+    let mut p = start_controller(dir, &job);
+    wait_for(Duration::from_secs(30), "the watch to start", || {
+        p.stderr().contains("watching").then_some(())
+    });
+    let movie = |n: usize| std::fs::read(sim.join(format!("sim_000{n}.mrc"))).unwrap();
+    // a: in four chunks, 0.4 s apart (less than --settle).
+    let a = movie(1);
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(session.join("a.mrc")).unwrap();
+        for chunk in a.chunks(a.len() / 4 + 1) {
+            f.write_all(chunk).unwrap();
+            f.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(400));
+        }
+    }
+    // b: written elsewhere in the folder, then renamed into place.
+    std::fs::write(session.join("b.mrc.part"), movie(2)).unwrap();
+    std::fs::rename(session.join("b.mrc.part"), session.join("b.mrc")).unwrap();
+    // c: stops growing half-way.
+    let c = movie(3);
+    std::fs::write(session.join("c.mrc"), &c[..c.len() / 2]).unwrap();
+    std::fs::write(session.join("d.mrc"), movie(4)).unwrap();
+    let processed = || {
+        std::fs::read_to_string(out.join("processed_items.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .map(|v| names(&v))
+            .unwrap_or_default()
+    };
+    wait_for(Duration::from_secs(120), "a, b and d processed", || {
+        (processed() == ["a", "b", "d"] && p.stderr().contains("FAILED c")).then_some(())
+    });
+    // The table follows the session (written every 2 s at most while movies finish).
+    wait_for(Duration::from_secs(10), "the STAR file", || {
+        warp_kernels::io::star::read_star(out.join("micrographs_ctf.star"))
+            .ok()
+            .filter(|t| t[0].rows.len() == 3)
+    });
+    p.signal(libc::SIGTERM);
+    let code = p
+        .wait_exit(Duration::from_secs(60))
+        .expect("the job ends on SIGTERM");
+    let err = p.stderr();
+    assert_eq!(
+        code,
+        Some(1),
+        "c failed, so the session ends with 1:\n{err}"
+    );
+    for name in ["a", "b", "d"] {
+        assert!(
+            !err.contains(&format!("FAILED {name}")),
+            "{name} read before it was whole:\n{err}"
+        );
+        assert_eq!(
+            err.matches(&format!("done   {name}:")).count(),
+            1,
+            "{name} once:\n{err}"
+        );
+    }
+    let failed = json(&out.join("failed_items.json"));
+    assert_eq!(names(&failed), ["c"]);
+    let e = failed["items"][0]["error"].as_str().unwrap();
+    assert!(e.contains("c.mrc") && e.contains("stopped growing"), "{e}");
+    assert!(!err.contains("b.mrc.part"), "{err}");
+    reference_check(&out, &[]);
+}

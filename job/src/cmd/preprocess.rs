@@ -187,6 +187,29 @@ fn options() -> Options {
         "EER movies: raw frames summed into each frame (fraction); raw frames past the last whole group are left out; --dose-per-frame is then per fraction (default 1)",
         "N",
     );
+    opts.optflag(
+        "",
+        "watch",
+        "keep looking for new files matching --input (a session being acquired); each is read once its size and mtime stay unchanged for --settle and its header fits its length; ends on SIGINT/SIGTERM or --watch-exit-after",
+    );
+    opts.optopt(
+        "",
+        "watch-interval",
+        "with --watch: seconds between listings (default 5; polling, as cluster file systems may not deliver inotify)",
+        "S",
+    );
+    opts.optopt(
+        "",
+        "settle",
+        "with --watch: seconds a file must stay unchanged before it is read (default 10)",
+        "S",
+    );
+    opts.optopt(
+        "",
+        "watch-exit-after",
+        "with --watch: end after S seconds without a new file and nothing running",
+        "S",
+    );
     opts.optflag("", "float16", "write float16 averages (MRC mode 12)");
     opts.optflag("", "odd-even", "also write odd/even half averages");
     opts.optopt(
@@ -345,6 +368,23 @@ impl PreprocessConfig {
             thumbnail_size: number(&m, "thumbnail-size", thumb_d.size)?,
             task_timeout: seconds(&m, "task-timeout", Duration::from_secs(1800))?,
             progress_every: Duration::from_secs(5),
+            watch: if m.opt_present("watch") {
+                Some(job::Watch {
+                    interval: seconds(&m, "watch-interval", Duration::from_secs(5))?,
+                    settle: seconds(&m, "settle", Duration::from_secs(10))?,
+                    exit_after: match m.opt_str("watch-exit-after") {
+                        None => None,
+                        Some(_) => Some(seconds(&m, "watch-exit-after", Duration::ZERO)?),
+                    },
+                })
+            } else {
+                for f in ["watch-interval", "settle", "watch-exit-after"] {
+                    if m.opt_present(f) {
+                        return Err(CliError::Usage(format!("--{f} needs --watch")));
+                    }
+                }
+                None
+            },
             backend: match m.opt_str("backend") {
                 Some(b) => b
                     .parse()
