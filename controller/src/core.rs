@@ -152,6 +152,21 @@ pub enum Reply {
     Cancelled(TaskState),
 }
 
+/// See [`Core::task_facts`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TaskFacts {
+    /// Its state.
+    pub state: TaskState,
+    /// Submission to first assignment, ms.
+    pub dispatch_ms: Option<Millis>,
+    /// Its last attempt's run time, once it ended, ms.
+    pub run_ms: Option<Millis>,
+    /// Its first main command's name.
+    pub first_command: Option<&'static str>,
+    /// It loads a movie (`LoadStack`).
+    pub movie: bool,
+}
+
 /// Side effects the core asks for; the HTTP layer carries them out.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
@@ -1321,6 +1336,27 @@ impl Core {
     /// What a task was submitted as.
     pub fn task_spec(&self, task: TaskId) -> Option<&TaskSpec> {
         self.tasks.get(&task).map(|t| &t.spec)
+    }
+
+    /// What the metrics take of a task (nothing cloned): its state, the time from submission
+    /// to its first assignment, its last attempt's run time once that ended, its first main
+    /// command, and whether it loads a movie.
+    pub fn task_facts(&self, task: TaskId) -> Option<TaskFacts> {
+        let t = self.tasks.get(&task)?;
+        let last = t.history.last();
+        Some(TaskFacts {
+            state: t.state,
+            dispatch_ms: t
+                .history
+                .first()
+                .map(|a| a.assigned.saturating_sub(t.created)),
+            run_ms: last.and_then(|a| {
+                a.finished
+                    .map(|f| f.saturating_sub(a.started.unwrap_or(a.assigned)))
+            }),
+            first_command: t.spec.commands.first().map(|c| c.name()),
+            movie: t.spec.commands.iter().any(|c| c.name() == "LoadStack"),
+        })
     }
 
     /// A task as the monitoring endpoints show it; `epoch_ms` is the Unix time of `now = 0`.

@@ -86,6 +86,8 @@ impl From<CoreError> for ApiError {
 /// What a handler answers (the core's answer to an event is [`crate::core::Reply`]).
 pub(crate) enum Answer {
     Json(u16, Vec<u8>),
+    /// A body of another type (the metrics' text).
+    Other(u16, Vec<u8>, &'static str),
     /// The request was parked; whoever un-parks it answers it.
     Parked,
 }
@@ -215,6 +217,12 @@ pub static ROUTES: &[Route] = &[
         pattern: "/api/tasks/{id}/wait",
         auth: Auth::View,
         handler: wait_task,
+    },
+    Route {
+        method: "GET",
+        pattern: "/metrics",
+        auth: Auth::View,
+        handler: metrics,
     },
     Route {
         method: "GET",
@@ -554,6 +562,16 @@ pub(crate) fn handle(s: &Shared, mut request: tiny_http::Request) {
     };
     match outcome {
         Ok(Ok(Answer::Json(status, body))) => respond(request, status, Some(body)),
+        Ok(Ok(Answer::Other(status, body, content_type))) => {
+            let header =
+                tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes())
+                    .expect("a valid header");
+            let _ = request.respond(
+                tiny_http::Response::from_data(body)
+                    .with_status_code(status)
+                    .with_header(header),
+            );
+        }
         Ok(Ok(Answer::Parked)) => unreachable!("a parking handler takes the request"),
         Ok(Err(e)) => respond_error(request, &e),
         Err(_) => respond_error(
@@ -897,6 +915,15 @@ fn wait_task(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
 
 fn controller_status(s: &Shared, _call: &mut Call) -> Result<Answer, ApiError> {
     json(200, &s.status())
+}
+
+fn metrics(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
+    call.only_query(&[])?;
+    Ok(Answer::Other(
+        200,
+        s.status_and_metrics().1.into_bytes(),
+        "text/plain; version=0.0.4; charset=utf-8",
+    ))
 }
 
 fn active_workers(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {

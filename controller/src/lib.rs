@@ -20,6 +20,7 @@ pub mod core;
 pub mod http;
 pub mod journal;
 pub mod logging;
+mod metrics;
 pub mod provision;
 pub mod server;
 pub mod wrapper;

@@ -215,6 +215,8 @@ pub(crate) struct Inner {
     /// Set when the current lock holder applied an event whose acknowledgement must wait
     /// until its record is durable (a submit, a cancel, a terminal report).
     pub must_sync: bool,
+    /// Histories for `GET /metrics`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// A notification written after the journal sync (see [`Inner::after_sync`]).
@@ -314,17 +316,24 @@ pub(crate) struct Shared {
 impl Shared {
     /// The status summary, with the provisioner's part.
     pub fn status(&self) -> ControllerStatus {
+        self.status_and_metrics().0
+    }
+
+    /// The status and, in the same moment, the `GET /metrics` text.
+    pub fn status_and_metrics(&self) -> (ControllerStatus, String) {
         let inner = self.lock();
         let mut st = inner
             .core
             .status(self.now(), inner.parked_polls.len() as u64);
+        let metrics = inner.metrics.clone();
         drop(inner);
         st.provisioning = self
             .provisioning
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        st
+        let text = metrics.render(&st);
+        (st, text)
     }
 
     /// Milliseconds on the controller's monotonic clock.
@@ -471,6 +480,9 @@ impl Shared {
                 }
             }
             Decision::Finished { task } => {
+                if let Some(f) = inner.core.task_facts(task) {
+                    inner.metrics.on_finished(&f);
+                }
                 let Some(waiters) = inner.waiters.remove(&task) else {
                     return;
                 };
@@ -784,6 +796,7 @@ impl Controller {
                 outbox: Vec::new(),
                 after_sync: Vec::new(),
                 must_sync: false,
+                metrics: Default::default(),
             }),
             stopping: AtomicBool::new(false),
             provisioning: Mutex::new(None),

@@ -1221,3 +1221,94 @@ fn exec_tasks_cannot_read_the_workers_token() {
     assert!(out.contains("---"), "{out}");
     assert!(!out.contains(&c.token), "the token leaked:\n{out}");
 }
+
+/// Issue 12: `GET /metrics` in the Prometheus text format, for the view token (not without a
+/// token): gauges of workers, tasks and the queue, the dispatch-latency and task-duration
+/// histograms, movies by outcome; parsed by `prometheus_client` (PyPI) when it is installed
+/// (required under WARP_REQUIRE_REFERENCE_READERS=1).
+#[test]
+fn metrics_are_served_in_the_prometheus_format() {
+    let dir = TempDir::new("metrics");
+    let view_file = dir.path().join("view-token");
+    let mut extra = FAST.to_vec();
+    extra.extend(["--view-token-file", view_file.to_str().unwrap()]);
+    let c = ControllerProc::start(dir.path(), 0, &extra);
+    let view = std::fs::read_to_string(&view_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let _w = start_worker(dir.path(), &c.url, &c.token, 0, &[]);
+    wait_workers(&c, 1);
+    let client = c.client();
+    let echo = TaskSpec::new(vec![Command::Echo { value: json!(1) }]);
+    let ids = client.submit_batch(vec![echo; 5]).unwrap();
+    // A movie package whose movie is not there: a failed movie.
+    let load = serde_json::from_value::<Command>(
+        json!({"name": "LoadStack", "params": {"path": "/nonexistent/m.mrc"}}),
+    )
+    .unwrap();
+    let movie = client.submit(&TaskSpec::new(vec![load])).unwrap();
+    for id in ids.iter().chain([&movie]) {
+        client.wait(*id, Some(Duration::from_secs(30))).unwrap();
+    }
+    let agent = ureq_agent();
+    let get = |token: Option<&str>| {
+        let mut rq = agent.get(&format!("{}/metrics", c.url));
+        if let Some(t) = token {
+            rq = rq.set("Authorization", &format!("Bearer {t}"));
+        }
+        rq.call()
+    };
+    assert!(matches!(get(None), Err(ureq::Error::Status(401, _))));
+    let r = get(Some(&view)).unwrap();
+    assert!(
+        r.content_type().starts_with("text/plain"),
+        "{}",
+        r.content_type()
+    );
+    let text = r.into_string().unwrap();
+    for line in [
+        "warp_workers{state=\"idle\"} 1",
+        "warp_tasks{state=\"completed\"} 5",
+        "warp_tasks{state=\"failed\"} 1",
+        "warp_queue_length 0",
+        "warp_dispatch_latency_seconds_count 6",
+        "warp_task_duration_seconds_count{command=\"Echo\"} 5",
+        "warp_movies_total{outcome=\"failed\"} 1",
+        "warp_movies_total{outcome=\"done\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
+    let have = std::process::Command::new("python3")
+        .args(["-c", "import prometheus_client"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var("WARP_REQUIRE_REFERENCE_READERS").as_deref() != Ok("1"),
+            "prometheus_client is required: pip install prometheus-client"
+        );
+        eprintln!("SKIP: python3 with prometheus_client not found");
+        return;
+    }
+    let path = dir.path().join("metrics.txt");
+    std::fs::write(&path, &text).unwrap();
+    let script = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\n\
+        fams = {f.name: f for f in p(open(sys.argv[1]).read())}\n\
+        assert fams['warp_dispatch_latency_seconds'].type == 'histogram', fams.keys()\n\
+        assert fams['warp_task_duration_seconds'].type == 'histogram'\n\
+        print('PARSED', len(fams))";
+    let o = std::process::Command::new("python3")
+        .args(["-c", script, path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.status.success() && out.contains("PARSED"),
+        "{out}\n{text}"
+    );
+}
