@@ -315,3 +315,62 @@ fn each_load_has_its_own_id_and_clones_share_it() {
     assert_ne!(a.id(), b.id(), "a reload of the same file is a new gain");
     assert_eq!(a.clone().id(), a.id());
 }
+
+/// A detector's gain for a movie rendered finer (EER at 8k from a 4k gain): every pixel and
+/// every defect repeated over its sub-pixels; and `Movie::load` takes it for an EER at 2×.
+#[test]
+fn an_upsampled_gain_repeats_each_pixel_and_defect_and_serves_a_finer_eer() {
+    use crate::io::eer::{EerOptions, EerScheme, Electron, write_eer};
+    use crate::movie::{LoadOptions, Movie};
+    let dir = TempDir::new("gain-up");
+    let g: Vec<f32> = (0..12).map(|i| 1.0 + i as f32).collect();
+    let gp = mrc(&dir, "g.mrc", 4, 3, &g);
+    let mut d = vec![0.0f32; 12];
+    d[5] = 1.0;
+    let dp = mrc(&dir, "d.mrc", 4, 3, &d);
+    let r = GainRef::load(&gp, false, false, false, Some(&dp)).unwrap();
+    let u = r.upsampled(2);
+    assert_eq!((u.width(), u.height(), u.defect_count()), (8, 6, 4));
+    assert_ne!(u.id(), r.id());
+    for y in 0..6 {
+        for x in 0..8 {
+            assert_eq!(
+                u.gain()[y * 8 + x],
+                r.gain()[(y / 2) * 4 + x / 2],
+                "({x}, {y})"
+            );
+            assert_eq!(u.is_defect(y * 8 + x), r.is_defect((y / 2) * 4 + x / 2));
+        }
+    }
+
+    // An EER movie of 4 × 3 detector pixels rendered at 8 × 6 with the 4 × 3 gain.
+    let s = EerScheme::from_tags(65001, None, None, None).unwrap();
+    let frames: Vec<Vec<Electron>> = (0..2)
+        .map(|f| {
+            (0..12)
+                .filter(|p| (p + f) % 3 != 0)
+                .map(|p| Electron {
+                    x: p % 4,
+                    y: p / 4,
+                    sub_x: (p % 4) as u8,
+                    sub_y: (f % 4) as u8,
+                })
+                .collect()
+        })
+        .collect();
+    let movie = dir.join("m.eer");
+    write_eer(&movie, &frames, 4, 3, 65001, s, false).unwrap();
+    let opts = LoadOptions {
+        eer: EerOptions {
+            upsample: 2,
+            group: 1,
+        },
+        ..LoadOptions::default()
+    };
+    let m = Movie::load(&movie, Some(&r), &opts).unwrap();
+    assert_eq!((m.nx, m.ny, m.frames(), m.gain_corrected), (8, 6, 2, true));
+    // At the detector's size the 4 × 3 gain fits as it is; an 8 × 6 one does not.
+    assert!(Movie::load(&movie, Some(&r), &LoadOptions::default()).is_ok());
+    let e = Movie::load(&movie, Some(&u), &LoadOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("g.mrc"), "{e}");
+}

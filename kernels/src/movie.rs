@@ -270,6 +270,21 @@ impl Movie {
             return Err(invalid("the movie has no frames".into()));
         }
         let gain = gain.filter(|_| opts.correct_gain);
+        // An EER rendered finer than the detector takes the detector's gain, each pixel's
+        // value for all of its sub-pixels.
+        let up = opts.eer.upsample;
+        let upsampled;
+        let gain = match gain {
+            Some(g)
+                if matches!(reader, MovieReader::Eer(_))
+                    && up > 1
+                    && (g.width() * up, g.height() * up) == (file_nx, file_ny) =>
+            {
+                upsampled = g.upsampled(up);
+                Some(&upsampled)
+            }
+            g => g,
+        };
         if let Some(g) = gain {
             g.check_movie(path, file_nx, file_ny)?;
         }
