@@ -564,8 +564,10 @@ fn a_killed_job_s_queue_is_taken_over_by_the_next_run() {
     let mut cmd = Command::new(bin("warp-controller"));
     cmd.args(job).stdout(Stdio::null());
     let mut p = Proc::spawn(cmd, "warp-controller preprocess", dir.join("first.log"));
-    warp_tests::wait_for(Duration::from_secs(120), "the first movie's record", || {
-        out.join("sim_0001.json").is_file().then_some(())
+    // The bookkeeping, not the movie's own record: the job writes that one first, and a kill
+    // between the two would leave no processed_items.json yet.
+    warp_tests::wait_for(Duration::from_secs(120), "the first movie recorded", || {
+        out.join("processed_items.json").is_file().then_some(())
     });
     p.signal(libc::SIGKILL);
     p.wait_exit(Duration::from_secs(10)).expect("killed");
