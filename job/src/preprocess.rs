@@ -880,7 +880,17 @@ pub fn run(
         {
             last_scan = Instant::now();
             let mut ready = Vec::new();
-            for m in expand_glob(&opts.input)? {
+            // A listing that fails (a file system hiccup) is tried again at the next interval.
+            let listed = match expand_glob(&opts.input) {
+                Ok(l) => l,
+                Err(e) => {
+                    log(&format!("cannot list the session folder now: {e}"));
+                    Vec::new()
+                }
+            };
+            // A file that went away while settling (renamed, deleted) is forgotten.
+            settling.retain(|p, _| listed.contains(p));
+            for m in listed {
                 let name = movie_name(&m);
                 if known.contains(&name) {
                     continue;
