@@ -364,11 +364,12 @@ impl EerReader {
         let mut pages = Vec::new();
         let mut geometry: Option<(usize, usize, EerScheme)> = None;
         let mut index = 0usize;
+        let mut visited = std::collections::HashSet::new();
         while next != 0 {
-            if index > 1_000_000 {
+            if !visited.insert(next) || index > 1_000_000 {
                 return Err(err(
-                    None,
-                    "more than a million pages: a loop of directories?".into(),
+                    Some(index),
+                    format!("the directory chain loops back to byte {next}: a damaged file"),
                 ));
             }
             let n = usize::from(order.u16(&read(next, 2)?));

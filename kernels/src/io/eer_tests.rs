@@ -196,6 +196,16 @@ fn damaged_or_unsupported_files_are_refused_with_the_reason() {
     );
     assert!(e.unwrap_err().contains("past the last"));
 
+    // A directory whose next-directory offset points back at itself.
+    let mut looped = std::fs::read(&p).unwrap();
+    let first = u32::from_le_bytes(looped[4..8].try_into().unwrap()) as usize;
+    let n = u16::from_le_bytes([looped[first], looped[first + 1]]) as usize;
+    let link = first + 2 + 12 * n;
+    looped[link..link + 4].copy_from_slice(&(first as u32).to_le_bytes());
+    std::fs::write(dir.join("loop.eer"), &looped).unwrap();
+    let e = EerReader::open(dir.join("loop.eer"), EerOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("loops back"), "{e}");
+
     std::fs::write(dir.join("junk.eer"), b"not a tiff at all").unwrap();
     assert!(EerReader::open(dir.join("junk.eer"), EerOptions::default()).is_err());
 }
