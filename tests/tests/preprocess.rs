@@ -841,6 +841,11 @@ fn a_dead_local_worker_is_replaced_and_a_job_with_none_left_ends() {
     let out = dir.join("always");
     let mut p = start_controller(dir, &one_worker_job(&input, &out, &[]));
     let job_pid = p.pid();
+    // From the first worker's registration on (one that dies before it fails the job's start,
+    // which is another case).
+    wait_for(Duration::from_secs(60), "the first worker", || {
+        p.stderr().contains("local worker(s) started").then_some(())
+    });
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let killer = {
         let stop = stop.clone();
@@ -964,14 +969,14 @@ fn a_watched_folder_is_processed_as_movies_arrive() {
     let job = one_worker_job(
         &input,
         &out,
-        &["--watch", "--watch-interval", "0.2", "--settle", "1"],
+        &["--watch", "--watch-interval", "0.2", "--settle", "2"],
     );
     let mut p = start_controller(dir, &job);
     wait_for(Duration::from_secs(30), "the watch to start", || {
         p.stderr().contains("watching").then_some(())
     });
     let movie = |n: usize| std::fs::read(sim.join(format!("sim_000{n}.mrc"))).unwrap();
-    // a: in four chunks, 0.4 s apart (less than --settle).
+    // a: in four chunks, 0.3 s apart (well under --settle, also on a loaded machine).
     let a = movie(1);
     {
         use std::io::Write;
@@ -979,7 +984,7 @@ fn a_watched_folder_is_processed_as_movies_arrive() {
         for chunk in a.chunks(a.len() / 4 + 1) {
             f.write_all(chunk).unwrap();
             f.flush().unwrap();
-            std::thread::sleep(Duration::from_millis(400));
+            std::thread::sleep(Duration::from_millis(300));
         }
     }
     // b: written elsewhere in the folder, then renamed into place.
