@@ -29,9 +29,7 @@ pub const EER_COMPRESSION: [u16; 3] = [65000, 65001, 65002];
 
 /// Whether `path` names an EER movie (by its extension, as [`super::tiff::open_movie`] reads it).
 pub fn is_eer(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("eer"))
+    super::tiff::has_ext(path, "eer")
 }
 
 /// Bit widths of an EER page's codes.
@@ -211,22 +209,57 @@ fn decode_until(
     Ok(())
 }
 
+/// Where an electron lands in a frame rendered at `up`× (1, 2 or 4, at most `2^bits` in each
+/// direction): the one place that knows the sub-pixel convention.
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    width: usize,
+    up: usize,
+    out_w: usize,
+    s: EerScheme,
+    hmask: u32,
+    hs: u32,
+    vs: u32,
+}
+
+impl Placement {
+    fn new(width: usize, up: usize, s: EerScheme) -> Placement {
+        let k = up.trailing_zeros();
+        Placement {
+            width,
+            up,
+            out_w: width * up,
+            s,
+            hmask: (1 << s.horz_bits) - 1,
+            hs: s.horz_bits - k.min(s.horz_bits),
+            vs: s.vert_bits - k.min(s.vert_bits),
+        }
+    }
+
+    /// The rendered index of an electron at physical `pixel` with sub-pixel `code` (the
+    /// horizontal bits low): `pixel · up + ((code ^ bits) >> (bits − k))` in each direction.
+    #[inline]
+    fn index(&self, pixel: usize, code: u32) -> usize {
+        if self.up == 1 {
+            return pixel;
+        }
+        let s = self.s;
+        let x = (pixel % self.width) * self.up
+            + (((code & self.hmask) ^ s.horz_bits) >> self.hs) as usize;
+        let y = (pixel / self.width) * self.up
+            + (((code >> s.horz_bits) ^ s.vert_bits) >> self.vs) as usize;
+        y * self.out_w + x
+    }
+}
+
 /// Adds each electron to `frame` (`width·up × height·up`, row-major) at its rendered position
 /// for an upsampling of `up` (1, 2 or 4, at most `2^bits` in each direction).
 pub fn render(electrons: &[Electron], width: usize, up: usize, s: EerScheme, frame: &mut [f32]) {
-    let k = up.trailing_zeros();
-    let (hs, vs) = (
-        s.horz_bits - k.min(s.horz_bits),
-        s.vert_bits - k.min(s.vert_bits),
-    );
-    let out_w = width * up;
+    let place = Placement::new(width, up, s);
     for e in electrons {
-        let (mut x, mut y) = (e.x as usize * up, e.y as usize * up);
-        if up > 1 {
-            x += ((e.sub_x as u32 ^ s.horz_bits) >> hs) as usize;
-            y += ((e.sub_y as u32 ^ s.vert_bits) >> vs) as usize;
-        }
-        frame[y * out_w + x] += 1.0;
+        let pixel = e.y as usize * width + e.x as usize;
+        let code = u32::from(e.sub_x) | u32::from(e.sub_y) << s.horz_bits;
+        frame[place.index(pixel, code)] += 1.0;
     }
 }
 
@@ -609,32 +642,19 @@ impl EerReader {
     ) -> Result<(), EerError> {
         let (w, up, s) = (self.width, self.opts.upsample, self.scheme);
         let pixels = w * self.height;
-        let k = up.trailing_zeros();
-        let (hs, vs) = (
-            s.horz_bits - k.min(s.horz_bits),
-            s.vert_bits - k.min(s.vert_bits),
-        );
-        let (hmask, out_w) = ((1u32 << s.horz_bits) - 1, w * up);
+        let place = Placement::new(w, up, s);
         frame.clear();
         frame.resize(self.width() * self.height(), 0.0);
         // Physical rows per band: about 256 KiB of rendered output.
-        let band = (65536 / (out_w * up)).max(1);
+        let band = (65536 / (w * up * up)).max(1);
         let mut streams = vec![Stream::default(); strips.len()];
         for first in (0..self.height).step_by(band) {
             let end = (first + band).min(self.height) * w;
             for (k, (data, at)) in strips.iter().zip(streams.iter_mut()).enumerate() {
-                let fail = |reason| self.error(Some(first_page + k), reason, false);
-                if up == 1 {
-                    // The rendered index is the pixel's.
-                    decode_until(data, pixels, end, s, at, |p, _| frame[p] += 1.0).map_err(fail)?;
-                } else {
-                    decode_until(data, pixels, end, s, at, |p, cd| {
-                        let x = (p % w) * up + (((cd & hmask) ^ s.horz_bits) >> hs) as usize;
-                        let y = (p / w) * up + (((cd >> s.horz_bits) ^ s.vert_bits) >> vs) as usize;
-                        frame[y * out_w + x] += 1.0;
-                    })
-                    .map_err(fail)?;
-                }
+                decode_until(data, pixels, end, s, at, |p, cd| {
+                    frame[place.index(p, cd)] += 1.0
+                })
+                .map_err(|reason| self.error(Some(first_page + k), reason, false))?;
             }
         }
         Ok(())

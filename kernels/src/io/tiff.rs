@@ -30,8 +30,7 @@ use super::mrc::{MrcError, MrcReader};
 
 /// Largest width or height accepted; anything larger is treated as a corrupt page.
 pub const MAX_XY: usize = 65_536;
-/// The compression tag values of EER (electron event representation) files.
-pub const EER_COMPRESSION: [u16; 3] = [65000, 65001, 65002];
+pub use super::eer::EER_COMPRESSION;
 /// The message of an EER refusal.
 pub const EER_UNSUPPORTED: &str =
     "an EER movie, which the TIFF reader does not decode: name it .eer to read it as EER";
@@ -256,7 +255,8 @@ fn decode_err(
 }
 
 /// Whether `path`'s extension is `ext`, ignoring case.
-fn has_ext(path: &Path, ext: &str) -> bool {
+/// Whether `path`'s extension is `ext`, case ignored.
+pub(crate) fn has_ext(path: &Path, ext: &str) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case(ext))
@@ -420,7 +420,7 @@ impl TiffReader {
     /// refused before it is opened.
     pub fn open(path: impl AsRef<Path>) -> Result<TiffReader, TiffError> {
         let path = path.as_ref();
-        if has_ext(path, "eer") {
+        if super::eer::is_eer(path) {
             return Err(TiffError::Eer {
                 path: path.to_path_buf(),
             });
@@ -669,7 +669,7 @@ pub fn open_movie_with(
         Ok(MovieReader::Mrc(MrcReader::open(path)?))
     } else if ["tif", "tiff"].iter().any(|e| has_ext(path, e)) {
         Ok(MovieReader::Tiff(Box::new(TiffReader::open(path)?)))
-    } else if has_ext(path, "eer") {
+    } else if super::eer::is_eer(path) {
         Ok(MovieReader::Eer(Box::new(super::eer::EerReader::open(
             path, eer,
         )?)))
