@@ -1,25 +1,11 @@
 use super::*;
 use crate::io::mrc::{WriteMode, write_mrc};
+use crate::sim::SplitMix64;
 use crate::test_util::TempDir;
-
-/// A small deterministic generator (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// Random electrons at distinct pixels: `per_mille` of them occupied, with random codes.
 fn electrons(
-    rng: &mut Rng,
+    rng: &mut SplitMix64,
     width: usize,
     height: usize,
     per_mille: u64,
@@ -28,12 +14,12 @@ fn electrons(
     let mut v = Vec::new();
     for y in 0..height {
         for x in 0..width {
-            if rng.below(1000) < per_mille {
+            if rng.next_u64() % 1000 < per_mille {
                 v.push(Electron {
                     x: x as u32,
                     y: y as u32,
-                    sub_x: rng.below(1 << s.horz_bits) as u8,
-                    sub_y: rng.below(1 << s.vert_bits) as u8,
+                    sub_x: (rng.next_u64() % (1 << s.horz_bits)) as u8,
+                    sub_y: (rng.next_u64() % (1 << s.vert_bits)) as u8,
                 });
             }
         }
@@ -59,7 +45,7 @@ fn schemes() -> Vec<(u16, EerScheme)> {
 #[test]
 fn every_scheme_gives_back_the_electrons_written_exactly() {
     let dir = TempDir::new("eer-exact");
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = SplitMix64::new(0x9e37_79b9_7f4a_7c15);
     for (k, (comp, s)) in schemes().into_iter().enumerate() {
         for (w, h, raw) in [(64, 48, 5), (100, 30, 3), (37, 53, 1)] {
             // Sparse frames (skips longer than the largest code), dense ones, an empty one.
@@ -91,7 +77,7 @@ fn every_scheme_gives_back_the_electrons_written_exactly() {
 #[test]
 fn fractions_sum_their_raw_frames_at_every_upsampling() {
     let dir = TempDir::new("eer-groups");
-    let mut rng = Rng(7);
+    let mut rng = SplitMix64::new(7);
     let s = EerScheme {
         skip_bits: 7,
         horz_bits: 2,
@@ -246,7 +232,7 @@ fn rendered_frames_equal_the_imagecodecs_decoder_on_the_same_files() {
         return;
     }
     let dir = TempDir::new("eer-reference");
-    let mut rng = Rng(42);
+    let mut rng = SplitMix64::new(42);
     for (k, (comp, s)) in schemes().into_iter().enumerate() {
         let (w, h) = (48 + 8 * k, 32);
         let frames: Vec<Vec<Electron>> = (0..3)
