@@ -276,6 +276,24 @@ pub fn start_worker(dir: &Path, url: &str, token: &str, device: i32, extra: &[&s
     Proc::spawn(cmd, "warp-worker", log)
 }
 
+/// Whether `python3` can import every module of `modules` (a reference reader a test checks
+/// its files with). When it cannot, the test is skipped with a message, unless
+/// `WARP_REQUIRE_REFERENCE_READERS=1` (CI) makes that a failure naming the packages (`pip`).
+pub fn python_modules(modules: &[&str], pip: &str) -> bool {
+    let have = Command::new("python3")
+        .args(["-c", &format!("import {}", modules.join(", "))])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var("WARP_REQUIRE_REFERENCE_READERS").as_deref() != Ok("1"),
+            "python3 modules {modules:?} are required (WARP_REQUIRE_REFERENCE_READERS=1): pip install {pip}"
+        );
+        eprintln!("SKIP reference readers: python3 with {modules:?} not found (pip install {pip})");
+    }
+    have
+}
+
 /// Polls `f` every 10 ms until it returns Some or `timeout` passes (then panics with `what`).
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

@@ -1279,16 +1279,7 @@ fn metrics_are_served_in_the_prometheus_format() {
     ] {
         assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
     }
-    let have = std::process::Command::new("python3")
-        .args(["-c", "import prometheus_client"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have {
-        assert!(
-            std::env::var("WARP_REQUIRE_REFERENCE_READERS").as_deref() != Ok("1"),
-            "prometheus_client is required: pip install prometheus-client"
-        );
-        eprintln!("SKIP: python3 with prometheus_client not found");
+    if !warp_tests::python_modules(&["prometheus_client"], "prometheus-client") {
         return;
     }
     let path = dir.path().join("metrics.txt");

@@ -78,17 +78,7 @@ fn names(list: &Value) -> Vec<String> {
 /// unless `WARP_REQUIRE_REFERENCE_READERS=1` (CI) makes that a failure.
 fn reference_check(out: &Path, flags: &[&str]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/check_preprocess.py");
-    let have = Command::new("python3")
-        .args(["-c", "import mrcfile, starfile"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !have {
-        assert!(
-            std::env::var("WARP_REQUIRE_REFERENCE_READERS").as_deref() != Ok("1"),
-            "mrcfile/starfile are required (WARP_REQUIRE_REFERENCE_READERS=1): pip install mrcfile starfile"
-        );
-        eprintln!("SKIP reference readers: python3 with mrcfile and starfile not found");
+    if !warp_tests::python_modules(&["mrcfile", "starfile"], "mrcfile starfile") {
         return;
     }
     let o = Command::new("python3")

@@ -673,6 +673,30 @@ mod tests {
         (base, log)
     }
 
+    /// Runs a pull loop against `base` until `log` holds `n` calls to paths ending in `suffix`
+    /// (at most 10 s), then stops it; it must end cleanly.
+    fn run_until(base: &str, log: &CallLog, suffix: &str, n: usize) {
+        let mut cfg = PullConfig::new(base, "enroll").unwrap();
+        cfg.silent = true;
+        let stop = cfg.stop.clone();
+        let worker = std::thread::spawn(move || run_pull(cfg));
+        let start = Instant::now();
+        while lock(log)
+            .iter()
+            .filter(|(p, _)| p.ends_with(suffix))
+            .count()
+            < n
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "fewer than {n} calls to {suffix}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stop.trigger();
+        worker.join().unwrap().unwrap();
+    }
+
     /// No work: a poll is held 50 ms and answered 204.
     fn no_work() -> (u16, Value) {
         std::thread::sleep(Duration::from_millis(50));
@@ -740,22 +764,7 @@ mod tests {
                 (200, json!({"accepted": true, "cancel": []}))
             }
         });
-        let mut cfg = PullConfig::new(&base, "enroll").unwrap();
-        cfg.silent = true;
-        let stop = cfg.stop.clone();
-        let worker = std::thread::spawn(move || run_pull(cfg));
-        let start = Instant::now();
-        while lock(&log)
-            .iter()
-            .filter(|(p, _)| p.ends_with("/poll"))
-            .count()
-            < 2
-        {
-            assert!(start.elapsed() < Duration::from_secs(10), "no second poll");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        stop.trigger();
-        worker.join().unwrap().unwrap();
+        run_until(&base, &log, "/poll", 2);
         let calls: Vec<String> = lock(&log)
             .iter()
             .filter_map(|(p, body)| {
@@ -797,25 +806,7 @@ mod tests {
             task(c, 3, json!({"name": "Frobnicate", "params": {}})),
         ];
         let (base, log) = mock_controller(tasks, c);
-        let mut cfg = PullConfig::new(&base, "enroll").unwrap();
-        cfg.silent = true;
-        let stop = cfg.stop.clone();
-        let worker = std::thread::spawn(move || run_pull(cfg));
-        let start = Instant::now();
-        while lock(&log)
-            .iter()
-            .filter(|(p, _)| p.ends_with("/register"))
-            .count()
-            < 2
-        {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "no re-registration"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        stop.trigger();
-        worker.join().unwrap().unwrap();
+        run_until(&base, &log, "/register", 2);
         let log = lock(&log).clone();
         let status_of = |id: &str| log.iter().find(|(p, _)| p.contains(id)).unwrap().1.clone();
         assert_eq!(
