@@ -301,14 +301,39 @@ const MAX_DEATHS_WITHOUT_SUCCESS: usize = 10;
 /// Why a movie's name cannot go into a STAR file, if it cannot: a control character (a
 /// newline would split the row) or a quote (STAR quoting rules allow some, but the readers
 /// in use, RELION's and the `starfile` package, read them back wrong).
-fn star_unsafe(name: &str) -> Option<&'static str> {
-    if name.chars().any(char::is_control) {
-        Some("holds a control character (a newline or tab)")
+fn star_refusal(name: &str) -> Option<String> {
+    let why = if name.chars().any(char::is_control) {
+        "holds a control character (a newline or tab)"
     } else if name.contains(['"', '\'']) {
-        Some("holds a quote")
+        "holds a quote"
     } else {
-        None
-    }
+        return None;
+    };
+    Some(format!(
+        "not processed: its name {name:?} {why}, which the STAR file (micrographs_ctf.star) cannot hold and RELION or starfile would not read back; rename the file"
+    ))
+}
+
+/// Lists a failed movie in `failed` and rewrites `failed_items.json` at once, so a killed job
+/// still says why.
+fn record_failure(
+    failed: &mut Vec<Item>,
+    failed_path: &Path,
+    movie: &Path,
+    name: String,
+    error: String,
+) -> Result<(), String> {
+    failed.push(Item {
+        name,
+        movie: path_string(movie),
+        error: Some(error),
+    });
+    write_json_atomic(
+        failed_path,
+        &ItemList {
+            items: failed.clone(),
+        },
+    )
 }
 
 /// Output name of a movie: its file stem.
@@ -681,17 +706,14 @@ pub fn run(
     // every other movie.
     let (movies, refused): (Vec<PathBuf>, Vec<PathBuf>) = movies
         .into_iter()
-        .partition(|m| star_unsafe(&movie_name(m)).is_none());
+        .partition(|m| star_refusal(&movie_name(m)).is_none());
     let refused: Vec<Item> = refused
         .into_iter()
         .map(|m| {
             let name = movie_name(&m);
-            let why = star_unsafe(&name).unwrap_or_default();
             Item {
                 movie: path_string(&m),
-                error: Some(format!(
-                    "not processed: its name {name:?} {why}, which the STAR file (micrographs_ctf.star) cannot hold and RELION or starfile would not read back; rename the file"
-                )),
+                error: star_refusal(&name),
                 name,
             }
         })
@@ -924,10 +946,8 @@ pub fn run(
             for (m, name, len) in ready {
                 settling.remove(&m);
                 known.insert(name.clone());
-                let whole = match star_unsafe(&name) {
-                    Some(why) => Err(format!(
-                        "not processed: its name {name:?} {why}, which the STAR file cannot hold; rename the file"
-                    )),
+                let whole = match star_refusal(&name) {
+                    Some(refusal) => Err(refusal),
                     None => movie_is_whole(&m, opts)
                         .map_err(|e| format!("{e} (it stopped growing at {len} bytes)")),
                 };
@@ -938,18 +958,8 @@ pub fn run(
                     }
                     Err(error) => {
                         log(&format!("FAILED {name}: {error}"));
-                        failed.push(Item {
-                            name,
-                            movie: path_string(&m),
-                            error: Some(error),
-                        });
                         total += 1;
-                        write_json_atomic(
-                            &failed_path,
-                            &ItemList {
-                                items: failed.clone(),
-                            },
-                        )?;
+                        record_failure(&mut failed, &failed_path, &m, name, error)?;
                     }
                 }
             }
@@ -1076,17 +1086,7 @@ pub fn run(
                             )),
                         }
                     }
-                    failed.push(Item {
-                        name,
-                        movie: path_string(&movie),
-                        error: Some(error),
-                    });
-                    write_json_atomic(
-                        &failed_path,
-                        &ItemList {
-                            items: failed.clone(),
-                        },
-                    )?;
+                    record_failure(&mut failed, &failed_path, &movie, name, error)?;
                 }
             }
         }
