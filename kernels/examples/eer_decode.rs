@@ -1,7 +1,6 @@
 //! Times EER decoding and grouping alone (no gain, no FFT): every fraction of a movie rendered
-//! into one reused frame (as `Movie::load`'s reader thread does), in a rayon pool of every core
-//! and of one thread (the decoder runs on the calling thread either way; the count of the
-//! rendered electrons, summed from the frames, is part of the time).
+//! into one reused frame, on the calling thread, as `Movie::load`'s reader thread does. The
+//! count of the rendered electrons, summed from the frames, is part of the time.
 //!
 //! cargo run --release -p warp-kernels --example eer_decode -- MOVIE.eer GROUP [UPSAMPLE]
 
@@ -18,33 +17,20 @@ fn main() {
     let upsample: usize = args
         .get(3)
         .map_or(1, |u| u.parse().expect("UPSAMPLE is 1, 2 or 4"));
-    let opts = EerOptions { upsample, group };
-    for threads in [0, 1] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("pool");
-        let mut r = EerReader::open(&args[1], opts).unwrap_or_else(|e| panic!("{e}"));
-        let start = Instant::now();
-        let mut electrons = 0f64;
-        let mut frame = Vec::new();
-        pool.install(|| {
-            for i in 0..r.frames() {
-                r.read_frame_into(i, &mut frame).expect("frame");
-                electrons += frame.iter().map(|&v| f64::from(v)).sum::<f64>();
-            }
-        });
-        let s = start.elapsed().as_secs_f64();
-        println!(
-            "{{\"threads\": \"{}\", \"raw_frames\": {}, \"fractions\": {}, \"electrons\": {electrons}, \"seconds\": {s:.3}, \"ns_per_electron\": {:.2}}}",
-            if threads == 0 {
-                "all".to_string()
-            } else {
-                threads.to_string()
-            },
-            r.raw_frames(),
-            r.frames(),
-            s * 1e9 / electrons
-        );
+    let mut r =
+        EerReader::open(&args[1], EerOptions { upsample, group }).unwrap_or_else(|e| panic!("{e}"));
+    let start = Instant::now();
+    let (mut frame, mut electrons) = (Vec::new(), 0f64);
+    for i in 0..r.frames() {
+        r.read_frame_into(i, &mut frame)
+            .unwrap_or_else(|e| panic!("{e}"));
+        electrons += frame.iter().map(|&v| f64::from(v)).sum::<f64>();
     }
+    let s = start.elapsed().as_secs_f64();
+    println!(
+        "{{\"raw_frames\": {}, \"fractions\": {}, \"upsample\": {upsample}, \"electrons\": {electrons}, \"seconds\": {s:.3}, \"ns_per_electron\": {:.2}}}",
+        r.raw_frames(),
+        r.frames(),
+        s * 1e9 / electrons
+    );
 }
