@@ -12,6 +12,8 @@
 # Environment:
 #   WARP_CONTROLLER   controller URL, http://HOST:PORT (required)
 #   WARP_TOKEN_FILE   enrollment token file (required; keep it mode 600 on a shared filesystem)
+#   WARP_CA_FILE      for an https:// controller: the certificate (CA) to trust, e.g. the
+#                     cert.pem of scripts/make-cert.sh (the workers read it from the environment)
 #   WARP_DEVICES      devices to serve, e.g. "0,1" (default: one per entry of
 #                     CUDA_VISIBLE_DEVICES, else SLURM_JOB_GPUS, else the lines of PBS_GPUFILE,
 #                     numbered 0..n-1 as the job sees them; with none of these, one CPU worker, -1)
@@ -27,9 +29,10 @@ if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
     exit 0
 fi
 die() { echo "launch-workers: $*" >&2; exit 1; }
-[ -n "${WARP_CONTROLLER:-}" ] || die "set WARP_CONTROLLER=http://HOST:PORT (the controller URL)"
+[ -n "${WARP_CONTROLLER:-}" ] || die "set WARP_CONTROLLER=http://HOST:PORT or https://HOST:PORT (the controller URL)"
 [ -n "${WARP_TOKEN_FILE:-}" ] || die "set WARP_TOKEN_FILE to the enrollment token file"
 [ -r "$WARP_TOKEN_FILE" ] || die "cannot read token file $WARP_TOKEN_FILE"
+[ -z "${WARP_CA_FILE:-}" ] || [ -r "$WARP_CA_FILE" ] || die "cannot read CA file $WARP_CA_FILE (WARP_CA_FILE)"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 worker=${WARP_WORKER:-}

@@ -12,6 +12,7 @@ pub mod commands;
 pub mod console;
 pub mod preprocessing;
 pub mod protocol;
+pub mod tls;
 
 /// Version of the wire protocol in [`protocol`]. Bump it on any incompatible change of a body or
 /// of the meaning of a field; the controller refuses registrations that carry another number.
@@ -171,25 +172,25 @@ mod tests {
     }
 }
 
-/// Normalises a controller address given as `host:port`, `http://host:port` or with a trailing
-/// slash to `http://host:port`. `https://` is refused until TLS exists, with a message saying so.
+/// Normalises a controller address given as `host:port`, `http://host:port`,
+/// `https://host:port` or with a trailing slash; no scheme means `http://`. `https://` in a build
+/// without the `tls` feature is refused with a message saying so.
 pub fn normalize_controller_url(text: &str) -> Result<String, String> {
     let t = text.trim().trim_end_matches('/');
     if t.is_empty() {
-        return Err("empty controller address (expected HOST:PORT or http://HOST:PORT)".into());
+        return Err("empty controller address (expected HOST:PORT or http(s)://HOST:PORT)".into());
     }
-    if t.starts_with("https://") {
-        return Err(format!(
-            "'{text}': https is not supported yet; use http://HOST:PORT"
-        ));
-    }
-    let rest = t.strip_prefix("http://").unwrap_or(t);
+    let (scheme, rest) = match t.strip_prefix("https://") {
+        Some(_) if !tls::TLS_BUILT => return Err(format!("'{text}': {}", tls::NO_TLS)),
+        Some(rest) => ("https", rest),
+        None => ("http", t.strip_prefix("http://").unwrap_or(t)),
+    };
     if rest.contains('/') || !rest.contains(':') || rest.ends_with(':') {
         return Err(format!(
-            "'{text}' is not a controller address (expected HOST:PORT or http://HOST:PORT)"
+            "'{text}' is not a controller address (expected HOST:PORT or http(s)://HOST:PORT)"
         ));
     }
-    Ok(format!("http://{rest}"))
+    Ok(format!("{scheme}://{rest}"))
 }
 
 #[cfg(test)]
@@ -201,7 +202,11 @@ mod url_tests {
         assert_eq!(n("127.0.0.1:80").unwrap(), "http://127.0.0.1:80");
         assert_eq!(n("http://node:8080/").unwrap(), "http://node:8080");
         assert!(n("node").is_err());
-        assert!(n("https://node:1").unwrap_err().contains("https"));
+        if crate::tls::TLS_BUILT {
+            assert_eq!(n("https://node:1/").unwrap(), "https://node:1");
+        } else {
+            assert!(n("https://node:1").unwrap_err().contains("tls"));
+        }
         assert!(n("http://node:1/api").is_err());
     }
 }

@@ -59,13 +59,30 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
-    /// A client of the controller at `url` (`HOST:PORT` or `http://HOST:PORT`).
+    /// A client of the controller at `url` (`HOST:PORT` or `http(s)://HOST:PORT`); an https
+    /// controller's certificate is checked against the public authorities.
     pub fn new(url: &str, token: &str) -> Result<AdminClient, String> {
+        Self::with_ca(url, token, None)
+    }
+
+    /// [`AdminClient::new`] trusting the certificate(s) in `ca_file` for an https controller.
+    pub fn with_ca(
+        url: &str,
+        token: &str,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<AdminClient, String> {
         let base = warp_common::normalize_controller_url(url)?;
-        let agent = ureq::AgentBuilder::new()
+        #[allow(unused_mut)]
+        let mut b = ureq::AgentBuilder::new()
             .try_proxy_from_env(false)
-            .timeout_connect(Duration::from_secs(10))
-            .build();
+            .timeout_connect(Duration::from_secs(10));
+        #[cfg(feature = "tls")]
+        if let Some(tls) = warp_common::tls::for_url(&base, ca_file)? {
+            b = b.tls_config(tls);
+        }
+        #[cfg(not(feature = "tls"))]
+        let _ = ca_file;
+        let agent = b.build();
         Ok(AdminClient {
             base,
             auth: format!("Bearer {token}"),
@@ -113,7 +130,15 @@ impl AdminClient {
                     },
                 })
             }
-            Err(e) => Err(ClientError::Transport(e.to_string())),
+            Err(e) => {
+                let m = e.to_string();
+                Err(ClientError::Transport(
+                    match warp_common::tls::certificate_hint(&m) {
+                        Some(hint) => format!("{m} ({hint})"),
+                        None => m,
+                    },
+                ))
+            }
         }
     }
 

@@ -25,4 +25,4 @@ pub mod provision;
 pub mod server;
 pub mod wrapper;
 
-pub use server::{Controller, ControllerConfig, ControllerView, WorkerEvent};
+pub use server::{Controller, ControllerConfig, ControllerView, TlsFiles, WorkerEvent};

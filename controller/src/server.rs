@@ -71,6 +71,30 @@ pub struct ControllerConfig {
     pub state_dir: Option<std::path::PathBuf>,
     /// Journal bytes after which the timer takes a snapshot.
     pub snapshot_bytes: u64,
+    /// Serve HTTPS only, with this certificate chain and key (PEM files); `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of an HTTPS controller (`serve --tls-cert F --tls-key F`).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// Certificate chain, the server's own certificate first.
+    pub cert: std::path::PathBuf,
+    /// Its private key (unencrypted PKCS#8, RSA or EC).
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// Reads both files, with errors that name the file.
+    fn load(&self) -> Result<tiny_http::SslConfig, String> {
+        let read = |what: &str, f: &std::path::Path| {
+            std::fs::read(f).map_err(|e| format!("cannot read the TLS {what} {}: {e}", f.display()))
+        };
+        Ok(tiny_http::SslConfig {
+            certificate: read("certificate", &self.cert)?,
+            private_key: read("key", &self.key)?,
+        })
+    }
 }
 
 impl std::fmt::Debug for ControllerConfig {
@@ -108,6 +132,7 @@ impl ControllerConfig {
             view_token: None,
             state_dir: None,
             snapshot_bytes: crate::journal::SNAPSHOT_BYTES,
+            tls: None,
         }
     }
 
@@ -137,7 +162,7 @@ impl ControllerConfig {
     /// The resolved configuration as one log line (never the token).
     pub fn describe(&self) -> String {
         format!(
-            "bind={}:{} poll_hold={:.3}s heartbeat_interval={:.3}s heartbeat_timeout={:.3}s task_timeout={:.3}s max_attempts={} max_body={}B max_connections={} header_timeout={:.3}s console_lines={} keep_finished={} state_dir={}",
+            "bind={}:{} poll_hold={:.3}s heartbeat_interval={:.3}s heartbeat_timeout={:.3}s task_timeout={:.3}s max_attempts={} max_body={}B max_connections={} header_timeout={:.3}s console_lines={} keep_finished={} state_dir={} tls={}",
             self.bind,
             self.port,
             self.poll_hold.as_secs_f64(),
@@ -156,7 +181,10 @@ impl ControllerConfig {
             self.keep_finished,
             self.state_dir
                 .as_ref()
-                .map_or("none (in memory)".to_string(), |d| d.display().to_string())
+                .map_or("none (in memory)".to_string(), |d| d.display().to_string()),
+            self.tls
+                .as_ref()
+                .map_or("off".to_string(), |t| t.cert.display().to_string())
         )
     }
 }
@@ -813,16 +841,28 @@ impl Controller {
             Some(s) if !s.stopping() => http::handle(&s, req),
             _ => http::respond_error(req, &ApiError::shutting_down()),
         });
+        let ssl = match &shared.cfg.tls {
+            Some(files) if cfg!(feature = "tls") => Some(files.load()?),
+            Some(_) => return Err(warp_common::tls::NO_TLS.replace("; use http://HOST:PORT", "")),
+            None => None,
+        };
         let server = tiny_http::Server::from_listener_with(
             listener,
-            None,
+            ssl,
             tiny_http::ServerOptions {
                 handler: Some(handler),
                 timeouts: Some(timeouts),
                 max_connections,
             },
         )
-        .map_err(|e| format!("cannot serve on {addr}: {e}"))?;
+        .map_err(|e| match &shared.cfg.tls {
+            Some(f) => format!(
+                "cannot serve HTTPS with {} and {}: {e}",
+                f.cert.display(),
+                f.key.display()
+            ),
+            None => format!("cannot serve on {addr}: {e}"),
+        })?;
         let mut threads = Vec::new();
         let (timer_stop, stop_rx) = crossbeam_channel::bounded::<()>(1);
         let s = Arc::clone(&shared);
@@ -883,13 +923,23 @@ impl Controller {
         self.port
     }
 
-    /// `http://127.0.0.1:PORT` when bound to all interfaces, else `http://BIND:PORT`.
+    /// `http://127.0.0.1:PORT` when bound to all interfaces, else `http://BIND:PORT`;
+    /// `https://` when serving TLS.
     pub fn url(&self) -> String {
         let host = match self.shared.cfg.bind.as_str() {
             "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
             b => b,
         };
-        format!("http://{host}:{}", self.port)
+        format!("{}://{host}:{}", self.scheme(), self.port)
+    }
+
+    /// `https` when serving TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.shared.cfg.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The enrollment token workers need.

@@ -272,6 +272,9 @@ pub struct WrapperOptions {
     /// their tasks go back to the queue after the heartbeat timeout, or at once with
     /// [`Controller::forget_worker`] (what `preprocess` does for its old local workers).
     pub state_dir: Option<std::path::PathBuf>,
+    /// Serve HTTPS ([`ControllerConfig::tls`]); spawned workers are given `--ca-file` with the
+    /// certificate, so it must name 127.0.0.1 (scripts/make-cert.sh always adds it).
+    pub tls: Option<crate::TlsFiles>,
 }
 
 impl Default for WrapperOptions {
@@ -289,6 +292,7 @@ impl Default for WrapperOptions {
             stop_grace: Duration::from_secs(5),
             token: None,
             state_dir: None,
+            tls: None,
         }
     }
 }
@@ -383,6 +387,7 @@ impl ControllerBasedWorkerWrapper {
         cfg.task_timeout = self.opts.task_timeout;
         cfg.max_attempts = self.opts.max_attempts;
         cfg.state_dir.clone_from(&self.opts.state_dir);
+        cfg.tls.clone_from(&self.opts.tls);
         let controller = Controller::start(cfg).map_err(WrapperError::Spawn)?;
         let port = controller.port();
         // Forward the controller's worker losses and watch our children for exits.
@@ -415,6 +420,9 @@ impl ControllerBasedWorkerWrapper {
             .arg(device.to_string())
             .arg("--controller")
             .arg(controller.url());
+        if let Some(tls) = &self.opts.tls {
+            cmd.arg("--ca-file").arg(&tls.cert);
+        }
         if self.opts.silent_workers {
             cmd.arg("-s");
         }

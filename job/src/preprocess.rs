@@ -101,6 +101,8 @@ pub struct PreprocessOptions {
     /// leaves its queue there; the next run with the same options takes its tasks over
     /// (results that arrived meanwhile included) instead of starting them again.
     pub state_dir: Option<PathBuf>,
+    /// Serve HTTPS (`--tls-cert`, `--tls-key`): remote and local workers then use https.
+    pub tls: Option<warp_controller::TlsFiles>,
 }
 
 /// The `<name>.json` of a processed movie.
@@ -800,6 +802,7 @@ pub fn run(
         }
     };
     wopts.state_dir.clone_from(&opts.state_dir);
+    wopts.tls.clone_from(&opts.tls);
     let mut wrapper = ControllerBasedWorkerWrapper::with_options(wopts);
     let port = wrapper
         .start_controller(port)
@@ -827,7 +830,13 @@ pub fn run(
             log(&format!("{} local worker(s) started", devices.len()));
         }
         Workers::Remote { bind, .. } => log(&format!(
-            "controller listening on {bind}:{port}; start workers with: warp-worker --controller http://<this host>:{port} (token in WARP_TOKEN or --token-file)"
+            "controller listening on {bind}:{port}; start workers with: warp-worker --controller {}://<this host>:{port} (token in WARP_TOKEN or --token-file{})",
+            if opts.tls.is_some() { "https" } else { "http" },
+            if opts.tls.is_some() {
+                "; --ca-file with the certificate"
+            } else {
+                ""
+            }
         )),
     }
     let controller = wrapper.controller().map_err(|e| e.to_string())?;
@@ -1261,6 +1270,7 @@ mod tests {
             backend: BackendChoice::Cpu,
             read_ahead: true,
             state_dir: None,
+            tls: None,
         }
     }
 

@@ -176,8 +176,10 @@ pub struct ControllerProc {
     pub token_file: PathBuf,
     /// The admin token (what clients get), from `admin-token` beside the token file.
     pub admin_token: String,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when started with `--tls-cert`).
     pub url: String,
+    /// The `--tls-cert` it was started with: what its clients trust.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ControllerProc {
@@ -249,19 +251,25 @@ impl ControllerProc {
         } else {
             token.clone()
         };
+        let ca_file = extra
+            .windows(2)
+            .find(|w| w[0] == "--tls-cert")
+            .map(|w| PathBuf::from(w[1]));
+        let scheme = if ca_file.is_some() { "https" } else { "http" };
         ControllerProc {
             proc,
             port,
             token,
             admin_token,
             token_file,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
+            ca_file,
         }
     }
 
-    /// An admin client.
+    /// An admin client (trusting the controller's certificate when it serves HTTPS).
     pub fn client(&self) -> AdminClient {
-        AdminClient::new(&self.url, &self.admin_token).expect("client")
+        AdminClient::with_ca(&self.url, &self.admin_token, self.ca_file.as_deref()).expect("client")
     }
 }
 

@@ -135,8 +135,13 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of `base` (`http://host:port`), through `proxy` when given.
-    pub fn new(base: &str, proxy: Option<&str>) -> Result<Client, String> {
+    /// A client of `base` (`http(s)://host:port`), through `proxy` when given; an https
+    /// controller's certificate is checked against `ca_file` (else the public authorities).
+    pub fn new(
+        base: &str,
+        proxy: Option<&str>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Client, String> {
         let mut b = ureq::AgentBuilder::new()
             .try_proxy_from_env(false)
             .timeout_connect(Duration::from_secs(10))
@@ -146,6 +151,12 @@ impl Client {
         if let Some(p) = proxy {
             b = b.proxy(ureq::Proxy::new(p).map_err(|e| format!("--proxy '{p}': {e}"))?);
         }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = warp_common::tls::for_url(base, ca_file)? {
+            b = b.tls_config(tls);
+        }
+        #[cfg(not(feature = "tls"))]
+        let _ = ca_file;
         Ok(Client {
             agent: b.build(),
             base: base.to_string(),
@@ -294,7 +305,15 @@ fn send<B: Serialize>(rq: ureq::Request, body: Option<&B>) -> Result<Vec<u8>, Ca
                 })
             }
         }
-        Err(e) => Err(CallError::Unavailable(e.to_string())),
+        Err(e) => {
+            let m = e.to_string();
+            Err(CallError::Unavailable(
+                match warp_common::tls::certificate_hint(&m) {
+                    Some(hint) => format!("{m} ({hint})"),
+                    None => m,
+                },
+            ))
+        }
     }
 }
 

@@ -51,7 +51,7 @@ pub enum Config {
 /// Configuration of pull mode.
 #[derive(Clone)]
 pub struct PullConfig {
-    /// Controller base URL, normalised to `http://host:port`.
+    /// Controller base URL, normalised to `http(s)://host:port`.
     pub controller: String,
     /// Enrollment token (never logged).
     pub token: String,
@@ -69,6 +69,9 @@ pub struct PullConfig {
     pub verbose: bool,
     /// HTTP proxy for controller traffic; none unless given.
     pub proxy: Option<String>,
+    /// CA certificate(s) an https controller's certificate is checked against (`--ca-file`,
+    /// `WARP_CA_FILE`); none: the public authorities.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Overrides the controller's heartbeat interval.
     pub heartbeat_interval: Option<Duration>,
     /// Added to the controller's poll hold to form the poll's read timeout.
@@ -108,6 +111,7 @@ impl PullConfig {
             silent: false,
             verbose: false,
             proxy: None,
+            ca_file: None,
             heartbeat_interval: None,
             poll_timeout_margin: DEFAULT_POLL_MARGIN,
             register_retries: DEFAULT_REGISTER_RETRIES,
@@ -233,7 +237,7 @@ fn options() -> getopts::Options {
     .optopt(
         "",
         "controller",
-        "controller address: host:port or http://host:port",
+        "controller address: host:port, http://host:port or https://host:port",
         "URL",
     )
     .optopt(
@@ -247,6 +251,12 @@ fn options() -> getopts::Options {
         "proxy",
         "HTTP proxy for controller traffic (default: none)",
         "URL",
+    )
+    .optopt(
+        "",
+        "ca-file",
+        "PEM certificate(s) to trust for an https:// controller (scripts/make-cert.sh: its cert.pem); else WARP_CA_FILE, else the public authorities",
+        "F",
     )
     .optopt(
         "",
@@ -348,6 +358,7 @@ traditional REST API on PORT and writes the bound port to NAME.
 Environment:
   WARP_TOKEN     enrollment token, when --token-file is not given (pull mode needs one; tokens
                  are never accepted on the command line, where every user can read them)
+  WARP_CA_FILE   CA certificate(s) for an https:// controller, when --ca-file is not given
   WARP_SPAWN_ID  tag sent at registration so whoever spawned the worker can find it
   WARP_LOG       log level: error, warn, info (default), debug, trace
 
@@ -423,6 +434,7 @@ pub fn parse_args(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Resu
         "controller",
         "token-file",
         "proxy",
+        "ca-file",
         "heartbeat-interval",
         "poll-timeout-margin",
         "register-retries",
@@ -485,6 +497,18 @@ pub fn parse_args(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Resu
     c.silent = silent;
     c.verbose = verbose;
     c.proxy = m.opt_str("proxy");
+    c.ca_file = warp_common::tls::ca_file(m.opt_str("ca-file"));
+    if let Some(f) = &c.ca_file {
+        if c.controller.starts_with("https://") {
+            // Read and checked now, so a wrong file is a usage error, not a retry loop.
+            warp_common::tls::client_config(f)?;
+        } else {
+            log::warn!(
+                "--ca-file/WARP_CA_FILE {} is not used: the controller URL is http://",
+                f.display()
+            );
+        }
+    }
     if let Some(h) = m.opt_str("hostname") {
         c.hostname = h;
     }

@@ -51,7 +51,12 @@ pub fn run_pull_with(cfg: PullConfig, exec: Executor) -> Result<(), WorkerError>
     console::init(cfg.silent, crate::log_level(cfg.verbose));
     info!("warp-worker {VERSION} starting in pull mode (protocol {PROTOCOL_VERSION})");
     info!("configuration: {cfg:?}");
-    let client = Client::new(&cfg.controller, cfg.proxy.as_deref()).map_err(WorkerError::Config)?;
+    let client = Client::new(
+        &cfg.controller,
+        cfg.proxy.as_deref(),
+        cfg.ca_file.as_deref(),
+    )
+    .map_err(WorkerError::Config)?;
     let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
     let sh = Arc::new(WorkerState::new(
         cfg,

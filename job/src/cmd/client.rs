@@ -14,8 +14,14 @@ pub fn options() -> Options {
     o.optopt(
         "",
         "controller",
-        "controller URL (http://HOST:PORT or HOST:PORT); default $WARP_CONTROLLER",
+        "controller URL (http://HOST:PORT, https://HOST:PORT or HOST:PORT); default $WARP_CONTROLLER",
         "URL",
+    );
+    o.optopt(
+        "",
+        "ca-file",
+        "PEM certificate(s) to trust for an https:// controller (its make-cert.sh cert.pem); default $WARP_CA_FILE, else the public authorities",
+        "FILE",
     );
     o.optopt(
         "",
@@ -54,6 +60,7 @@ pub fn admin_token(m: &Matches) -> Result<String, auth::TokenError> {
 pub struct ClientArgs {
     url: String,
     token: String,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl ClientArgs {
@@ -68,14 +75,20 @@ impl ClientArgs {
                 )
             })?;
         let token = admin_token(m)?;
-        // Checks the URL's form now; connects nothing.
-        AdminClient::new(&url, &token)
+        let ca_file = warp_common::tls::ca_file(m.opt_str("ca-file"));
+        // Checks the URL's form and reads the CA file now; connects nothing.
+        AdminClient::with_ca(&url, &token, ca_file.as_deref())
             .map_err(|e| CliError::Usage(format!("--controller: {e}")))?;
-        Ok(ClientArgs { url, token })
+        Ok(ClientArgs {
+            url,
+            token,
+            ca_file,
+        })
     }
 
     /// The client.
     pub fn connect(&self) -> AdminClient {
-        AdminClient::new(&self.url, &self.token).expect("checked in from_matches")
+        AdminClient::with_ca(&self.url, &self.token, self.ca_file.as_deref())
+            .expect("checked in from_matches")
     }
 }

@@ -11,6 +11,7 @@ pub mod provision;
 pub mod serve;
 pub mod simulate;
 pub mod submit;
+pub mod tls;
 pub mod wait;
 
 use crate::cli::CliError;

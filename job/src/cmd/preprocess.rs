@@ -225,6 +225,7 @@ fn options() -> Options {
         "S",
     );
     provision::options(&mut opts);
+    super::tls::options(&mut opts);
     opts.optopt(
         "",
         "backend",
@@ -352,6 +353,7 @@ impl PreprocessConfig {
         };
         let options = PreprocessOptions {
             state_dir,
+            tls: super::tls::files(&m)?,
             input,
             output: PathBuf::from(output),
             workers,
@@ -400,9 +402,12 @@ impl PreprocessConfig {
             *token = auth::resolve_token(token_file.as_deref(), true)?;
         }
         let provision = match &options.workers {
-            Workers::Remote { bind, .. } => {
-                ProvisionPlan::from_matches(&m, bind, token_file.as_deref())?
-            }
+            Workers::Remote { bind, .. } => ProvisionPlan::from_matches(
+                &m,
+                bind,
+                token_file.as_deref(),
+                options.tls.as_ref().map(|t| t.cert.as_path()),
+            )?,
             Workers::Local(_) => None,
         };
         Ok(Some(PreprocessConfig {

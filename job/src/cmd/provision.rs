@@ -58,7 +58,7 @@ pub fn options(o: &mut Options) {
     o.optopt(
         "",
         "advertise-url",
-        "provisioning: controller URL the jobs use (default http://HOST:PORT)",
+        "provisioning: controller URL the jobs use (default http(s)://HOST:PORT)",
         "URL",
     );
 }
@@ -86,11 +86,13 @@ const URL_PLACEHOLDER: &str = "http://controller.invalid:1";
 impl ProvisionPlan {
     /// `None` without `--provision`; otherwise every check a start would make, so a bad
     /// option is a usage error before a port is bound. `bind` is the controller's address and
-    /// `token_file` its enrollment token file (the jobs read the token from it).
+    /// `token_file` its enrollment token file (the jobs read the token from it), `tls_cert` its
+    /// certificate when it serves HTTPS (the jobs' default `ca_file`).
     pub fn from_matches(
         m: &Matches,
         bind: &str,
         token_file: Option<&Path>,
+        tls_cert: Option<&Path>,
     ) -> Result<Option<ProvisionPlan>, CliError> {
         let Some(mode) = m.opt_str("provision") else {
             for flag in ["provision-template", "provision-var", "submit-cmd"] {
@@ -131,6 +133,13 @@ impl ProvisionPlan {
             ("token_file", token_file.display().to_string()),
             ("job_name", "warp-workers".to_string()),
             ("provision_dir", dir.display().to_string()),
+            // Empty for plain HTTP (the worker treats an empty WARP_CA_FILE as unset); the
+            // certificate itself for HTTPS, right for a self-signed one from make-cert.sh
+            // (a site CA: --provision-var ca_file=/path/ca.pem).
+            (
+                "ca_file",
+                tls_cert.map_or(String::new(), |c| c.display().to_string()),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -188,10 +197,14 @@ impl ProvisionPlan {
 
     /// Starts the provisioner thread for `controller`.
     pub fn start(&self, controller: &Controller) -> Result<provision::Provisioner, CliError> {
-        let url = self
-            .advertise_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}:{}", self.host, controller.port()));
+        let url = self.advertise_url.clone().unwrap_or_else(|| {
+            format!(
+                "{}://{}:{}",
+                controller.scheme(),
+                self.host,
+                controller.port()
+            )
+        });
         let script = self.render(&url)?;
         let batch = provision::Slurm::new(self.submit_cmd.clone()).map_err(failed)?;
         let cfg = provision::ProvisionConfig {

@@ -30,7 +30,7 @@ pub struct ServeConfig {
     pub log_level: log::LevelFilter,
 }
 
-const BRIEF: &str = "Usage: warp-controller serve [options]\n\nSeconds accept fractions (0.5). With --provision slurm the controller submits worker jobs\nfrom --provision-template while work is queued (policy: controller/src/provision/policy.rs;\nWARP_PROVISION_* variables override its timings) and cancels them when the queue drains or\nthe controller stops. Placeholders always filled: controller_url, token_file, job_name,\nprovision_dir.";
+const BRIEF: &str = "Usage: warp-controller serve [options]\n\nSeconds accept fractions (0.5). With --provision slurm the controller submits worker jobs\nfrom --provision-template while work is queued (policy: controller/src/provision/policy.rs;\nWARP_PROVISION_* variables override its timings) and cancels them when the queue drains or\nthe controller stops. Placeholders always filled: controller_url, token_file, job_name,\nprovision_dir, ca_file (the --tls-cert of an HTTPS controller, else empty).\n\nHTTPS: --tls-cert F --tls-key F (scripts/make-cert.sh DIR HOSTS... writes a self-signed pair);\nplain HTTP is then refused. Workers and clients take --ca-file DIR/cert.pem (or WARP_CA_FILE).";
 
 fn options() -> Options {
     let d = ControllerConfig::new(String::new());
@@ -131,6 +131,7 @@ fn options() -> Options {
     o.optflag("v", "verbose", "log debug lines (or WARP_LOG=debug)");
     o.optflag("q", "quiet", "log warnings and errors only");
     provision::options(&mut o);
+    super::tls::options(&mut o);
     o
 }
 
@@ -176,7 +177,13 @@ impl ServeConfig {
                 "--poll-hold, --heartbeat-timeout, --task-timeout and --header-timeout must be > 0",
             );
         }
-        let provision = ProvisionPlan::from_matches(&m, &cfg.bind, token_file.as_deref())?;
+        cfg.tls = super::tls::files(&m)?;
+        let provision = ProvisionPlan::from_matches(
+            &m,
+            &cfg.bind,
+            token_file.as_deref(),
+            cfg.tls.as_ref().map(|t| t.cert.as_path()),
+        )?;
         cfg.token = auth::resolve_token(token_file.as_deref(), true)?;
         let admin_token_file = m
             .opt_str("admin-token-file")
@@ -268,7 +275,11 @@ pub fn run(cfg: ServeConfig) -> Result<(), CliError> {
             path.display()
         )));
     }
-    println!("listening on http://{bind}:{}", controller.port());
+    println!(
+        "listening on {}://{bind}:{}",
+        controller.scheme(),
+        controller.port()
+    );
     let _ = std::io::stdout().flush();
     while !cli::STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(50));

@@ -421,10 +421,23 @@ impl Server {
                             if let Some(client) = client.take() {
                                 if let Some(handler) = &handler {
                                     // warp patch: each request on this thread, in order; a
-                                    // panicking handler ends only this connection.
+                                    // panicking handler ends only this connection. An HTTPS
+                                    // connection reads its next request only once this one
+                                    // is answered (a stored request may be answered later by
+                                    // another thread; reader and writer share the TLS state).
+                                    let secure = client.secure();
+                                    let (sender, receiver) = mpsc::channel();
                                     for rq in client {
+                                        let rq = if secure {
+                                            rq.with_notify_sender(sender.clone())
+                                        } else {
+                                            rq
+                                        };
                                         let run = std::panic::AssertUnwindSafe(|| handler(rq));
                                         if std::panic::catch_unwind(run).is_err() {
+                                            break;
+                                        }
+                                        if secure && receiver.recv().is_err() {
                                             break;
                                         }
                                     }

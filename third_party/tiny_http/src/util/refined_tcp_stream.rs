@@ -54,7 +54,10 @@ impl Stream {
     fn set_read_timeout(&self, t: Duration) -> IoResult<()> {
         match self {
             Stream::Http(tcp_stream) => tcp_stream.set_read_timeout(Some(t)),
-            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            // warp patch: the deadlines hold for HTTPS connections too.
+            #[cfg(feature = "ssl-rustls")]
+            Stream::Https(ssl_stream) => ssl_stream.set_read_timeout(Some(t)),
+            #[cfg(feature = "ssl-openssl")]
             Stream::Https(_) => Ok(()),
         }
     }
@@ -62,7 +65,10 @@ impl Stream {
     fn set_write_timeout(&self, t: Duration) -> IoResult<()> {
         match self {
             Stream::Http(tcp_stream) => tcp_stream.set_write_timeout(Some(t)),
-            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            // warp patch: the deadlines hold for HTTPS connections too.
+            #[cfg(feature = "ssl-rustls")]
+            Stream::Https(ssl_stream) => ssl_stream.set_write_timeout(Some(t)),
+            #[cfg(feature = "ssl-openssl")]
             Stream::Https(_) => Ok(()),
         }
     }
