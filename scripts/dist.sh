@@ -7,7 +7,7 @@
 # Needs: zig and cargo-zigbuild (pip install ziglang && cargo install --locked cargo-zigbuild).
 # WARP_DIST_GLIBC=2.28 targets another glibc floor.
 #
-# The archive holds bin/warp-controller, bin/warp-worker, scripts/ (launch-workers.sh and the
+# The archive holds bin/warp-controller, bin/warp-worker, scripts/ (launch-workers.sh, make-cert.sh and the
 # SLURM/PBS templates, which find ../bin/warp-worker), README.md and docs/hpc.md.
 #
 # A fully static build is the CPU-only variant (dlopen of the CUDA driver cannot work from a
@@ -34,7 +34,7 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/$name/bin" "$stage/$name/docs" "$out"
 cp "$repo/target/$target/dist/warp-controller" "$repo/target/$target/dist/warp-worker" "$stage/$name/bin/"
-(cd "$repo" && cp -r --parents scripts/launch-workers.sh scripts/slurm scripts/pbs README.md docs/hpc.md "$stage/$name/")
+(cd "$repo" && cp -r --parents scripts/launch-workers.sh scripts/make-cert.sh scripts/slurm scripts/pbs README.md docs/hpc.md "$stage/$name/")
 archive=$(cd "$out" && pwd)/$name.tar.gz
 tar -czf "$archive" -C "$stage" "$name"
 echo "$archive"

@@ -21,4 +21,5 @@ for b in "$dir"/bin/*; do
     log "$(basename "$b"): highest glibc symbol $max, runs"
 done
 [ -x "$dir/scripts/launch-workers.sh" ] || { log "FAIL: launch-workers.sh missing from the archive"; exit 1; }
+[ -x "$dir/scripts/make-cert.sh" ] || { log "FAIL: make-cert.sh missing from the archive"; exit 1; }
 log "PASS: portable binaries need glibc <= 2.17"

@@ -13,6 +13,8 @@
 #      for an empty queue), and cancels them when the work is done: no job left in squeue;
 #   4. `warp-controller preprocess --port 0 --provision slurm` (the main job) processes simulated
 #      movies on workers it submits itself, then leaves no job behind.
+#   5. scenario 2 over HTTPS: a controller with a scripts/make-cert.sh pair provisions workers
+#      that trust it through the template's ca_file; plain HTTP to it is refused.
 #
 # Run as root on Debian (installs munge, slurmctld, slurmd, slurm-client, nftables if missing).
 # Cleans up everything it started (EXIT trap: PIDs, namespace) also on failure.
@@ -33,6 +35,7 @@ missing=
 command -v slurmctld >/dev/null || missing="$missing slurmctld slurmd slurm-client munge"
 command -v nft >/dev/null || missing="$missing nftables"
 command -v curl >/dev/null || missing="$missing curl"
+command -v openssl >/dev/null || missing="$missing openssl"
 command -v ip >/dev/null || missing="$missing iproute2"
 if [ -n "$missing" ]; then
     log "installing:$missing"
@@ -307,5 +310,39 @@ gone=
 for _ in $(seq 200); do [ -z "$(squeue -h -o %i)" ] && { gone=1; break; }; sleep 0.1; done
 [ -n "$gone" ] || fail "jobs left after the preprocess job ended: $(squeue -h)"
 log "PASS 4: preprocess --port --provision slurm processed 3 movies on workers it submitted to the firewalled node, and left no job behind"
+
+# --- 5. the same over HTTPS: provisioned workers reach a TLS controller with a make-cert.sh pair ---
+[ -z "$(squeue -h -o %i)" ] || fail "jobs left before the TLS test: $(squeue -h)"
+mkdir -p "$BASE/tls"
+bash "$repo/scripts/make-cert.sh" "$BASE/tls/cert" $HEAD >/dev/null || fail "make-cert.sh failed"
+CA=$BASE/tls/cert/cert.pem
+WARP_PROVISION_TICK=0.3 WARP_PROVISION_DRAIN_AFTER=2 \
+"$BIN/warp-controller" serve --bind $HEAD --port 0 --port-file "$BASE/tls/port" --token-file "$BASE/token" \
+    --heartbeat-timeout 3 --poll-hold 5 --tls-cert "$CA" --tls-key "$BASE/tls/cert/key.pem" \
+    --provision slurm --provision-template "$repo/scripts/slurm/warp-workers.provision.sbatch" \
+    --provision-dir "$BASE/tls/prov" --provision-var warp_home="$repo" \
+    --provision-var worker_args="-s" --max-workers 1 \
+    >"$BASE/log/tls-controller.out" 2>"$BASE/log/tls-controller.log" &
+PROV_PID=$!
+for _ in $(seq 100); do [ -s "$BASE/tls/port" ] && break; sleep 0.05; done
+[ -s "$BASE/tls/port" ] || fail "TLS controller did not start: $(cat "$BASE/log/tls-controller.log")"
+TP=$(cat "$BASE/tls/port")
+TURL=https://$HEAD:$TP
+curl -sS --noproxy '*' --max-time 5 "http://$HEAD:$TP/api/health" | grep -q https_required \
+    || fail "plain HTTP to the TLS controller was not refused with https_required"
+curl -sS --noproxy '*' --max-time 5 --cacert "$CA" "$TURL/api/health" | grep -q '"ok":true' \
+    || fail "curl --cacert could not reach $TURL"
+for i in 1 2 3; do
+    out=$("$BIN/warp-controller" submit --controller "$TURL" --ca-file "$CA" --wait \
+        --exec -- sh -c "echo tls-task-$i; ip -o -4 addr show") || fail "TLS task $i: $out"
+    echo "$out" | grep -q "tls-task-$i" || fail "TLS task $i has not its own output: $out"
+    echo "$out" | grep -q "$NODE" || fail "TLS task $i did not run on the firewalled node: $out"
+done
+gone=
+for _ in $(seq 200); do [ -z "$(squeue -h -o %i)" ] && { gone=1; break; }; sleep 0.1; done
+[ -n "$gone" ] || fail "provisioned jobs still queued after the TLS work was done: $(squeue -h)"
+kill "$PROV_PID"; wait "$PROV_PID" || fail "TLS controller did not exit cleanly"
+PROV_PID=
+log "PASS 5: over HTTPS (make-cert.sh pair), provisioned workers on the firewalled node ran 3 tasks; plain HTTP was refused"
 
 log "ALL PASSED"
