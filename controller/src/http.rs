@@ -226,6 +226,24 @@ pub static ROUTES: &[Route] = &[
     },
     Route {
         method: "GET",
+        pattern: "/",
+        auth: Auth::Public,
+        handler: page_html,
+    },
+    Route {
+        method: "GET",
+        pattern: "/page.js",
+        auth: Auth::Public,
+        handler: page_js,
+    },
+    Route {
+        method: "GET",
+        pattern: "/page.css",
+        auth: Auth::Public,
+        handler: page_css,
+    },
+    Route {
+        method: "GET",
         pattern: "/api/health",
         auth: Auth::Public,
         handler: health,
@@ -566,11 +584,22 @@ pub(crate) fn handle(s: &Shared, mut request: tiny_http::Request) {
             let header =
                 tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes())
                     .expect("a valid header");
-            let _ = request.respond(
-                tiny_http::Response::from_data(body)
-                    .with_status_code(status)
-                    .with_header(header),
-            );
+            let mut response = tiny_http::Response::from_data(body)
+                .with_status_code(status)
+                .with_header(header);
+            if content_type.starts_with("text/html") {
+                for (k, v) in [
+                    ("Content-Security-Policy", PAGE_CSP),
+                    ("X-Content-Type-Options", "nosniff"),
+                    ("Referrer-Policy", "no-referrer"),
+                ] {
+                    response.add_header(
+                        tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes())
+                            .expect("a valid header"),
+                    );
+                }
+            }
+            let _ = request.respond(response);
         }
         Ok(Ok(Answer::Parked)) => unreachable!("a parking handler takes the request"),
         Ok(Err(e)) => respond_error(request, &e),
@@ -925,6 +954,38 @@ fn metrics(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
         "text/plain; version=0.0.4; charset=utf-8",
     ))
 }
+
+/// The status page (`page/`): compiled in, public (it holds no data; its script asks for the
+/// view token and calls the API with it).
+fn page_html(_: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
+    call.only_query(&[])?;
+    Ok(Answer::Other(
+        200,
+        include_bytes!("page/index.html").to_vec(),
+        "text/html; charset=utf-8",
+    ))
+}
+
+fn page_js(_: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
+    call.only_query(&[])?;
+    Ok(Answer::Other(
+        200,
+        include_bytes!("page/page.js").to_vec(),
+        "text/javascript; charset=utf-8",
+    ))
+}
+
+fn page_css(_: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
+    call.only_query(&[])?;
+    Ok(Answer::Other(
+        200,
+        include_bytes!("page/page.css").to_vec(),
+        "text/css; charset=utf-8",
+    ))
+}
+
+/// The status page loads nothing but its own script and style and talks only to this origin.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 fn active_workers(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     call.only_query(&["all"])?;

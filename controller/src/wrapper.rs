@@ -275,6 +275,9 @@ pub struct WrapperOptions {
     /// Serve HTTPS ([`ControllerConfig::tls`]); spawned workers are given `--ca-file` with the
     /// certificate, so it must name 127.0.0.1 (scripts/make-cert.sh always adds it).
     pub tls: Option<crate::TlsFiles>,
+    /// The read-only view token of the embedded controller ([`ControllerConfig::view_token`]):
+    /// what the status page (`GET /`) and `/metrics` take.
+    pub view_token: Option<String>,
 }
 
 impl Default for WrapperOptions {
@@ -293,6 +296,7 @@ impl Default for WrapperOptions {
             token: None,
             state_dir: None,
             tls: None,
+            view_token: None,
         }
     }
 }
@@ -388,6 +392,7 @@ impl ControllerBasedWorkerWrapper {
         cfg.max_attempts = self.opts.max_attempts;
         cfg.state_dir.clone_from(&self.opts.state_dir);
         cfg.tls.clone_from(&self.opts.tls);
+        cfg.view_token.clone_from(&self.opts.view_token);
         let controller = Controller::start(cfg).map_err(WrapperError::Spawn)?;
         let port = controller.port();
         // Forward the controller's worker losses and watch our children for exits.

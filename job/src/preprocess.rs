@@ -103,6 +103,9 @@ pub struct PreprocessOptions {
     pub state_dir: Option<PathBuf>,
     /// Serve HTTPS (`--tls-cert`, `--tls-key`): remote and local workers then use https.
     pub tls: Option<warp_controller::TlsFiles>,
+    /// The view token of the embedded controller and where it came from (`--view-token-file`):
+    /// the status page at `/` takes it.
+    pub view_token: Option<(String, PathBuf)>,
 }
 
 /// The `<name>.json` of a processed movie.
@@ -803,6 +806,7 @@ pub fn run(
     };
     wopts.state_dir.clone_from(&opts.state_dir);
     wopts.tls.clone_from(&opts.tls);
+    wopts.view_token = opts.view_token.as_ref().map(|(t, _)| t.clone());
     let mut wrapper = ControllerBasedWorkerWrapper::with_options(wopts);
     let port = wrapper
         .start_controller(port)
@@ -840,6 +844,13 @@ pub fn run(
         )),
     }
     let controller = wrapper.controller().map_err(|e| e.to_string())?;
+    if let Some((_, file)) = &opts.view_token {
+        log(&format!(
+            "status page: {}/ (view token in {})",
+            controller.url(),
+            file.display()
+        ));
+    }
     on_started(controller)?;
 
     // Submit every package in one batch (so each worker's first task comes with the movie it
@@ -1271,6 +1282,7 @@ mod tests {
             read_ahead: true,
             state_dir: None,
             tls: None,
+            view_token: None,
         }
     }
 

@@ -108,6 +108,9 @@ paths = {
  "/api/tasks/{id}/wait": {"get": op("Wait for a task to finish", {**ok("TaskDetail"), **errs("400","401","404")}, params=[tid, q("timeout_s", {"type":"number","minimum":0,"maximum":300}, "hold at most this long (default 30, max 300); the reply then shows a non-terminal state")])},
  "/metrics": {"get": op("Prometheus metrics (view token)", {"200": {"description": "the Prometheus text exposition format 0.0.4 (docs/monitoring.md)", "content": {"text/plain": {"schema": {"type":"string"}}}}, **errs("400","401")},
     desc="Workers, tasks and the queue by state, parked polls, stale reports, dispatch latency and task duration histograms, movies by outcome, provisioned jobs by state.")},
+ "/": {"get": op("The status page (no token; its script asks for the view token)", {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type":"string"}}}}, **errs("400")}, public=True)},
+ "/page.js": {"get": op("The status page's script (no token)", {"200": {"description": "JavaScript", "content": {"text/javascript": {"schema": {"type":"string"}}}}, **errs("400")}, public=True)},
+ "/page.css": {"get": op("The status page's style sheet (no token)", {"200": {"description": "CSS", "content": {"text/css": {"schema": {"type":"string"}}}}, **errs("400")}, public=True)},
  "/api/health": {"get": op("Liveness (no token)", ok(obj({"ok": {"type":"boolean"}, "version": string, "protocol_version": u64})), public=True)},
  "/api/openapi.json": {"get": op("This document (no token)", {"200": {"description": "OpenAPI 3 document", "content": {"application/json": {"schema": {"type":"object"}}}}}, public=True)},
 }

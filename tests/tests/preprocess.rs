@@ -1028,3 +1028,91 @@ fn a_watched_folder_is_processed_as_movies_arrive() {
     assert!(!err.contains("b.mrc.part"), "{err}");
     reference_check(&out, &[]);
 }
+
+/// Issue 12: the status page of a running session, in headless Chromium
+/// (`tests/reference/check_page.py`, Selenium): the token form, the workers table, a point per
+/// movie on each plot, a table that sorts, a movie's detail and trajectory. Skipped with a
+/// message without chromium, chromium-driver and selenium, unless `WARP_REQUIRE_BROWSER=1` (CI).
+#[test]
+fn the_status_page_shows_a_running_session_in_a_browser() {
+    let have_browser = Path::new("/usr/bin/chromium").exists()
+        && Path::new("/usr/bin/chromedriver").exists()
+        && Command::new("python3")
+            .args(["-c", "import selenium"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !have_browser {
+        assert!(
+            std::env::var("WARP_REQUIRE_BROWSER").as_deref() != Ok("1"),
+            "WARP_REQUIRE_BROWSER=1: install Debian's chromium and chromium-driver, and pip install selenium"
+        );
+        eprintln!(
+            "SKIP the status page test: needs /usr/bin/chromium, /usr/bin/chromedriver (Debian chromium, chromium-driver) and python3 -m pip install selenium"
+        );
+        return;
+    }
+    let tmp = TempDir::new("page");
+    let dir = tmp.path();
+    let sim = dir.join("sim");
+    simulate(
+        dir,
+        &sim,
+        &["--count", "4", "--size", "256", "--frames", "8"],
+    );
+    let out = dir.join("out");
+    let input = format!("{}/*.mrc", sim.display());
+    let view = dir.join("view-token");
+    let job = one_worker_job(
+        &input,
+        &out,
+        &[
+            "--watch",
+            "--watch-interval",
+            "0.2",
+            "--settle",
+            "0.5",
+            "--view-token-file",
+            view.to_str().unwrap(),
+        ],
+    );
+    let mut p = start_controller(dir, &job);
+    let url = wait_for(Duration::from_secs(30), "the status page's URL", || {
+        let err = p.stderr();
+        let line = err.lines().find(|l| l.contains("status page: "))?;
+        let rest = &line[line.find("status page: ")? + 13..];
+        Some(rest.split_whitespace().next()?.to_string())
+    });
+    wait_for(Duration::from_secs(120), "4 movies processed", || {
+        (std::fs::read_dir(&out)
+            .ok()?
+            .filter(|e| {
+                e.as_ref().is_ok_and(|e| {
+                    e.file_name().to_string_lossy().starts_with("sim_")
+                        && e.file_name().to_string_lossy().ends_with(".json")
+                })
+            })
+            .count()
+            == 4)
+            .then_some(())
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/check_page.py");
+    let check = Command::new("python3")
+        .arg(&script)
+        .arg(&url)
+        .arg(&view)
+        .arg("4")
+        .output()
+        .expect("run check_page.py");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    p.signal(libc::SIGTERM);
+    let _ = p.wait_exit(Duration::from_secs(60));
+    assert!(
+        check.status.success(),
+        "the status page check failed:\n{report}"
+    );
+    eprintln!("{report}");
+}

@@ -74,6 +74,12 @@ fn options() -> Options {
     );
     opts.optopt(
         "",
+        "view-token-file",
+        "serve the status page (GET /: workers, plots of defocus, astigmatism, fit resolution and motion, a movie table) to holders of this read-only token (created 0600 if missing)",
+        "FILE",
+    );
+    opts.optopt(
+        "",
         "angpix",
         "pixel size in Å (default: from the file header; EER and TIFF have none: give the detector pixel, before --eer-upsample)",
         "A",
@@ -354,6 +360,7 @@ impl PreprocessConfig {
         let options = PreprocessOptions {
             state_dir,
             tls: super::tls::files(&m)?,
+            view_token: None,
             input,
             output: PathBuf::from(output),
             workers,
@@ -398,6 +405,10 @@ impl PreprocessConfig {
         // Check every command's parameters once, before starting anything.
         options.validate().map_err(CliError::Usage)?;
         let mut options = options;
+        if let Some(f) = m.opt_str("view-token-file") {
+            let f = PathBuf::from(f);
+            options.view_token = Some((warp_controller::auth::token_from_file(&f, true)?, f));
+        }
         if let Workers::Remote { token, .. } = &mut options.workers {
             *token = auth::resolve_token(token_file.as_deref(), true)?;
         }

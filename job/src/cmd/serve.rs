@@ -280,6 +280,15 @@ pub fn run(cfg: ServeConfig) -> Result<(), CliError> {
         controller.scheme(),
         controller.port()
     );
+    println!(
+        "status page: {}://{bind}:{}/ ({})",
+        controller.scheme(),
+        controller.port(),
+        match &cfg.view_token_file {
+            Some(f) => format!("view token in {}", f.display()),
+            None => "give it the view or admin token".into(),
+        }
+    );
     let _ = std::io::stdout().flush();
     while !cli::STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(50));
