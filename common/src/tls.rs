@@ -37,6 +37,14 @@ pub fn certificate_hint(message: &str) -> Option<&'static str> {
     }
 }
 
+/// `message` with its [`certificate_hint`] appended, if it has one.
+pub fn with_hint(message: String) -> String {
+    match certificate_hint(&message) {
+        Some(hint) => format!("{message} ({hint})"),
+        None => message,
+    }
+}
+
 /// A client configuration that trusts exactly the certificates in `ca_file` (PEM).
 #[cfg(feature = "tls")]
 pub fn client_config(ca_file: &Path) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {

@@ -130,15 +130,9 @@ impl AdminClient {
                     },
                 })
             }
-            Err(e) => {
-                let m = e.to_string();
-                Err(ClientError::Transport(
-                    match warp_common::tls::certificate_hint(&m) {
-                        Some(hint) => format!("{m} ({hint})"),
-                        None => m,
-                    },
-                ))
-            }
+            Err(e) => Err(ClientError::Transport(warp_common::tls::with_hint(
+                e.to_string(),
+            ))),
         }
     }
 

@@ -958,30 +958,36 @@ fn metrics(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
 /// The status page (`page/`): compiled in, public (it holds no data; its script asks for the
 /// view token and calls the API with it).
 fn page_html(_: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
-    call.only_query(&[])?;
-    Ok(Answer::Other(
-        200,
-        include_bytes!("page/index.html").to_vec(),
+    page_file(
+        call,
+        include_bytes!("page/index.html"),
         "text/html; charset=utf-8",
-    ))
+    )
 }
 
 fn page_js(_: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
-    call.only_query(&[])?;
-    Ok(Answer::Other(
-        200,
-        include_bytes!("page/page.js").to_vec(),
+    page_file(
+        call,
+        include_bytes!("page/page.js"),
         "text/javascript; charset=utf-8",
-    ))
+    )
 }
 
 fn page_css(_: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
-    call.only_query(&[])?;
-    Ok(Answer::Other(
-        200,
-        include_bytes!("page/page.css").to_vec(),
+    page_file(
+        call,
+        include_bytes!("page/page.css"),
         "text/css; charset=utf-8",
-    ))
+    )
+}
+
+fn page_file(
+    call: &Call,
+    bytes: &'static [u8],
+    content_type: &'static str,
+) -> Result<Answer, ApiError> {
+    call.only_query(&[])?;
+    Ok(Answer::Other(200, bytes.to_vec(), content_type))
 }
 
 /// The status page loads nothing but its own script and style and talks only to this origin.

@@ -284,6 +284,36 @@ pub fn start_worker(dir: &Path, url: &str, token: &str, device: i32, extra: &[&s
     Proc::spawn(cmd, "warp-worker", log)
 }
 
+/// Waits up to 20 s until `n` workers are online.
+pub fn wait_online(client: &AdminClient, n: usize) {
+    wait_for(
+        Duration::from_secs(20),
+        &format!("{n} workers online"),
+        || {
+            let w = client.workers(true).ok()?;
+            (w.iter()
+                .filter(|w| w.state != warp_common::protocol::WorkerState::Offline)
+                .count()
+                == n)
+                .then_some(())
+        },
+    );
+}
+
+/// `have`, or a skip: a test that needs a tool this machine lacks prints `SKIP what: install`
+/// and returns false, unless the environment variable `require` is `1` (CI), which makes the
+/// missing tool a failure.
+pub fn available_or_skip(have: bool, require: &str, what: &str, install: &str) -> bool {
+    if !have {
+        assert!(
+            std::env::var(require).as_deref() != Ok("1"),
+            "{what} is required ({require}=1): {install}"
+        );
+        eprintln!("SKIP {what}: not found ({install})");
+    }
+    have
+}
+
 /// Whether `python3` can import every module of `modules` (a reference reader a test checks
 /// its files with). When it cannot, the test is skipped with a message, unless
 /// `WARP_REQUIRE_REFERENCE_READERS=1` (CI) makes that a failure naming the packages (`pip`).
@@ -292,14 +322,12 @@ pub fn python_modules(modules: &[&str], pip: &str) -> bool {
         .args(["-c", &format!("import {}", modules.join(", "))])
         .status()
         .is_ok_and(|s| s.success());
-    if !have {
-        assert!(
-            std::env::var("WARP_REQUIRE_REFERENCE_READERS").as_deref() != Ok("1"),
-            "python3 modules {modules:?} are required (WARP_REQUIRE_REFERENCE_READERS=1): pip install {pip}"
-        );
-        eprintln!("SKIP reference readers: python3 with {modules:?} not found (pip install {pip})");
-    }
-    have
+    available_or_skip(
+        have,
+        "WARP_REQUIRE_REFERENCE_READERS",
+        &format!("reference readers (python3 modules {modules:?})"),
+        &format!("pip install {pip}"),
+    )
 }
 
 /// Polls `f` every 10 ms until it returns Some or `timeout` passes (then panics with `what`).

@@ -8,20 +8,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use warp_common::commands::Command;
-use warp_common::protocol::{TaskSpec, TaskState, WorkerState};
-use warp_tests::{AdminClient, ControllerProc, TempDir, start_worker, wait_for};
-
-/// Waits until `n` workers are online.
-fn wait_online(client: &AdminClient, n: usize) {
-    wait_for(
-        Duration::from_secs(20),
-        &format!("{n} workers online"),
-        || {
-            let w = client.workers(true).ok()?;
-            (w.iter().filter(|w| w.state != WorkerState::Offline).count() == n).then_some(())
-        },
-    );
-}
+use warp_common::protocol::{TaskSpec, TaskState};
+use warp_tests::{AdminClient, ControllerProc, TempDir, start_worker, wait_for, wait_online};
 
 /// `GET /api/health` on a fresh connection; the time it took.
 fn fresh_health(port: u16, timeout: Duration) -> Result<Duration, String> {

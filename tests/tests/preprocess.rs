@@ -1041,14 +1041,12 @@ fn the_status_page_shows_a_running_session_in_a_browser() {
             .args(["-c", "import selenium"])
             .status()
             .is_ok_and(|s| s.success());
-    if !have_browser {
-        assert!(
-            std::env::var("WARP_REQUIRE_BROWSER").as_deref() != Ok("1"),
-            "WARP_REQUIRE_BROWSER=1: install Debian's chromium and chromium-driver, and pip install selenium"
-        );
-        eprintln!(
-            "SKIP the status page test: needs /usr/bin/chromium, /usr/bin/chromedriver (Debian chromium, chromium-driver) and python3 -m pip install selenium"
-        );
+    if !warp_tests::available_or_skip(
+        have_browser,
+        "WARP_REQUIRE_BROWSER",
+        "the status page test (headless Chromium)",
+        "apt-get install chromium chromium-driver; python3 -m pip install selenium",
+    ) {
         return;
     }
     let tmp = TempDir::new("page");

@@ -11,8 +11,8 @@ use std::process::Command as Process;
 use std::time::{Duration, Instant};
 
 use warp_common::commands::Command;
-use warp_common::protocol::{TaskSpec, TaskState, WorkerState};
-use warp_tests::{AdminClient, ControllerProc, TempDir, bin, start_worker, wait_for};
+use warp_common::protocol::{TaskSpec, TaskState};
+use warp_tests::{ControllerProc, TempDir, bin, start_worker, wait_online};
 
 /// `scripts/make-cert.sh DIR 127.0.0.1`: DIR/cert.pem and DIR/key.pem.
 fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
@@ -74,17 +74,6 @@ fn cli(c: &ControllerProc, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn wait_online(client: &AdminClient, n: usize) {
-    wait_for(
-        Duration::from_secs(20),
-        &format!("{n} workers online"),
-        || {
-            let w = client.workers(true).ok()?;
-            (w.iter().filter(|w| w.state != WorkerState::Offline).count() == n).then_some(())
-        },
-    );
 }
 
 #[test]

@@ -305,15 +305,9 @@ fn send<B: Serialize>(rq: ureq::Request, body: Option<&B>) -> Result<Vec<u8>, Ca
                 })
             }
         }
-        Err(e) => {
-            let m = e.to_string();
-            Err(CallError::Unavailable(
-                match warp_common::tls::certificate_hint(&m) {
-                    Some(hint) => format!("{m} ({hint})"),
-                    None => m,
-                },
-            ))
-        }
+        Err(e) => Err(CallError::Unavailable(warp_common::tls::with_hint(
+            e.to_string(),
+        ))),
     }
 }
 
