@@ -503,8 +503,9 @@ pub fn parse_args(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Resu
             // Read and checked now, so a wrong file is a usage error, not a retry loop.
             warp_common::tls::client_config(f)?;
         } else {
-            log::warn!(
-                "--ca-file/WARP_CA_FILE {} is not used: the controller URL is http://",
+            // Parsed before the logger starts: straight to stderr.
+            eprintln!(
+                "warp-worker: warning: --ca-file/WARP_CA_FILE {} is not used: the controller URL is http://",
                 f.display()
             );
         }

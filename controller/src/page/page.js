@@ -10,7 +10,8 @@ const state = {
   movies: new Map(), // task id -> movie row
   finished: [],      // finished_unix_ms of completed tasks (throughput)
   seen: new Set(),
-  offset: 0,
+  offset: 0,         // completed tasks read so far
+  refreshes: 0,
   sortKey: "order",
   sortDir: 1,
   selected: null,
@@ -89,10 +90,7 @@ function movieOf(task) {
 async function fetchTasks() {
   // Completed tasks in the controller's order; new ones arrive at the end. A full pass every
   // tenth refresh picks up what an eviction (--keep-finished) shifted.
-  if (state.fullPass === undefined || ++state.fullPass >= 10) {
-    state.fullPass = 0;
-    state.offset = 0;
-  }
+  if (state.refreshes++ % 10 === 0) state.offset = 0;
   for (;;) {
     const page = await api("/api/workers/tasks?state=completed&limit=500&offset=" + state.offset);
     for (const t of page) {

@@ -74,8 +74,9 @@ impl Tls {
             return Ok(()); // closed before sending anything
         }
         self.checked = true;
-        // 0x16: a TLS handshake record. An ASCII letter: an HTTP method.
-        if first[0] != 0x16 && first[0].is_ascii_alphabetic() {
+        // A TLS connection starts with a handshake record (0x16); an HTTP one with a method,
+        // letters. Anything else is left to rustls to refuse.
+        if first[0].is_ascii_alphabetic() {
             let answer = format!(
                 "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{PLAIN_HTTP_BODY}",
                 PLAIN_HTTP_BODY.len()
