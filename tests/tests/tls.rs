@@ -217,3 +217,39 @@ fn silent_tls_connections_are_closed_by_the_header_deadline() {
     }
     assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
 }
+
+#[test]
+fn serve_refuses_a_bad_certificate_or_key_with_the_file_named() {
+    let dir = TempDir::new("tls-bad");
+    let (cert, key) = make_cert(dir.path());
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "-----BEGIN NOTHING-----\n").unwrap();
+    let serve = |cert: &Path, key: &Path| {
+        Process::new(bin("warp-controller"))
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--token-file",
+            ])
+            .arg(dir.path().join("token"))
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .output()
+            .expect("run warp-controller serve")
+    };
+    for (c, k, expect) in [
+        (&junk, &key, "certificate"),
+        (&cert, &junk, "key"),
+        (&cert, &dir.path().join("missing.pem"), "missing.pem"),
+    ] {
+        let out = serve(c, k);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "serve started with {c:?} {k:?}");
+        assert!(err.contains(expect), "{expect:?} not in: {err}");
+    }
+}
