@@ -262,6 +262,10 @@ pub struct CtfParams {
     /// Where to write the power spectrum (MRC, centred `window × window`, float32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spectrum_path: Option<String>,
+    /// Where to write the spectrum as an 8-bit PNG for people: the rings flattened, the
+    /// fitted CTF's zeros drawn on its right half up to the fit resolution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spectrum_png_path: Option<String>,
 }
 
 impl Default for CtfParams {
@@ -277,6 +281,7 @@ impl Default for CtfParams {
             defocus_max_um: defocus_max(),
             fit_phase: false,
             spectrum_path: None,
+            spectrum_png_path: None,
         }
     }
 }
@@ -393,4 +398,228 @@ pub struct ThumbnailResult {
     pub height: usize,
     /// Wall time, ms.
     pub ms: f64,
+}
+
+/// Which movies of a session pass, like Warp's filters: every threshold that is set must hold
+/// (`None`: not filtered on). Saved with the session (`selection.json` in its output
+/// directory); the body of `POST /api/session/selection`.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectionThresholds {
+    /// Largest CTF fit resolution, Å (a movie whose Thon rings fade at 6 Å fails 5).
+    #[serde(
+        default,
+        rename = "max_resolution_A",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_resolution_a: Option<f64>,
+    /// Smallest mean defocus `(U + V)/2`, µm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_defocus_um: Option<f64>,
+    /// Largest mean defocus, µm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_defocus_um: Option<f64>,
+    /// Largest astigmatism `|U − V|`, µm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_astigmatism_um: Option<f64>,
+    /// Largest total motion (the trajectory's length, frame to frame), Å.
+    #[serde(
+        default,
+        rename = "max_motion_A",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_motion_a: Option<f64>,
+}
+
+impl SelectionThresholds {
+    /// Why the thresholds themselves are unusable (not finite, negative, or a minimum above
+    /// its maximum), naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let fields = [
+            ("max_resolution_A", self.max_resolution_a),
+            ("min_defocus_um", self.min_defocus_um),
+            ("max_defocus_um", self.max_defocus_um),
+            ("max_astigmatism_um", self.max_astigmatism_um),
+            ("max_motion_A", self.max_motion_a),
+        ];
+        for (name, v) in fields {
+            if let Some(v) = v
+                && (!v.is_finite() || v < 0.0)
+            {
+                return Err(format!("{name} must be a finite number ≥ 0, got {v}"));
+            }
+        }
+        if let (Some(lo), Some(hi)) = (self.min_defocus_um, self.max_defocus_um)
+            && lo > hi
+        {
+            return Err(format!(
+                "min_defocus_um ({lo}) is larger than max_defocus_um ({hi}): no movie could pass"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Which thresholds a movie with these figures fails (empty: it passes). `motion_a` is
+    /// `None` when the movie has no trajectory (it then passes the motion threshold).
+    pub fn failures(&self, fit: &MovieFigures) -> Vec<SelectionCriterion> {
+        let mut out = Vec::new();
+        let mean = 0.5 * (fit.defocus_u_um + fit.defocus_v_um);
+        if self
+            .max_resolution_a
+            .is_some_and(|t| fit.fit_resolution_a > t)
+        {
+            out.push(SelectionCriterion::Resolution);
+        }
+        if self.min_defocus_um.is_some_and(|t| mean < t)
+            || self.max_defocus_um.is_some_and(|t| mean > t)
+        {
+            out.push(SelectionCriterion::Defocus);
+        }
+        let astig = (fit.defocus_u_um - fit.defocus_v_um).abs();
+        if self.max_astigmatism_um.is_some_and(|t| astig > t) {
+            out.push(SelectionCriterion::Astigmatism);
+        }
+        if let (Some(t), Some(m)) = (self.max_motion_a, fit.motion_a)
+            && m > t
+        {
+            out.push(SelectionCriterion::Motion);
+        }
+        out
+    }
+}
+
+/// The figures of one movie that [`SelectionThresholds`] judge.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MovieFigures {
+    /// Defocus U, µm.
+    pub defocus_u_um: f64,
+    /// Defocus V, µm.
+    pub defocus_v_um: f64,
+    /// CTF fit resolution, Å.
+    pub fit_resolution_a: f64,
+    /// Total motion, Å ([`total_motion`]).
+    pub motion_a: Option<f64>,
+}
+
+/// The length of a trajectory: the sum of its frame-to-frame steps (in the unit of `shifts`).
+/// The status page computes the same figure.
+pub fn total_motion(shifts: &[[f32; 2]]) -> f64 {
+    shifts
+        .windows(2)
+        .map(|w| f64::from(w[1][0] - w[0][0]).hypot(f64::from(w[1][1] - w[0][1])))
+        .sum()
+}
+
+/// One threshold of [`SelectionThresholds`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectionCriterion {
+    /// `max_resolution_A`.
+    Resolution,
+    /// `min_defocus_um` / `max_defocus_um`.
+    Defocus,
+    /// `max_astigmatism_um`.
+    Astigmatism,
+    /// `max_motion_A`.
+    Motion,
+}
+
+/// What applying a selection did: the answer of `POST /api/session/selection` and what
+/// `warp-controller select` prints.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SelectionSummary {
+    /// The thresholds applied (now saved with the session).
+    pub thresholds: SelectionThresholds,
+    /// Processed movies judged.
+    pub total: usize,
+    /// Movies that pass every threshold (the rows of the selected STAR file).
+    pub selected: usize,
+    /// Movies failing each threshold (a movie failing two counts in both).
+    pub rejected: std::collections::BTreeMap<SelectionCriterion, usize>,
+    /// The STAR file written, `micrographs_ctf_selected.star` in the output directory.
+    pub star: String,
+}
+
+/// `GET /api/session`: the preprocessing session the controller serves, for the status page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// The session's output directory.
+    pub output: String,
+    /// The thresholds saved with it (all `None` before a selection was made).
+    pub thresholds: SelectionThresholds,
+    /// Whether new movies are still being taken (`preprocess --watch`).
+    pub watching: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn movie(u: f64, v: f64, res: f64, motion: Option<f64>) -> MovieFigures {
+        MovieFigures {
+            defocus_u_um: u,
+            defocus_v_um: v,
+            fit_resolution_a: res,
+            motion_a: motion,
+        }
+    }
+
+    #[test]
+    fn a_movie_fails_exactly_the_thresholds_it_exceeds() {
+        let t = SelectionThresholds {
+            max_resolution_a: Some(5.0),
+            min_defocus_um: Some(0.8),
+            max_defocus_um: Some(2.5),
+            max_astigmatism_um: Some(0.1),
+            max_motion_a: Some(30.0),
+        };
+        assert!(t.failures(&movie(1.5, 1.45, 4.0, Some(12.0))).is_empty());
+        // Exactly at a threshold passes.
+        assert!(t.failures(&movie(2.5, 2.5, 5.0, Some(30.0))).is_empty());
+        assert_eq!(
+            t.failures(&movie(3.0, 2.5, 6.0, Some(31.0))),
+            vec![
+                SelectionCriterion::Resolution,
+                SelectionCriterion::Defocus,
+                SelectionCriterion::Astigmatism,
+                SelectionCriterion::Motion
+            ]
+        );
+        assert_eq!(
+            t.failures(&movie(0.75, 0.7, 4.0, None)),
+            vec![SelectionCriterion::Defocus]
+        );
+        // No thresholds: everything passes.
+        assert!(
+            SelectionThresholds::default()
+                .failures(&movie(9.0, 1.0, 40.0, Some(1e6)))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn unusable_thresholds_are_refused_by_name() {
+        let mut t = SelectionThresholds {
+            min_defocus_um: Some(3.0),
+            max_defocus_um: Some(2.0),
+            ..Default::default()
+        };
+        assert!(t.validate().unwrap_err().starts_with("min_defocus_um (3)"));
+        t.min_defocus_um = None;
+        t.max_motion_a = Some(f64::NAN);
+        assert!(t.validate().unwrap_err().starts_with("max_motion_A "));
+        let e = serde_json::from_str::<SelectionThresholds>(r#"{"max_res": 5}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let t: SelectionThresholds = serde_json::from_str(r#"{"max_resolution_A": 5}"#).unwrap();
+        assert_eq!(t.max_resolution_a, Some(5.0));
+        assert!(t.validate().is_ok());
+    }
+
+    #[test]
+    fn total_motion_is_the_trajectory_length() {
+        assert_eq!(total_motion(&[]), 0.0);
+        assert_eq!(total_motion(&[[1.0, 1.0]]), 0.0);
+        let m = total_motion(&[[0.0, 0.0], [3.0, 4.0], [3.0, 0.0]]);
+        assert!((m - 9.0).abs() < 1e-12, "{m}");
+    }
 }

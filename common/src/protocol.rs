@@ -370,12 +370,13 @@ impl TaskSpec {
         if self.max_attempts == Some(0) {
             return Err("max_attempts must be at least 1".into());
         }
+        // Characters, as the API document's maxLength counts them.
         if let Some(l) = &self.label
-            && l.len() > crate::MAX_LABEL
+            && l.chars().count() > crate::MAX_LABEL
         {
             return Err(format!(
-                "label is {} bytes; at most {} are kept",
-                l.len(),
+                "label is {} characters; at most {} are kept",
+                l.chars().count(),
                 crate::MAX_LABEL
             ));
         }

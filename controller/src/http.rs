@@ -34,7 +34,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub(crate) fn new(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
+    /// An error answered with `status`, a stable `code` and a message for a person.
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -217,6 +218,24 @@ pub static ROUTES: &[Route] = &[
         pattern: "/api/tasks/{id}/wait",
         auth: Auth::View,
         handler: wait_task,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/session",
+        auth: Auth::View,
+        handler: session_info,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/session/movies/{name}/{image}",
+        auth: Auth::View,
+        handler: session_image,
+    },
+    Route {
+        method: "POST",
+        pattern: "/api/session/selection",
+        auth: Auth::Admin,
+        handler: session_select,
     },
     Route {
         method: "GET",
@@ -711,11 +730,13 @@ fn register(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
 /// Refuses registrations whose strings would be stored without bound (each worker's hostname is
 /// copied into every attempt record it makes).
 fn check_registration(req: &RegisterRequest) -> Result<(), ApiError> {
+    // Characters, as the API document's maxLength counts them (at most 4 bytes each).
+    let chars = |s: &str| s.chars().count();
     let too_long = |what: &str, s: &str, max: usize| {
-        (s.len() > max).then(|| {
+        (chars(s) > max).then(|| {
             ApiError::invalid(format!(
-                "{what} is {} bytes; at most {max} are accepted",
-                s.len()
+                "{what} is {} characters; at most {max} are accepted",
+                chars(s)
             ))
         })
     };
@@ -729,8 +750,9 @@ fn check_registration(req: &RegisterRequest) -> Result<(), ApiError> {
             caps.gpu.as_ref().map_or("", |g| g.name.as_str()),
             256,
         ),
-        (caps.commands.len() > 256 || caps.commands.iter().any(|c| c.len() > 64))
-            .then(|| ApiError::invalid("capabilities.commands: at most 256 names of 64 bytes")),
+        (caps.commands.len() > 256 || caps.commands.iter().any(|c| chars(c) > 64)).then(|| {
+            ApiError::invalid("capabilities.commands: at most 256 names of 64 characters")
+        }),
     ];
     match checks.into_iter().flatten().next() {
         Some(e) => Err(e),
@@ -957,6 +979,47 @@ fn metrics(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
 
 /// The status page (`page/`): compiled in, public (it holds no data; its script asks for the
 /// view token and calls the API with it).
+fn the_session(s: &Shared) -> Result<std::sync::Arc<dyn crate::session::Session>, ApiError> {
+    s.session().ok_or_else(|| {
+        ApiError::new(
+            404,
+            "no_session",
+            "this controller serves no preprocessing session (start one with warp-controller preprocess)",
+        )
+    })
+}
+
+fn session_info(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
+    call.only_query(&[])?;
+    json(200, &the_session(s)?.info())
+}
+
+fn session_image(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
+    call.only_query(&[])?;
+    let image = crate::session::MovieImage::parse(call.param(1)).ok_or_else(|| {
+        ApiError::new(
+            404,
+            "unknown_image",
+            format!(
+                "no picture '{}': there are 'thumbnail' and 'spectrum'",
+                call.param(1)
+            ),
+        )
+    })?;
+    // A path segment: `+` is itself there, not a space.
+    let name = percent_decode(&call.param(0).replace('+', "%2B"));
+    let bytes = the_session(s)?.image(&name, image)?;
+    Ok(Answer::Other(200, bytes, "image/png"))
+}
+
+fn session_select(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
+    call.only_query(&[])?;
+    let session = the_session(s)?;
+    let thresholds: warp_common::preprocessing::SelectionThresholds = call.body()?;
+    thresholds.validate().map_err(ApiError::invalid)?;
+    json(200, &session.select(&thresholds)?)
+}
+
 fn page_html(_: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     page_file(
         call,
@@ -991,7 +1054,7 @@ fn page_file(
 }
 
 /// The status page loads nothing but its own script and style and talks only to this origin.
-const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data: blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 fn active_workers(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     call.only_query(&["all"])?;

@@ -23,6 +23,7 @@ pub mod logging;
 mod metrics;
 pub mod provision;
 pub mod server;
+pub mod session;
 pub mod wrapper;
 
 pub use server::{Controller, ControllerConfig, ControllerView, TlsFiles, WorkerEvent};

@@ -339,9 +339,19 @@ pub(crate) struct Shared {
     stopping: AtomicBool,
     /// Set by the provisioner each tick (shown in the status).
     provisioning: Mutex<Option<ProvisionStatus>>,
+    /// What the application serves under `/api/session` (`None`: those routes answer 404).
+    session: std::sync::RwLock<Option<std::sync::Arc<dyn crate::session::Session>>>,
 }
 
 impl Shared {
+    /// The application's session, if one was set ([`ControllerView::set_session`]).
+    pub fn session(&self) -> Option<std::sync::Arc<dyn crate::session::Session>> {
+        self.session
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The status summary, with the provisioner's part.
     pub fn status(&self) -> ControllerStatus {
         self.status_and_metrics().0
@@ -828,6 +838,7 @@ impl Controller {
             }),
             stopping: AtomicBool::new(false),
             provisioning: Mutex::new(None),
+            session: std::sync::RwLock::new(None),
         });
         if recovery.as_ref().is_some_and(|r| !r.fresh) {
             // Workers that held tasks re-attach with their leases; parked polls are gone.
@@ -1212,6 +1223,15 @@ impl ControllerView {
                 })
                 .collect(),
         }
+    }
+
+    /// Serves `session` under `/api/session` (the status page's pictures and selection).
+    pub fn set_session(&self, session: std::sync::Arc<dyn crate::session::Session>) {
+        *self
+            .shared
+            .session
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(session);
     }
 
     /// Publishes the provisioner's status.

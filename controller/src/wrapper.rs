@@ -278,6 +278,9 @@ pub struct WrapperOptions {
     /// The read-only view token of the embedded controller ([`ControllerConfig::view_token`]):
     /// what the status page (`GET /`) and `/metrics` take.
     pub view_token: Option<String>,
+    /// The admin token of the embedded controller (`None`: a random one, so the admin routes
+    /// are reachable in-process only).
+    pub admin_token: Option<String>,
 }
 
 impl Default for WrapperOptions {
@@ -297,6 +300,7 @@ impl Default for WrapperOptions {
             state_dir: None,
             tls: None,
             view_token: None,
+            admin_token: None,
         }
     }
 }
@@ -393,6 +397,9 @@ impl ControllerBasedWorkerWrapper {
         cfg.state_dir.clone_from(&self.opts.state_dir);
         cfg.tls.clone_from(&self.opts.tls);
         cfg.view_token.clone_from(&self.opts.view_token);
+        if let Some(t) = &self.opts.admin_token {
+            cfg.admin_token.clone_from(t);
+        }
         let controller = Controller::start(cfg).map_err(WrapperError::Spawn)?;
         let port = controller.port();
         // Forward the controller's worker losses and watch our children for exits.

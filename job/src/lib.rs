@@ -16,6 +16,7 @@ pub mod cmd;
 pub mod compare;
 pub mod dataset;
 pub mod preprocess;
+pub mod select;
 
 #[cfg(test)]
 mod test_util;

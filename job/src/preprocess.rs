@@ -11,7 +11,11 @@
 //! * `<name>.json`: everything measured for the movie (see [`MovieRecord`]).
 //! * `average/<name>.mrc` (+ `_odd`/`_even` with `--odd-even`), `powerspectrum/<name>.mrc`,
 //!   `thumbnails/<name>.png`: written by the workers.
+//! * `powerspectrum/<name>.png`: the spectrum for people, the fitted CTF's zeros drawn on it.
 //! * `micrographs_ctf.star`: RELION's micrograph table of every processed movie.
+//! * `selection.json`, `micrographs_ctf_selected.star`: the thresholds chosen on the status
+//!   page or with `warp-controller select`, and the table of the movies that pass them
+//!   (rewritten with the main table as movies arrive; [`crate::select`]).
 //! * `processed_items.json`, `failed_items.json`: bookkeeping, rewritten after every movie, so
 //!   an interrupted job loses nothing. A re-run skips processed movies whose `<name>.json`
 //!   exists and retries the failed ones.
@@ -106,6 +110,9 @@ pub struct PreprocessOptions {
     /// The view token of the embedded controller and where it came from (`--view-token-file`):
     /// the status page at `/` takes it.
     pub view_token: Option<(String, PathBuf)>,
+    /// The admin token of the embedded controller and its file (`--admin-token-file`): the
+    /// status page's export and the client subcommands take it (`None`: a random one).
+    pub admin_token: Option<(String, PathBuf)>,
 }
 
 /// The `<name>.json` of a processed movie.
@@ -349,13 +356,13 @@ fn movie_name(path: &Path) -> String {
         .into_owned()
 }
 
-fn write_json_atomic<T: Serialize>(path: &Path, v: &T) -> Result<(), String> {
+pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, v: &T) -> Result<(), String> {
     let text = serde_json::to_string_pretty(v).map_err(|e| e.to_string())? + "\n";
     warp_kernels::io::atomic::write_atomic(path, |w| w.write_all(text.as_bytes()))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-fn read_items(path: &Path) -> Result<Vec<Item>, String> {
+pub(crate) fn read_items(path: &Path) -> Result<Vec<Item>, String> {
     match std::fs::read_to_string(path) {
         Ok(t) => serde_json::from_str::<ItemList>(&t)
             .map(|l| l.items)
@@ -407,6 +414,9 @@ impl PreprocessOptions {
         let mut ctf = self.ctf.clone();
         ctf.spectrum_path = Some(path_string(
             &out.join("powerspectrum").join(format!("{name}.mrc")),
+        ));
+        ctf.spectrum_png_path = Some(path_string(
+            &out.join("powerspectrum").join(format!("{name}.png")),
         ));
         let commands = vec![
             Command::LoadStack(LoadStackParams {
@@ -467,6 +477,7 @@ impl PreprocessOptions {
             out.join("average").join(format!("{name}_odd.mrc")),
             out.join("average").join(format!("{name}_even.mrc")),
             out.join("powerspectrum").join(format!("{name}.mrc")),
+            out.join("powerspectrum").join(format!("{name}.png")),
             out.join("thumbnails").join(format!("{name}.png")),
             out.join(format!("{name}.json")),
         ]
@@ -527,6 +538,10 @@ impl PreprocessOptions {
             outputs.insert("even".into(), format!("average/{name}_even.mrc"));
         }
         outputs.insert("powerspectrum".into(), format!("powerspectrum/{name}.mrc"));
+        outputs.insert(
+            "powerspectrum_png".into(),
+            format!("powerspectrum/{name}.png"),
+        );
         outputs.insert("thumbnail".into(), format!("thumbnails/{name}.png"));
         let mut timings = BTreeMap::new();
         timings.insert("load".into(), load.ms);
@@ -626,6 +641,15 @@ fn name_the_flag(message: &str) -> String {
 
 /// Writes `micrographs_ctf.star` from the records of `names` (read from their JSON files).
 pub fn write_micrographs_star(output: &Path, names: &[String]) -> Result<usize, String> {
+    write_micrographs_table(output, names, "micrographs_ctf.star")
+}
+
+/// Writes RELION's micrograph table of `names` to `output/file` (atomically).
+pub(crate) fn write_micrographs_table(
+    output: &Path,
+    names: &[String],
+    file: &str,
+) -> Result<usize, String> {
     let columns = [
         "rlnMicrographName",
         "rlnDefocusU",
@@ -660,8 +684,26 @@ pub fn write_micrographs_star(output: &Path, names: &[String]) -> Result<usize, 
         rows,
     };
     let n = table.rows.len();
-    write_star(output.join("micrographs_ctf.star"), &[table]).map_err(|e| e.to_string())?;
+    write_star(output.join(file), &[table]).map_err(|e| e.to_string())?;
     Ok(n)
+}
+
+/// Writes `micrographs_ctf.star` and, when a selection was saved with the session, the
+/// selected table again (under `writing`, the status page's selection lock). A selection that
+/// cannot be applied is logged, not fatal: the main table is what the job owes.
+fn write_tables(
+    output: &Path,
+    names: &[String],
+    writing: &std::sync::Mutex<()>,
+) -> Result<(), String> {
+    write_micrographs_star(output, names)?;
+    let _one = writing.lock().unwrap_or_else(|e| e.into_inner());
+    match crate::select::refresh(output) {
+        Ok(Some(s)) => log::debug!("selection: {}", crate::select::describe(&s)),
+        Ok(None) => {}
+        Err(e) => log::warn!("the saved selection was not applied: {e}"),
+    }
+    Ok(())
 }
 
 fn eta(done: usize, left: usize, elapsed: Duration) -> String {
@@ -775,7 +817,7 @@ pub fn run(
             },
         )?;
         let names: Vec<String> = processed.iter().map(|i| i.name.clone()).collect();
-        write_micrographs_star(&opts.output, &names)?;
+        write_tables(&opts.output, &names, &std::sync::Mutex::new(()))?;
         return Ok(summary);
     }
 
@@ -807,6 +849,7 @@ pub fn run(
     wopts.state_dir.clone_from(&opts.state_dir);
     wopts.tls.clone_from(&opts.tls);
     wopts.view_token = opts.view_token.as_ref().map(|(t, _)| t.clone());
+    wopts.admin_token = opts.admin_token.as_ref().map(|(t, _)| t.clone());
     let mut wrapper = ControllerBasedWorkerWrapper::with_options(wopts);
     let port = wrapper
         .start_controller(port)
@@ -844,13 +887,30 @@ pub fn run(
         )),
     }
     let controller = wrapper.controller().map_err(|e| e.to_string())?;
-    if let Some((_, file)) = &opts.view_token {
+    let view = opts
+        .view_token
+        .as_ref()
+        .map(|(_, f)| format!("view token in {}", f.display()));
+    let admin = opts.admin_token.as_ref().map(|(_, f)| {
+        format!(
+            "the selection's export takes the admin token in {}",
+            f.display()
+        )
+    });
+    if view.is_some() || admin.is_some() {
+        let tokens: Vec<String> = view.into_iter().chain(admin).collect();
         log(&format!(
-            "status page: {}/ (view token in {})",
+            "status page: {}/ ({})",
             controller.url(),
-            file.display()
+            tokens.join("; ")
         ));
     }
+    let session = std::sync::Arc::new(crate::select::PreprocessSession::new(
+        opts.output.clone(),
+        opts.watch.is_some(),
+    ));
+    let writing = session.writing();
+    controller.view().set_session(session);
     on_started(controller)?;
 
     // Submit every package in one batch (so each worker's first task comes with the movie it
@@ -1113,7 +1173,7 @@ pub fn run(
         // A watched session's table follows it (a script or RELION may read it meanwhile).
         if opts.watch.is_some() && star_dirty && last_star.elapsed() >= Duration::from_secs(2) {
             let names: Vec<String> = processed.iter().map(|i| i.name.clone()).collect();
-            write_micrographs_star(&opts.output, &names)?;
+            write_tables(&opts.output, &names, &writing)?;
             star_dirty = false;
             last_star = Instant::now();
         }
@@ -1141,7 +1201,7 @@ pub fn run(
         },
     )?;
     let names: Vec<String> = processed.iter().map(|i| i.name.clone()).collect();
-    write_micrographs_star(&opts.output, &names)?;
+    write_tables(&opts.output, &names, &writing)?;
     summary.failed = failed;
     drop(wrapper);
     Ok(summary)
@@ -1283,6 +1343,7 @@ mod tests {
             state_dir: None,
             tls: None,
             view_token: None,
+            admin_token: None,
         }
     }
 

@@ -75,6 +75,12 @@ schemas = {
         ["mode", "max_workers", "jobs", "submitted_total", "failure_streak"])},
     ["version","protocol_version","uptime_ms","workers","tasks","queue_length","parked_polls","stale_reports_refused"]),
  "ConsoleLines": obj({"total": u64, "first_kept": u64, "lines": {"type":"array","items":ref("ConsoleLine")}}, ["total","first_kept","lines"]),
+ "SelectionThresholds": dict(obj({k: {"type": "number", "minimum": 0, "nullable": True} for k in ["max_resolution_A", "min_defocus_um", "max_defocus_um", "max_astigmatism_um", "max_motion_A"]}),
+    additionalProperties=False, description="Thresholds a movie must all meet (absent or null: no limit); mean defocus (U+V)/2, astigmatism |U-V|, total motion = the trajectory's length in Å. min_defocus_um above max_defocus_um is refused."),
+ "SelectionSummary": obj({"thresholds": ref("SelectionThresholds"), "total": u64, "selected": u64,
+    "rejected": {"type": "object", "description": "movies failing each threshold", "properties": {k: u64 for k in ["resolution", "defocus", "astigmatism", "motion"]}, "additionalProperties": False},
+    "star": string}, ["thresholds", "total", "selected", "rejected", "star"]),
+ "SessionInfo": obj({"output": string, "thresholds": ref("SelectionThresholds"), "watching": {"type": "boolean"}}, ["output", "thresholds", "watching"]),
 }
 q = lambda n, s, d: p(n, "query", s, d, False)
 paths = {
@@ -108,6 +114,11 @@ paths = {
  "/api/tasks/{id}/wait": {"get": op("Wait for a task to finish", {**ok("TaskDetail"), **errs("400","401","404")}, params=[tid, q("timeout_s", {"type":"number","minimum":0,"maximum":300}, "hold at most this long (default 30, max 300); the reply then shows a non-terminal state")])},
  "/metrics": {"get": op("Prometheus metrics (view token)", {"200": {"description": "the Prometheus text exposition format 0.0.4 (docs/monitoring.md)", "content": {"text/plain": {"schema": {"type":"string"}}}}, **errs("400","401")},
     desc="Workers, tasks and the queue by state, parked polls, stale reports, dispatch latency and task duration histograms, movies by outcome, provisioned jobs by state.")},
+ "/api/session": {"get": op("The preprocessing session this controller serves (404 no_session: none)", {**ok("SessionInfo"), **errs("400","401","404")})},
+ "/api/session/movies/{name}/{image}": {"get": op("A processed movie's thumbnail or power spectrum (PNG)", {"200": {"description": "PNG", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}, **errs("400","401","404")},
+    params=[p("name", desc="the movie's name (its file stem, the task's label)"), p("image", schema={"type": "string", "enum": ["thumbnail", "spectrum"]}, desc="thumbnail: the average, downsampled; spectrum: the power spectrum with the fitted CTF's zeros on its right half")])},
+ "/api/session/selection": {"post": op("Select the movies passing thresholds (admin token)", {**ok("SelectionSummary"), **errs("400","401","404","413")}, "SelectionThresholds",
+    desc="Writes micrographs_ctf_selected.star in the session's output directory and saves the thresholds with the session (selection.json).")},
  "/": {"get": op("The status page (no token; its script asks for the view token)", {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type":"string"}}}}, **errs("400")}, public=True)},
  "/page.js": {"get": op("The status page's script (no token)", {"200": {"description": "JavaScript", "content": {"text/javascript": {"schema": {"type":"string"}}}}, **errs("400")}, public=True)},
  "/page.css": {"get": op("The status page's style sheet (no token)", {"200": {"description": "CSS", "content": {"text/css": {"schema": {"type":"string"}}}}, **errs("400")}, public=True)},

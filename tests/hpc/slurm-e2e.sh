@@ -15,6 +15,9 @@
 #      movies on workers it submits itself, then leaves no job behind.
 #   5. scenario 2 over HTTPS: a controller with a scripts/make-cert.sh pair provisions workers
 #      that trust it through the template's ca_file; plain HTTP to it is refused.
+#   6. a live session: `preprocess --watch --provision slurm` provisions workers while movies
+#      arrive, releases them (no job left) when the "microscope" pauses, provisions again for
+#      movies renamed into place later, and ends on SIGTERM with every movie processed once.
 #
 # Run as root on Debian (installs munge, slurmctld, slurmd, slurm-client, nftables if missing).
 # Cleans up everything it started (EXIT trap: PIDs, namespace) also on failure.
@@ -48,7 +51,7 @@ if [ -z "${BIN:-}" ]; then
 fi
 export SLURM_CONF=$BASE/slurm.conf
 
-MUNGE_PID= CTLD_PID= SLURMD_PID= CTRL_PID= PROV_PID=
+MUNGE_PID= CTLD_PID= SLURMD_PID= CTRL_PID= PROV_PID= LIVE_PID=
 cleanup() {
     set +e
     if [ -n "$CTLD_PID" ]; then
@@ -59,8 +62,8 @@ cleanup() {
     local pids
     pids=$(ip netns pids "$NS" 2>/dev/null)
     [ -n "$pids" ] && kill -9 $pids 2>/dev/null
-    for p in $PROV_PID $CTRL_PID $CTLD_PID; do kill "$p" 2>/dev/null; done
-    for p in $PROV_PID $CTRL_PID $CTLD_PID $SLURMD_PID; do wait "$p" 2>/dev/null; done
+    for p in $LIVE_PID $PROV_PID $CTRL_PID $CTLD_PID; do kill "$p" 2>/dev/null; done
+    for p in $LIVE_PID $PROV_PID $CTRL_PID $CTLD_PID $SLURMD_PID; do wait "$p" 2>/dev/null; done
     [ -n "$MUNGE_PID" ] && { kill "$MUNGE_PID"; wait "$MUNGE_PID"; }
     ip netns del "$NS" 2>/dev/null
     ip link del "$VH" 2>/dev/null
@@ -344,5 +347,56 @@ for _ in $(seq 200); do [ -z "$(squeue -h -o %i)" ] && { gone=1; break; }; sleep
 kill "$PROV_PID"; wait "$PROV_PID" || fail "TLS controller did not exit cleanly"
 PROV_PID=
 log "PASS 5: over HTTPS (make-cert.sh pair), provisioned workers on the firewalled node ran 3 tasks; plain HTTP was refused"
+
+# --- 6. a live session: workers provisioned while movies arrive, released in a pause -----------
+[ -z "$(squeue -h -o %i)" ] || fail "jobs left before the watch test: $(squeue -h)"
+mkdir -p "$BASE/live/incoming"
+"$BIN/warp-controller" simulate --output "$BASE/live/sim" --count 3 --size 128 --frames 4 \
+    >"$BASE/log/live-simulate.log" 2>&1 || fail "simulate failed: $(cat "$BASE/log/live-simulate.log")"
+cp "$BASE/live/sim/sim_0001.mrc" "$BASE/live/incoming/"
+WARP_PROVISION_TICK=0.3 WARP_PROVISION_DRAIN_AFTER=2 \
+"$BIN/warp-controller" preprocess --input "$BASE/live/incoming/*.mrc" --output "$BASE/live/out" \
+    --watch --watch-interval 0.3 --settle 0.5 \
+    --port 0 --bind $HEAD --token-file "$BASE/token" --window 64 \
+    --provision slurm --provision-template "$repo/scripts/slurm/warp-workers.provision.sbatch" \
+    --provision-dir "$BASE/live/prov" --provision-var warp_home="$repo" \
+    --provision-var worker_args="-s" --max-workers 1 --verbose \
+    >"$BASE/log/live.out" 2>"$BASE/log/live.log" &
+LIVE_PID=$!
+processed() { python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["items"]))' \
+    "$BASE/live/out/processed_items.json" 2>/dev/null || echo 0; }
+wait_processed() {
+    for _ in $(seq 1200); do [ "$(processed)" = "$1" ] && return 0; sleep 0.1; done
+    fail "the watch did not reach $1 processed movie(s): $(tail -n 20 "$BASE/log/live.log")"
+}
+wait_processed 1
+submitted() { grep -c "provisioning: submitted worker job" "$BASE/log/live.log" || true; }
+jobs_seen=$(submitted)
+[ "$jobs_seen" -ge 1 ] || fail "the watch did not provision a worker job: $(tail -n 20 "$BASE/log/live.log")"
+# The pause: the idle worker's job is released while the watch goes on.
+gone=
+for _ in $(seq 300); do [ -z "$(squeue -h -o %i)" ] && { gone=1; break; }; sleep 0.1; done
+[ -n "$gone" ] || fail "the worker job was not released in the pause: $(squeue -h)"
+kill -0 "$LIVE_PID" 2>/dev/null || fail "the watch ended in the pause: $(tail -n 20 "$BASE/log/live.log")"
+# Acquisition goes on: one movie copied, one written elsewhere and renamed into place (as EPU does).
+cp "$BASE/live/sim/sim_0002.mrc" "$BASE/live/incoming/"
+cp "$BASE/live/sim/sim_0003.mrc" "$BASE/live/incoming/sim_0003.part"
+mv "$BASE/live/incoming/sim_0003.part" "$BASE/live/incoming/sim_0003.mrc"
+wait_processed 3
+after=$(submitted)
+[ "$after" -gt "$jobs_seen" ] || fail "no new worker job for the movies after the pause ($jobs_seen, then $after)"
+kill -TERM "$LIVE_PID"
+rc=0; wait "$LIVE_PID" || rc=$?
+[ "$rc" = 0 ] || fail "the watch exited $rc on SIGTERM: $(tail -n 20 "$BASE/log/live.log")"
+for n in sim_0001 sim_0002 sim_0003; do
+    [ -s "$BASE/live/out/$n.json" ] || fail "no output for $n"
+    grep -q "average/$n.mrc" "$BASE/live/out/micrographs_ctf.star" || fail "$n not in the STAR file"
+done
+[ "$(grep -c 'average/sim_' "$BASE/live/out/micrographs_ctf.star")" = 3 ] \
+    || fail "a movie was processed twice: $(cat "$BASE/live/out/micrographs_ctf.star")"
+gone=
+for _ in $(seq 200); do [ -z "$(squeue -h -o %i)" ] && { gone=1; break; }; sleep 0.1; done
+[ -n "$gone" ] || fail "jobs left after the watch ended: $(squeue -h)"
+log "PASS 6: a live session on the cluster: $jobs_seen worker job(s) for the first movie, released in the pause, $((after - jobs_seen)) more for the movies that came later; 3 movies once each, none left queued"
 
 log "ALL PASSED"

@@ -5,7 +5,7 @@
 //! The job's own controller spawns the workers; they stop with it (WARP_PARENT_PID), and the
 //! job process is killed on drop if a test fails.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -1031,8 +1031,11 @@ fn a_watched_folder_is_processed_as_movies_arrive() {
 
 /// Issue 12: the status page of a running session, in headless Chromium
 /// (`tests/reference/check_page.py`, Selenium): the token form, the workers table, a point per
-/// movie on each plot, a table that sorts, a movie's detail and trajectory. Skipped with a
-/// message without chromium, chromium-driver and selenium, unless `WARP_REQUIRE_BROWSER=1` (CI).
+/// movie on each plot, a table that sorts, a movie's detail, trajectory, thumbnail and power
+/// spectrum, the selection (count, plot, export refused with the view token and done with the
+/// admin token, read back with `starfile`, shown again after a reload). The screenshot goes to
+/// `$WARP_ARTIFACTS/status-page.png` when that is set. Skipped with a message without chromium,
+/// chromium-driver and selenium, unless `WARP_REQUIRE_BROWSER=1` (CI).
 #[test]
 fn the_status_page_shows_a_running_session_in_a_browser() {
     let have_browser = Path::new("/usr/bin/chromium").exists()
@@ -1060,6 +1063,7 @@ fn the_status_page_shows_a_running_session_in_a_browser() {
     let out = dir.join("out");
     let input = format!("{}/*.mrc", sim.display());
     let view = dir.join("view-token");
+    let admin = dir.join("admin-token");
     let job = one_worker_job(
         &input,
         &out,
@@ -1071,6 +1075,8 @@ fn the_status_page_shows_a_running_session_in_a_browser() {
             "0.5",
             "--view-token-file",
             view.to_str().unwrap(),
+            "--admin-token-file",
+            admin.to_str().unwrap(),
         ],
     );
     let mut p = start_controller(dir, &job);
@@ -1094,11 +1100,22 @@ fn the_status_page_shows_a_running_session_in_a_browser() {
             .then_some(())
     });
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/check_page.py");
+    // The screenshot is a CI artifact where WARP_ARTIFACTS names a directory.
+    let shot = match std::env::var_os("WARP_ARTIFACTS") {
+        Some(d) => {
+            std::fs::create_dir_all(&d).expect("create WARP_ARTIFACTS");
+            PathBuf::from(d).join("status-page.png")
+        }
+        None => dir.join("status-page.png"),
+    };
     let check = Command::new("python3")
         .arg(&script)
         .arg(&url)
         .arg(&view)
         .arg("4")
+        .arg(&admin)
+        .arg(&out)
+        .arg(&shot)
         .output()
         .expect("run check_page.py");
     let report = format!(
@@ -1113,4 +1130,233 @@ fn the_status_page_shows_a_running_session_in_a_browser() {
         "the status page check failed:\n{report}"
     );
     eprintln!("{report}");
+}
+
+fn http() -> ureq::Agent {
+    ureq::AgentBuilder::new().try_proxy_from_env(false).build()
+}
+
+/// `(status, body)` of a request, errors included.
+fn call(req: ureq::Request, body: Option<&str>) -> (u16, Vec<u8>) {
+    let r = match body {
+        Some(b) => req.set("Content-Type", "application/json").send_string(b),
+        None => req.call(),
+    };
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("request failed: {e}"),
+    };
+    let status = resp.status();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes).unwrap();
+    (status, bytes)
+}
+
+/// Rows of a STAR file's `micrographs` block, read with `starfile` (PyPI) where it is
+/// installed, else counted by its `average/` paths.
+fn star_rows(path: &Path) -> usize {
+    if warp_tests::python_modules(&["starfile"], "starfile") {
+        let o = Command::new("python3")
+            .args([
+                "-c",
+                "import starfile, sys; print(len(starfile.read(sys.argv[1], always_dict=True)['micrographs']))",
+            ])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        return String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    }
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("average/"))
+        .count()
+}
+
+/// Issue 12: a session's pictures and selection over HTTP (view token to look, admin token to
+/// export; unknown and path-like names are 404; a controller without a session says so), and
+/// `warp-controller select` on the same output directory, before and after a running job
+/// applied the saved thresholds to the movies that arrived later.
+#[test]
+fn a_session_serves_its_pictures_and_selection_and_select_works_from_the_cli() {
+    let tmp = TempDir::new("session");
+    let dir = tmp.path();
+    let sim = dir.join("sim");
+    simulate(
+        dir,
+        &sim,
+        &["--count", "3", "--size", "256", "--frames", "8"],
+    );
+    let out = dir.join("out");
+    let input = format!("{}/*.mrc", sim.display());
+    let (view, admin) = (dir.join("view-token"), dir.join("admin-token"));
+    let job = one_worker_job(
+        &input,
+        &out,
+        &[
+            "--watch",
+            "--watch-interval",
+            "0.2",
+            "--settle",
+            "0.3",
+            "--view-token-file",
+            view.to_str().unwrap(),
+            "--admin-token-file",
+            admin.to_str().unwrap(),
+        ],
+    );
+    let mut p = start_controller(dir, &job);
+    let url = wait_for(Duration::from_secs(30), "the status page's URL", || {
+        let err = p.stderr();
+        let line = err.lines().find(|l| l.contains("status page: "))?;
+        let rest = &line[line.find("status page: ")? + 13..];
+        Some(
+            rest.split_whitespace()
+                .next()?
+                .trim_end_matches('/')
+                .to_string(),
+        )
+    });
+    let processed = |n: usize| {
+        let list = json(&out.join("processed_items.json"));
+        list["items"].as_array().is_some_and(|a| a.len() == n)
+    };
+    wait_for(Duration::from_secs(120), "3 movies processed", || {
+        (out.join("processed_items.json").exists() && processed(3)).then_some(())
+    });
+    let view_t = std::fs::read_to_string(&view).unwrap().trim().to_string();
+    let admin_t = std::fs::read_to_string(&admin).unwrap().trim().to_string();
+    let a = http();
+    let get = |path: &str, token: &str| {
+        call(
+            a.get(&format!("{url}{path}"))
+                .set("Authorization", &format!("Bearer {token}")),
+            None,
+        )
+    };
+    let (code, body) = get("/api/session", &view_t);
+    assert_eq!(code, 200);
+    let info: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(info["watching"], true);
+    assert_eq!(info["thresholds"], serde_json::json!({}));
+    for image in ["thumbnail", "spectrum"] {
+        let (code, body) = get(&format!("/api/session/movies/sim_0002/{image}"), &view_t);
+        assert_eq!(code, 200, "{image}");
+        assert!(body.starts_with(b"\x89PNG\r\n\x1a\n"), "{image} is a PNG");
+    }
+    assert_eq!(
+        get("/api/session/movies/sim_0002/thumbnail", "wrong").0,
+        401
+    );
+    for bad in [
+        "/api/session/movies/sim_0009/thumbnail",
+        "/api/session/movies/sim_0002/mrc",
+        "/api/session/movies/..%2Fsim_0001/thumbnail",
+        "/api/session/movies/%2E%2E/thumbnail",
+    ] {
+        let (code, body) = get(bad, &view_t);
+        assert_eq!(code, 404, "{bad}: {}", String::from_utf8_lossy(&body));
+    }
+    // Thresholds every movie passes: a selection of all three.
+    let post = |token: &str, body: &str| {
+        call(
+            a.post(&format!("{url}/api/session/selection"))
+                .set("Authorization", &format!("Bearer {token}")),
+            Some(body),
+        )
+    };
+    assert_eq!(post(&view_t, r#"{"max_resolution_A": 100}"#).0, 401);
+    assert!(!out.join("micrographs_ctf_selected.star").exists());
+    let (code, body) = post(&admin_t, r#"{"min_defocus_um": 3, "max_defocus_um": 2}"#);
+    assert_eq!(code, 400, "{}", String::from_utf8_lossy(&body));
+    let (code, body) = post(
+        &admin_t,
+        r#"{"max_resolution_A": 100, "max_motion_A": 1000}"#,
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let s: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (s["total"].as_u64(), s["selected"].as_u64()),
+        (Some(3), Some(3))
+    );
+    assert_eq!(star_rows(&out.join("micrographs_ctf_selected.star")), 3);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&get("/api/session", &view_t).1).unwrap(),
+        serde_json::json!({
+            "output": out.display().to_string(),
+            "thresholds": {"max_resolution_A": 100.0, "max_motion_A": 1000.0},
+            "watching": true
+        })
+    );
+    // A movie arriving later joins the selected table (the saved thresholds apply to it).
+    std::fs::copy(sim.join("sim_0001.mrc"), sim.join("late.mrc")).unwrap();
+    wait_for(Duration::from_secs(120), "the late movie selected", || {
+        (processed(4) && star_rows(&out.join("micrographs_ctf_selected.star")) == 4).then_some(())
+    });
+    p.signal(libc::SIGTERM);
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(60)),
+        Some(Some(0)),
+        "{}",
+        p.stderr()
+    );
+
+    // The CLI: a threshold between the movies' fit resolutions, the saved one kept.
+    let mut res: Vec<f64> = ["sim_0001", "sim_0002", "sim_0003", "late"]
+        .iter()
+        .map(|n| {
+            json(&out.join(format!("{n}.json")))["ctf"]["fit_resolution_A"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    res.sort_by(f64::total_cmp);
+    let select = |args: &[&str]| {
+        let o = Command::new(bin("warp-controller"))
+            .args(["select", "--output", out.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let below_all = format!("{}", res[0] / 2.0);
+    let (code, text) = select(&["--max-resolution", &below_all, "--dry-run"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("0 of 4 movie(s) selected") && text.contains("dry run"),
+        "{text}"
+    );
+    assert_eq!(
+        star_rows(&out.join("micrographs_ctf_selected.star")),
+        4,
+        "a dry run writes nothing"
+    );
+    let (code, text) = select(&["--max-resolution", &below_all]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("0 of 4 movie(s) selected (4 over the fit resolution threshold)"),
+        "{text}"
+    );
+    assert_eq!(star_rows(&out.join("micrographs_ctf_selected.star")), 0);
+    let saved = json(&out.join("selection.json"));
+    assert_eq!(
+        saved["max_motion_A"], 1000.0,
+        "the saved motion threshold is kept: {saved}"
+    );
+    let (code, text) = select(&["--clear"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(star_rows(&out.join("micrographs_ctf_selected.star")), 4);
+    let (code, text) = select(&["--max-defocus", "-2"]);
+    assert_eq!(code, Some(2), "{text}");
+    let o = Command::new(bin("warp-controller"))
+        .args(["select", "--output", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("holds no preprocess session"));
 }

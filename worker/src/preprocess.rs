@@ -26,7 +26,7 @@ use warp_common::preprocessing::{
     StackLoaded, ThumbnailParams, ThumbnailResult,
 };
 use warp_kernels::backend::{Backend, BackendError, CpuBackend, GpuInfo, Optics};
-use warp_kernels::ctf_fit::{CtfFitOptions, Spectrum};
+use warp_kernels::ctf_fit::CtfFitOptions;
 use warp_kernels::gain::GainRef;
 use warp_kernels::io::mrc::{WriteMode, write_mrc};
 use warp_kernels::motion::{MotionOptions, MotionResult};
@@ -151,24 +151,6 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
         .map(|e| format!(".{}", e.to_string_lossy()))
         .unwrap_or_default();
     path.with_file_name(format!("{stem}_{suffix}{ext}"))
-}
-
-/// A centred `n × n` image of a half-complex power spectrum (Hermitian symmetry fills the
-/// negative x half).
-fn centred_spectrum(s: &Spectrum) -> Vec<f32> {
-    let n = s.n;
-    let nxh = n / 2 + 1;
-    let mut out = vec![0.0f32; n * n];
-    for y in 0..n {
-        let fy = y as i64 - (n / 2) as i64;
-        for x in 0..n {
-            let fx = x as i64 - (n / 2) as i64;
-            let (i, j) = if fx >= 0 { (fx, fy) } else { (-fx, -fy) };
-            let j = j.rem_euclid(n as i64) as usize;
-            out[y * n + x] = s.data[j * nxh + i as usize];
-        }
-    }
-    out
 }
 
 impl Preprocessor {
@@ -437,7 +419,7 @@ impl Preprocessor {
         if let Some(out) = &p.spectrum_path {
             let out = Path::new(out);
             ensure_parent(out)?;
-            let img = centred_spectrum(&spectrum);
+            let img = warp_kernels::spectrum_image::centred(&spectrum);
             write_mrc(
                 out,
                 &img,
@@ -465,6 +447,29 @@ impl Preprocessor {
         let fit = backend
             .fit_ctf(&spectrum, angpix, &optics, &opts)
             .map_err(failed("MovieProcessCTF"))?;
+        if let Some(out) = &p.spectrum_png_path {
+            let out = Path::new(out);
+            ensure_parent(out)?;
+            let ctf = warp_kernels::ctf::Ctf {
+                voltage_kv: p.voltage_kv,
+                cs_mm: p.cs_mm,
+                amplitude_contrast: p.amplitude_contrast,
+                pixel_size_a: angpix,
+                defocus_u_um: fit.defocus_u_um,
+                defocus_v_um: fit.defocus_v_um,
+                astig_angle_deg: fit.astig_angle_deg,
+                phase_shift_pi: fit.phase_shift_pi,
+            };
+            let img = warp_kernels::spectrum_image::centred(&spectrum);
+            let pic = warp_kernels::spectrum_image::spectrum_image(
+                &img,
+                spectrum.n,
+                &ctf,
+                1.0 / fit.fit_resolution_a,
+            );
+            warp_kernels::io::png::write_png_gray8(out, &pic, spectrum.n, spectrum.n)
+                .map_err(|e| e.to_string())?;
+        }
         let r = CtfResult {
             defocus: Defocus {
                 defocus_u_um: fit.defocus_u_um,
@@ -591,7 +596,7 @@ mod tests {
             _: usize,
             _: usize,
             _: usize,
-        ) -> Result<Spectrum, BackendError> {
+        ) -> Result<warp_kernels::ctf_fit::Spectrum, BackendError> {
             Err(BackendError::OutOfMemory {
                 needed: 600 << 20,
                 free: 100 << 20,

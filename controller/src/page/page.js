@@ -16,7 +16,14 @@ const state = {
   sortDir: 1,
   selected: null,
   timer: null,
+  session: undefined, // SessionInfo from /api/session; null: this controller serves none
+  thresholds: {},     // the selection's thresholds (SelectionThresholds' field names)
+  pictures: { id: null, urls: [] },
 };
+
+// The thresholds, as in common/src/preprocessing.rs (SelectionThresholds): a movie passes
+// when every one that is set holds; exactly at a threshold passes.
+const THRESHOLDS = ["max_resolution_A", "min_defocus_um", "max_defocus_um", "max_astigmatism_um", "max_motion_A"];
 
 const $ = (id) => document.getElementById(id);
 
@@ -27,14 +34,27 @@ function el(tag, attrs, text) {
   return e;
 }
 
-async function api(path) {
+async function request(path, options) {
   const token = sessionStorage.getItem(TOKEN_KEY);
-  const r = await fetch(path, { headers: { Authorization: "Bearer " + token }, cache: "no-store" });
+  const r = await fetch(path, { headers: { Authorization: "Bearer " + token }, cache: "no-store", ...(options || {}) });
   if (r.status === 401 || r.status === 403) {
     const body = await r.json().catch(() => ({}));
     throw { auth: true, message: body.error || "the token was refused" };
   }
+  return r;
+}
+
+async function api(path) {
+  const r = await request(path);
   if (!r.ok) throw { message: path + ": HTTP " + r.status };
+  return r.json();
+}
+
+// The session, or null when the controller serves none (404).
+async function fetchSession() {
+  const r = await request("/api/session");
+  if (r.status === 404) return null;
+  if (!r.ok) throw { message: "/api/session: HTTP " + r.status };
   return r.json();
 }
 
@@ -65,9 +85,10 @@ function movieOf(task) {
   const ctf = results.find((r) => r && typeof r === "object" && typeof r.defocus_u_um === "number");
   if (!ctf) return null;
   const motion = results.find((r) => r && typeof r === "object" && Array.isArray(r.shifts_px));
+  // The trajectory's length in Å (total_motion in common/src/preprocessing.rs).
   let total = null;
-  if (motion) {
-    const s = motion.shifts_A && motion.shifts_A.length ? motion.shifts_A : motion.shifts_px;
+  if (motion && Array.isArray(motion.shifts_A) && motion.shifts_A.length) {
+    const s = motion.shifts_A;
     total = 0;
     for (let i = 1; i < s.length; i++) total += Math.hypot(s[i][0] - s[i - 1][0], s[i][1] - s[i - 1][1]);
   }
@@ -78,6 +99,7 @@ function movieOf(task) {
     du: ctf.defocus_u_um,
     dv: ctf.defocus_v_um,
     astig: Math.abs(ctf.defocus_u_um - ctf.defocus_v_um),
+    mean: (ctf.defocus_u_um + ctf.defocus_v_um) / 2,
     angle: ctf.astig_angle_deg,
     res: ctf.fit_resolution_A,
     motion: total,
@@ -85,6 +107,25 @@ function movieOf(task) {
     angpix: ctf.angpix,
     score: ctf.score,
   };
+}
+
+// Which thresholds movie `m` fails (SelectionThresholds::failures).
+function failures(m) {
+  const t = state.thresholds, out = [];
+  if (t.max_resolution_A !== undefined && m.res > t.max_resolution_A) out.push("resolution");
+  if ((t.min_defocus_um !== undefined && m.mean < t.min_defocus_um) || (t.max_defocus_um !== undefined && m.mean > t.max_defocus_um)) out.push("defocus");
+  if (t.max_astigmatism_um !== undefined && m.astig > t.max_astigmatism_um) out.push("astigmatism");
+  if (t.max_motion_A !== undefined && m.motion !== null && m.motion > t.max_motion_A) out.push("motion");
+  return out;
+}
+
+function readThresholds() {
+  const t = {};
+  for (const k of THRESHOLDS) {
+    const v = $("t-" + k).value.trim();
+    if (v !== "" && Number.isFinite(Number(v)) && Number(v) >= 0) t[k] = Number(v);
+  }
+  state.thresholds = t;
 }
 
 async function fetchTasks() {
@@ -113,14 +154,17 @@ function clear(svg) {
   while (svg.firstChild) svg.removeChild(svg.firstChild);
 }
 
-// A scatter plot of series [{values, colour, label}] against acquisition order.
-function scatter(svg, title, unit, series) {
+// A scatter plot of series [{values, colour, label, names}] against acquisition order; `pass`
+// (per point) draws the movies outside the selection hollow, `limits` are dashed threshold lines.
+function scatter(svg, title, unit, series, pass, limits) {
+  limits = (limits || []).filter((l) => l.value !== undefined);
   clear(svg);
   const W = +svg.getAttribute("width"), H = +svg.getAttribute("height");
   const L = 56, R = 10, T = 22, B = 24;
   svg.appendChild(el("svg:text", { x: L, y: 14, "font-size": 12 }, title + " (" + unit + ")"));
   const all = series.flatMap((s) => s.values.filter((v) => v !== null && Number.isFinite(v)));
   const n = Math.max(...series.map((s) => s.values.length), 0);
+  if (all.length) all.push(...limits.map((l) => l.value));
   if (!all.length) {
     svg.appendChild(el("svg:text", { x: L, y: H / 2, "font-size": 12, fill: "#888" }, "no movies yet"));
     return;
@@ -138,11 +182,18 @@ function scatter(svg, title, unit, series) {
     svg.appendChild(el("svg:line", { x1: L, y1: y(v), x2: W - R, y2: y(v), stroke: "#eee" }));
   }
   svg.appendChild(el("svg:text", { x: W - R, y: H - 6, "font-size": 10, "text-anchor": "end" }, "movie 1 … " + n));
+  for (const l of limits) {
+    svg.appendChild(el("svg:line", { x1: L, y1: y(l.value), x2: W - R, y2: y(l.value), stroke: "#b00", "stroke-dasharray": "5 3", class: "limit" }));
+    svg.appendChild(el("svg:text", { x: L + 4, y: y(l.value) - 3, "font-size": 10, fill: "#b00" }, l.label + " " + fmt(l.value, 2)));
+  }
   series.forEach((s, k) => {
     svg.appendChild(el("svg:text", { x: W - R - 90 * (series.length - k), y: 14, "font-size": 11, fill: s.colour }, "● " + s.label));
     s.values.forEach((v, i) => {
       if (v === null || !Number.isFinite(v)) return;
-      const c = el("svg:circle", { cx: x(i), cy: y(v), r: 3, fill: s.colour, class: "point" });
+      const out = pass && !pass[i];
+      const c = el("svg:circle", out
+        ? { cx: x(i), cy: y(v), r: 3, fill: "none", stroke: s.colour, class: "point rejected" }
+        : { cx: x(i), cy: y(v), r: 3, fill: s.colour, class: "point" });
       c.appendChild(el("svg:title", {}, s.names[i] + ": " + fmt(v, 3) + " " + unit));
       svg.appendChild(c);
     });
@@ -199,21 +250,30 @@ function drawWorkers(workers, status) {
     " · running " + (t.running + t.assigned) + " · completed " + t.completed + " · failed " + t.failed;
 }
 
-const KEYS = ["order", "name", "du", "dv", "astig", "angle", "res", "motion"];
+const KEYS = ["order", "name", "du", "dv", "astig", "angle", "res", "motion", "pass"];
 const DIGITS = { du: 3, dv: 3, astig: 3, angle: 1, res: 2, motion: 2 };
 
 function drawMovies() {
   const movies = [...state.movies.values()];
   $("movie-count").textContent = movies.length ? "(" + movies.length + ")" : "";
+  for (const m of movies) {
+    m.failed = failures(m);
+    m.pass = m.failed.length ? "no (" + m.failed.join(", ") + ")" : "yes";
+  }
+  const passing = movies.filter((m) => !m.failed.length).length;
+  $("selection-count").textContent = passing + " of " + movies.length + " pass";
+  $("selection-count").dataset.selected = String(passing);
   const byOrder = [...movies].sort((a, b) => a.order - b.order);
   const names = byOrder.map((m) => m.name);
+  const pass = byOrder.map((m) => !m.failed.length);
+  const t = state.thresholds;
   scatter($("plot-defocus"), "Defocus", "µm", [
     { label: "U", colour: "#1f6fd4", values: byOrder.map((m) => m.du), names },
     { label: "V", colour: "#d4631f", values: byOrder.map((m) => m.dv), names },
-  ]);
-  scatter($("plot-astig"), "Astigmatism |U − V|", "µm", [{ label: "astig.", colour: "#7a3fd4", values: byOrder.map((m) => m.astig), names }]);
-  scatter($("plot-resolution"), "CTF fit resolution", "Å", [{ label: "res.", colour: "#2a9d4a", values: byOrder.map((m) => m.res), names }]);
-  scatter($("plot-motion"), "Total motion", "Å", [{ label: "motion", colour: "#c0392b", values: byOrder.map((m) => m.motion), names }]);
+  ], pass, [{ label: "mean ≥", value: t.min_defocus_um }, { label: "mean ≤", value: t.max_defocus_um }]);
+  scatter($("plot-astig"), "Astigmatism |U − V|", "µm", [{ label: "astig.", colour: "#7a3fd4", values: byOrder.map((m) => m.astig), names }], pass, [{ label: "≤", value: t.max_astigmatism_um }]);
+  scatter($("plot-resolution"), "CTF fit resolution", "Å", [{ label: "res.", colour: "#2a9d4a", values: byOrder.map((m) => m.res), names }], pass, [{ label: "≤", value: t.max_resolution_A }]);
+  scatter($("plot-motion"), "Total motion", "Å", [{ label: "motion", colour: "#c0392b", values: byOrder.map((m) => m.motion), names }], pass, [{ label: "≤", value: t.max_motion_A }]);
 
   const k = state.sortKey, dir = state.sortDir;
   movies.sort((a, b) => {
@@ -228,6 +288,7 @@ function drawMovies() {
   for (const m of movies) {
     const tr = el("tr", { "data-id": m.id });
     if (state.selected === m.id) tr.classList.add("selected");
+    if (m.failed.length) tr.classList.add("rejected");
     for (const key of KEYS) tr.appendChild(el("td", {}, key in DIGITS ? fmt(m[key], DIGITS[key]) : m[key]));
     tr.addEventListener("click", () => { state.selected = m.id; drawDetail(); drawMovies(); });
     body.appendChild(tr);
@@ -267,11 +328,84 @@ function drawDetail() {
     svg.appendChild(el("svg:text", { x: 4, y: 236, "font-size": 10 }, "±" + fmt(span, 1) + " px"));
   }
   box.appendChild(svg);
+  if (state.session) box.appendChild(pictures(m));
+}
+
+// The thumbnail and the power spectrum (fitted CTF zeros drawn on its right half), fetched
+// with the token and shown from blob: URLs (an <img src> could not send the header).
+function pictures(m) {
+  const box = el("div", { class: "pictures" });
+  const kinds = [["thumbnail", "average (thumbnail)"], ["spectrum", "power spectrum; right half: the fitted CTF's zeros to the fit resolution"]];
+  if (state.pictures.id !== m.id) {
+    state.pictures.urls.forEach((u) => u && URL.revokeObjectURL(u));
+    state.pictures = { id: m.id, urls: kinds.map(() => undefined) };
+    kinds.forEach(([kind], i) => {
+      request("/api/session/movies/" + encodeURIComponent(m.name) + "/" + kind)
+        .then((r) => (r.ok ? r.blob() : null))
+        .then((b) => {
+          if (state.pictures.id !== m.id) return;
+          state.pictures.urls[i] = b ? URL.createObjectURL(b) : null;
+          drawDetail();
+        })
+        .catch(() => {});
+    });
+  }
+  kinds.forEach(([kind, caption], i) => {
+    const url = state.pictures.urls[i];
+    const fig = el("figure");
+    if (url) fig.appendChild(el("img", { src: url, alt: kind + " of " + m.name, id: "picture-" + kind }));
+    else fig.appendChild(el("p", { class: "hint" }, url === null ? "no " + kind + " (not written yet)" : "loading " + kind + " …"));
+    fig.appendChild(el("figcaption", {}, caption));
+    box.appendChild(fig);
+  });
+  return box;
+}
+
+async function exportSelection() {
+  readThresholds();
+  const admin = $("admin-token").value.trim();
+  const headers = { "Content-Type": "application/json" };
+  if (admin) headers.Authorization = "Bearer " + admin;
+  $("export-result").textContent = "exporting …";
+  try {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    const r = await fetch("/api/session/selection", {
+      method: "POST",
+      headers: { Authorization: "Bearer " + token, ...headers },
+      body: JSON.stringify(state.thresholds),
+      cache: "no-store",
+    });
+    const body = await r.json().catch(() => ({}));
+    if (r.status === 401 || r.status === 403) {
+      $("admin-label").hidden = false;
+      $("export-result").textContent = "export needs the admin token: enter it and export again";
+      return;
+    }
+    if (!r.ok) {
+      $("export-result").textContent = "export failed: " + (body.error || "HTTP " + r.status);
+      return;
+    }
+    $("export-result").textContent = "wrote " + body.star + ": " + body.selected + " of " + body.total + " movies";
+    $("export-result").dataset.selected = String(body.selected);
+  } catch (e) {
+    $("export-result").textContent = "export failed: " + ((e && e.message) || e);
+  }
 }
 
 async function refresh() {
   try {
     const [status, workers] = await Promise.all([api("/api/workers/status"), api("/api/workers/active")]);
+    if (state.session === undefined) {
+      state.session = await fetchSession();
+      if (state.session) {
+        for (const k of THRESHOLDS) {
+          const v = state.session.thresholds[k];
+          if (v !== undefined && v !== null) $("t-" + k).value = String(v);
+        }
+        readThresholds();
+      }
+    }
+    $("selection").hidden = !state.session;
     await fetchTasks();
     drawWorkers(workers, status);
     drawThroughput(Date.now());
@@ -302,6 +436,8 @@ document.addEventListener("DOMContentLoaded", () => {
     refresh();
   });
   $("logout").addEventListener("click", () => { sessionStorage.removeItem(TOKEN_KEY); showLogin(""); });
+  for (const k of THRESHOLDS) $("t-" + k).addEventListener("input", () => { readThresholds(); drawMovies(); });
+  $("selection").addEventListener("submit", (ev) => { ev.preventDefault(); exportSelection(); });
   for (const th of $("movies").tHead.rows[0].cells) {
     th.addEventListener("click", () => {
       state.sortDir = state.sortKey === th.dataset.key ? -state.sortDir : 1;

@@ -8,6 +8,7 @@ pub mod compare;
 pub mod monitor;
 pub mod preprocess;
 pub mod provision;
+pub mod select;
 pub mod serve;
 pub mod simulate;
 pub mod submit;
@@ -35,6 +36,8 @@ Usage:
                                          preprocess movies over local or remote workers
   warp-controller simulate --output DIR [options]
                                          synthetic movies with known motion and CTF
+  warp-controller select --output DIR [--max-resolution A ...]
+                                         write the table of the movies passing thresholds
   warp-controller compare --truth DIR --output DIR
                                          compare preprocess results with simulated truth
   warp-controller help | --help | --version
@@ -88,6 +91,7 @@ pub fn dispatch(args: &[String]) -> Result<(), CliError> {
             preprocess::run,
         ),
         Some("simulate") => then(simulate::from_args(rest), simulate::run),
+        Some("select") => then(select::SelectConfig::from_args(rest), select::run),
         Some("compare") => then(compare::CompareConfig::from_args(rest), compare::run),
         Some(other) => Err(CliError::Usage(format!(
             "unknown subcommand '{other}'; see warp-controller --help"

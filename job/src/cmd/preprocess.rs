@@ -75,7 +75,13 @@ fn options() -> Options {
     opts.optopt(
         "",
         "view-token-file",
-        "serve the status page (GET /: workers, plots of defocus, astigmatism, fit resolution and motion, a movie table) to holders of this read-only token (created 0600 if missing)",
+        "serve the status page (GET /: workers, plots of defocus, astigmatism, fit resolution and motion, a movie table, each movie's thumbnail and spectrum, the selection) to holders of this read-only token (created 0600 if missing)",
+        "FILE",
+    );
+    opts.optopt(
+        "",
+        "admin-token-file",
+        "the embedded controller's admin token (created 0600 if missing): the status page's export of the selection and the client subcommands (status, cancel, ...) take it; default: a random one, in-process only",
         "FILE",
     );
     opts.optopt(
@@ -330,6 +336,7 @@ impl PreprocessConfig {
             defocus_max_um: number(&m, "defocus-max", defaults.defocus_max_um)?,
             fit_phase: m.opt_present("fit-phase"),
             spectrum_path: None,
+            spectrum_png_path: None,
         };
         let movement = MovementParams {
             range_max_a: number(&m, "motion-range-max", motion_d.range_max_a)?,
@@ -361,6 +368,7 @@ impl PreprocessConfig {
             state_dir,
             tls: super::tls::files(&m)?,
             view_token: None,
+            admin_token: None,
             input,
             output: PathBuf::from(output),
             workers,
@@ -408,6 +416,10 @@ impl PreprocessConfig {
         if let Some(f) = m.opt_str("view-token-file") {
             let f = PathBuf::from(f);
             options.view_token = Some((warp_controller::auth::token_from_file(&f, true)?, f));
+        }
+        if let Some(f) = m.opt_str("admin-token-file") {
+            let f = PathBuf::from(f);
+            options.admin_token = Some((warp_controller::auth::token_from_file(&f, true)?, f));
         }
         if let Workers::Remote { token, .. } = &mut options.workers {
             *token = auth::resolve_token(token_file.as_deref(), true)?;
