@@ -98,6 +98,10 @@ pub struct SimulateOptions {
     pub astig_max_um: f64,
     /// Largest whole-frame shift magnitude, pixels.
     pub max_shift_px: f64,
+    /// `Some(jitter)`: the hard path of `warp_kernels::sim::hard_trajectory` (a fast start
+    /// decelerating along a curve, plus a random walk of `jitter` px per frame); `None`: the
+    /// smooth path.
+    pub hard_path_jitter_px: Option<f64>,
     /// Dataset seed.
     pub seed: u64,
     /// Storage format.
@@ -122,6 +126,7 @@ impl Default for SimulateOptions {
             defocus_max_um: 3.0,
             astig_max_um: 0.3,
             max_shift_px: 10.0,
+            hard_path_jitter_px: None,
             seed: 1,
             format: SimFormat::Int16,
             overwrite: false,
@@ -398,6 +403,10 @@ pub fn simulate_dataset(
             },
             seed: movie_seed,
             max_shift_px: opts.max_shift_px,
+            path: match opts.hard_path_jitter_px {
+                Some(jitter_px) => warp_kernels::sim::SimPath::Hard { jitter_px },
+                None => warp_kernels::sim::SimPath::Smooth,
+            },
         };
         let mut movie = simulate(&params);
         let name = stem(index);
@@ -524,6 +533,7 @@ mod tests {
                 },
                 seed: truth.seed,
                 max_shift_px: 3.0,
+                path: warp_kernels::sim::SimPath::Smooth,
             });
             assert_eq!(again.frames.concat(), data);
             assert_eq!(again.truth.shifts_px, truth.shifts_px);

@@ -139,6 +139,7 @@ fn run(device: usize, size: usize, n_frames: usize) -> Result<bool, String> {
         ctf: truth_ctf,
         seed: 21,
         max_shift_px: 8.0,
+        path: warp_kernels::sim::SimPath::Smooth,
     });
     // A gain in [0.5, 1.5] (mean 1) and a few isolated defects.
     let mut rng = SplitMix64::new(5);

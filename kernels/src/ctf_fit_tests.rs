@@ -39,6 +39,7 @@ fn run(case: &Case, opts: &CtfFitOptions) -> CtfFit {
         },
         seed: case.seed,
         max_shift_px: 0.0,
+        path: crate::sim::SimPath::Smooth,
     };
     let movie = simulate(&sim);
     let mut sum = vec![0.0f32; case.size * case.size];

@@ -28,6 +28,7 @@ pub mod memory;
 pub mod motion;
 pub mod movie;
 pub mod sim;
+pub mod smooth;
 pub mod spectrum_image;
 pub mod thumbnail;
 

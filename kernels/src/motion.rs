@@ -30,9 +30,12 @@
 //!    measured residual overstates the residual relative to the all-frame mean by `n/(n−1)`;
 //!    without the factor two frames would oscillate). Parabola bias shrinks with the residual, so iterating converges to
 //!    the symmetric peak.
-//! 4. Optionally (`trajectory_degree`) the updated shifts are replaced by their least-squares
-//!    polynomial fit over frame index (per axis), a smooth-trajectory regulariser that trades
-//!    per-frame detail for robustness at low dose; then the mean over frames is removed.
+//! 4. The updated shifts are regularised (`trajectory`): by default smoothed with the
+//!    Whittaker smoother of [`crate::smooth`], whose strength generalised cross-validation
+//!    chooses from the round's measurements (precise measurements keep a fast start and
+//!    jitter, noisy ones are smoothed more); or replaced by their least-squares polynomial over
+//!    frame index (the quartic was the default until it was found to underfit fast starts:
+//!    docs/benchmarks.md); or kept per frame. Then the mean over frames is removed.
 //! 5. Iteration stops when the largest per-frame change is below `tolerance_px` or after
 //!    `iterations` rounds.
 //!
@@ -51,8 +54,7 @@ use rayon::prelude::*;
 use crate::fft::{Fft2d, FftPool, crop_spectrum, shift_spectrum, signed_freq};
 
 /// Settings of the motion estimator; the defaults follow Warp (500 → 10 Å, B = −500 Å²), with
-/// a quartic trajectory regulariser (chosen on simulated 16–24-frame movies at 1 e⁻/px/frame,
-/// where it roughly halves the error of unregularised per-frame shifts).
+/// the trajectory smoothed by a strength chosen from the data (module docs, step 4).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MotionOptions {
     /// Low-resolution limit in Å: frequencies below `1/range_min_a` are ignored.
@@ -68,10 +70,21 @@ pub struct MotionOptions {
     /// Largest residual shift searched per round, in input pixels (limited to a quarter of the
     /// image).
     pub max_shift_px: f64,
-    /// Degree of the polynomial (over frame index) the shifts are regularised to after every
-    /// round; `None` keeps per-frame shifts. Ignored when there are not more frames than
-    /// coefficients.
-    pub trajectory_degree: Option<usize>,
+    /// How the per-frame shifts are regularised after every round.
+    pub trajectory: Trajectory,
+}
+
+/// The regulariser of the per-frame shifts (module docs, step 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trajectory {
+    /// Per-frame shifts as measured.
+    PerFrame,
+    /// The least-squares polynomial of this degree over frame index (ignored when there are
+    /// not more frames than coefficients).
+    Polynomial(usize),
+    /// The Whittaker smoother with its strength chosen by generalised cross-validation
+    /// ([`crate::smooth`]); above [`crate::smooth::MAX_FRAMES`] frames a quartic polynomial.
+    Smoothed,
 }
 
 impl Default for MotionOptions {
@@ -83,7 +96,7 @@ impl Default for MotionOptions {
             iterations: 20,
             tolerance_px: 0.01,
             max_shift_px: 40.0,
-            trajectory_degree: Some(4),
+            trajectory: Trajectory::Smoothed,
         }
     }
 }
@@ -573,6 +586,10 @@ pub fn align_with<E: CorrelationEngine + ?Sized>(
     let mut shifts = vec![[0.0f64; 2]; nf];
     let mut rounds = 0;
     let mut last_update = 0.0;
+    let whittaker = match opts.trajectory {
+        Trajectory::Smoothed => crate::smooth::Whittaker::new(nf),
+        _ => None,
+    };
     while rounds < opts.iterations.max(1) {
         rounds += 1;
         let working: Vec<[f64; 2]> = shifts.iter().map(|s| [s[0] * sx, s[1] * sy]).collect();
@@ -586,8 +603,16 @@ pub fn align_with<E: CorrelationEngine + ?Sized>(
             up[0] += gain * dx / sx;
             up[1] += gain * dy / sy;
         }
-        if let Some(deg) = opts.trajectory_degree {
-            smooth_polynomial(&mut updated, deg);
+        match (opts.trajectory, &whittaker) {
+            (Trajectory::PerFrame, _) => {}
+            (Trajectory::Polynomial(deg), _) => smooth_polynomial(&mut updated, deg),
+            (Trajectory::Smoothed, Some(w)) => {
+                w.smooth_gcv(&mut updated);
+            }
+            (Trajectory::Smoothed, None) if nf > crate::smooth::MAX_FRAMES => {
+                smooth_polynomial(&mut updated, 4)
+            }
+            (Trajectory::Smoothed, None) => {}
         }
         remove_mean(&mut updated);
         last_update = shifts

@@ -15,7 +15,9 @@
 //!    largest magnitude exactly `max_shift_px`. The shift of a frame is the displacement of
 //!    the specimen content in that frame (DESIGN.md §6): +x toward increasing column, +y toward
 //!    increasing row; applied as a Fourier phase ramp ([`crate::fft::shift_spectrum`],
-//!    periodic wrap, Nyquist row/column zeroed).
+//!    periodic wrap, Nyquist row/column zeroed). [`SimPath::Hard`] instead follows a fast
+//!    start that decelerates along a curve, with a per-frame random walk on top
+//!    ([`hard_trajectory`]).
 //! 4. **Counting.** Each pixel's count is Poisson with mean `dose_per_px_per_frame·I`.
 //!
 //! Random numbers come from [`SplitMix64`] (Steele, Lea & Flood, "Fast splittable
@@ -53,6 +55,23 @@ pub struct SimParams {
     pub seed: u64,
     /// Largest whole-frame shift magnitude in pixels (after the mean is removed).
     pub max_shift_px: f64,
+    /// The kind of path the frames follow.
+    pub path: SimPath,
+}
+
+/// The kind of whole-frame trajectory of a synthetic movie.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum SimPath {
+    /// [`trajectory`]: a smooth random path.
+    #[default]
+    Smooth,
+    /// [`hard_trajectory`]: what beam-induced motion of real movies looks like at its worst
+    /// for a smooth model: a fast start that decelerates along a curve, with a random walk of
+    /// `jitter_px` (standard deviation per frame and axis) on top.
+    Hard {
+        /// Per-frame random-walk step, pixels.
+        jitter_px: f64,
+    },
 }
 
 /// What the simulation put in.
@@ -225,6 +244,67 @@ pub fn trajectory(frames: usize, max_shift_px: f64, rng: &mut SplitMix64) -> Vec
         .collect()
 }
 
+/// A hard random trajectory of `frames` shifts (see [`SimPath::Hard`]): the specimen travels
+/// a path whose progress is `p(t) = (1 − e^{−t/τ}) / (1 − e^{−1/τ})` (`t = f/(frames−1)`,
+/// τ uniform in [0.12, 0.3]: a tenth to a third of the path in the first tenth of the
+/// exposure), turning steadily by κ over it (|κ| uniform in [0.6, 1.6] rad, either sense,
+/// starting direction uniform); scaled so its largest magnitude after the mean is removed is
+/// `max_shift_px`; then a Gaussian random walk of `jitter_px` per frame and axis is added
+/// (not scaled) and the mean removed again.
+pub fn hard_trajectory(
+    frames: usize,
+    max_shift_px: f64,
+    jitter_px: f64,
+    rng: &mut SplitMix64,
+) -> Vec<[f32; 2]> {
+    if frames < 2 || max_shift_px.is_nan() || max_shift_px <= 0.0 {
+        return vec![[0.0, 0.0]; frames];
+    }
+    let tau = 0.12 + 0.18 * rng.uniform();
+    let kappa = (0.6 + rng.uniform()) * if rng.uniform() < 0.5 { -1.0 } else { 1.0 };
+    let theta0 = 2.0 * std::f64::consts::PI * rng.uniform();
+    let progress = |t: f64| (1.0 - (-t / tau).exp()) / (1.0 - (-1.0 / tau).exp());
+    // The path integrated finely between frames (the direction turns with the progress).
+    let mut path = vec![[0.0f64; 2]; frames];
+    let sub = 16;
+    for f in 1..frames {
+        let mut p = path[f - 1];
+        for k in 0..sub {
+            let t0 = (f - 1) as f64 + k as f64 / sub as f64;
+            let t1 = t0 + 1.0 / sub as f64;
+            let n1 = (frames - 1) as f64;
+            let (a, b) = (progress(t0 / n1), progress(t1 / n1));
+            let dir = theta0 + kappa * 0.5 * (a + b);
+            p[0] += (b - a) * dir.cos();
+            p[1] += (b - a) * dir.sin();
+        }
+        path[f] = p;
+    }
+    let centre = |path: &mut Vec<[f64; 2]>| {
+        let n = path.len() as f64;
+        let mx = path.iter().map(|p| p[0]).sum::<f64>() / n;
+        let my = path.iter().map(|p| p[1]).sum::<f64>() / n;
+        for p in path.iter_mut() {
+            p[0] -= mx;
+            p[1] -= my;
+        }
+    };
+    centre(&mut path);
+    let peak = path.iter().map(|p| p[0].hypot(p[1])).fold(0.0, f64::max);
+    let scale = if peak > 0.0 { max_shift_px / peak } else { 0.0 };
+    let mut walk = [0.0f64; 2];
+    for (f, p) in path.iter_mut().enumerate() {
+        if f > 0 {
+            walk[0] += jitter_px * rng.normal();
+            walk[1] += jitter_px * rng.normal();
+        }
+        p[0] = p[0] * scale + walk[0];
+        p[1] = p[1] * scale + walk[1];
+    }
+    centre(&mut path);
+    path.iter().map(|p| [p[0] as f32, p[1] as f32]).collect()
+}
+
 /// The noise-free expected counts of every frame (`dose·I`, see the module docs) and the
 /// truth; [`simulate`] draws Poisson counts from exactly these.
 ///
@@ -237,7 +317,12 @@ pub fn expected_frames(params: &SimParams) -> (Vec<Vec<f32>>, SimTruth) {
     ctf.pixel_size_a = params.pixel_size_a;
     let mut rng = SplitMix64::new(params.seed);
     let phase = specimen(nx, ny, &mut rng);
-    let shifts = trajectory(params.frames, params.max_shift_px, &mut rng);
+    let shifts = match params.path {
+        SimPath::Smooth => trajectory(params.frames, params.max_shift_px, &mut rng),
+        SimPath::Hard { jitter_px } => {
+            hard_trajectory(params.frames, params.max_shift_px, jitter_px, &mut rng)
+        }
+    };
 
     let mut fft = Fft2d::new(nx, ny);
     let mut spec = fft.forward(&phase);
@@ -308,6 +393,7 @@ mod tests {
             },
             seed: 42,
             max_shift_px: 3.0,
+            path: crate::sim::SimPath::Smooth,
         }
     }
 
@@ -454,6 +540,7 @@ mod tests {
         let (n, bins) = (256, 128);
         let p = SimParams {
             max_shift_px: 0.0,
+            path: crate::sim::SimPath::Smooth,
             ..params(n, n, 1)
         };
         let (frames, truth) = expected_frames(&p);

@@ -187,6 +187,7 @@ fn write_movies(dir: &std::path::Path) {
         },
         seed: 3,
         max_shift_px: 4.0,
+        path: warp_kernels::sim::SimPath::Smooth,
     });
     let flat: Vec<f32> = movie.frames.iter().flatten().copied().collect();
     write_mrc(

@@ -96,6 +96,12 @@ pub fn from_args(args: &[String]) -> Result<Option<SimulateOptions>, CliError> {
     );
     o.optopt(
         "",
+        "hard-path",
+        "a hard trajectory instead of the smooth one: a fast start decelerating along a curve, plus a random walk of JITTER px per frame (e.g. 0.1)",
+        "JITTER",
+    );
+    o.optopt(
+        "",
         "max-shift",
         &format!("largest frame shift in pixels (default {})", d.max_shift_px),
         "PX",
@@ -148,6 +154,13 @@ pub fn from_args(args: &[String]) -> Result<Option<SimulateOptions>, CliError> {
         defocus_max_um: number(&m, "defocus-max", d.defocus_max_um)?,
         astig_max_um: number(&m, "astig-max", d.astig_max_um)?,
         max_shift_px: number(&m, "max-shift", d.max_shift_px)?,
+        hard_path_jitter_px: match m.opt_str("hard-path") {
+            None => None,
+            Some(v) => match v.parse::<f64>() {
+                Ok(j) if j.is_finite() && j >= 0.0 => Some(j),
+                _ => return usage(format!("--hard-path: '{v}' is not a jitter ≥ 0 in pixels")),
+            },
+        },
         seed: number(&m, "seed", d.seed)?,
         format: match (m.opt_present("float16"), m.opt_str("eer-groups")) {
             (true, Some(_)) => return usage("--float16 and --eer-groups exclude each other"),
