@@ -353,3 +353,66 @@ fn peak_window_wraps_and_the_peak_is_found_in_it() {
         "{dx} {dy}"
     );
 }
+
+/// RMS error at the patch centres of a local estimate and of the global one against a
+/// simulated local field: `(local, global_only)`.
+fn local_field_errors(
+    field: &crate::sim::LocalField,
+    global: &MotionResult,
+    local: &LocalMotion,
+) -> (f64, f64) {
+    let (mut l2, mut g2) = (0.0, 0.0);
+    for (c, shifts) in local.patch_centres.iter().zip(&local.shifts_px) {
+        let truth: Vec<[f32; 2]> = (0..shifts.len())
+            .map(|f| {
+                let s = field.shift_at(f64::from(c[0]), f64::from(c[1]), f);
+                [s[0] as f32, s[1] as f32]
+            })
+            .collect();
+        l2 += rms_error(shifts, &truth).powi(2);
+        g2 += rms_error(&global.shifts_px, &truth).powi(2);
+    }
+    let n = local.shifts_px.len() as f64;
+    ((l2 / n).sqrt(), (g2 / n).sqrt())
+}
+
+/// Issue 13: with a local field (a few px across the image on top of a hard whole-frame
+/// path), local motion follows it at the patch centres and global motion alone cannot.
+#[test]
+#[cfg_attr(debug_assertions, ignore)]
+fn local_motion_follows_a_local_field_that_global_motion_misses() {
+    let p = SimParams {
+        max_shift_px: 10.0,
+        path: crate::sim::SimPath::Hard { jitter_px: 0.05 },
+        ..sim_params(1024, 30, 1.0, 1.0, 1.6, 77)
+    };
+    let (movie, field) = crate::sim::simulate_local(&p, 4.0);
+    let opts = MotionOptions::default();
+    let global = estimate_global(&movie.frames, p.nx, p.ny, 1.0, &opts);
+    let local = estimate_local(&movie.frames, p.nx, p.ny, 1.0, &global, 256, &opts);
+    let (l, g) = local_field_errors(&field, &global, &local);
+    eprintln!(
+        "local field: {}×{} patches, RMS at the centres: local {l:.3} px, global only {g:.3} px",
+        local.grid_x, local.grid_y
+    );
+    assert!(
+        g > 0.3,
+        "the field is too weak to test: global-only error {g}"
+    );
+    assert!(l < 0.5 * g, "local {l} vs global only {g}");
+}
+
+/// The local-field simulator with no field is the whole-frame model: global motion finds
+/// its path.
+#[test]
+#[cfg_attr(debug_assertions, ignore)]
+fn a_local_field_of_zero_is_whole_frame_motion() {
+    let p = SimParams {
+        max_shift_px: 8.0,
+        ..sim_params(512, 16, 1.0, 1.0, 1.6, 78)
+    };
+    let (movie, _) = crate::sim::simulate_local(&p, 0.0);
+    let global = estimate_global(&movie.frames, p.nx, p.ny, 1.0, &MotionOptions::default());
+    let err = rms_error(&global.shifts_px, &movie.truth.shifts_px);
+    assert!(err <= 0.12, "RMS error {err}");
+}

@@ -369,6 +369,143 @@ pub fn simulate(params: &SimParams) -> SimMovie {
     SimMovie { frames, truth }
 }
 
+/// A smooth field of local motion on top of the whole-frame shifts (see
+/// [`simulate_local`]): the specimen at `(x, y)` is displaced in frame `f` by
+/// `global[f] + L(x, y)·g[f]`, `L` a smooth random field, `g` rising from 0 with the
+/// whole-frame path's progress (centred over frames).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalField {
+    /// Width and height of the movie, px.
+    pub nx: usize,
+    /// Height, px.
+    pub ny: usize,
+    /// The whole-frame shifts (mean zero).
+    pub global: Vec<[f32; 2]>,
+    /// `L`'s coefficients: `Lx = a₀u + a₁v + a₂uv`, `Ly = a₃u + a₄v + a₅(u² − ⅓)`, with
+    /// `u = 2x/nx − 1`, `v = 2y/ny − 1`.
+    pub coeffs: [f64; 6],
+    /// Time profile per frame, mean zero.
+    pub profile: Vec<f64>,
+}
+
+impl LocalField {
+    /// The local part `L(x, y)` (px, at the end of the exposure relative to its start).
+    pub fn field(&self, x: f64, y: f64) -> [f64; 2] {
+        let u = 2.0 * x / self.nx as f64 - 1.0;
+        let v = 2.0 * y / self.ny as f64 - 1.0;
+        let a = &self.coeffs;
+        [
+            a[0] * u + a[1] * v + a[2] * u * v,
+            a[3] * u + a[4] * v + a[5] * (u * u - 1.0 / 3.0),
+        ]
+    }
+
+    /// The true displacement of the content at `(x, y)` in frame `f`, px.
+    pub fn shift_at(&self, x: f64, y: f64, f: usize) -> [f64; 2] {
+        let l = self.field(x, y);
+        let g = self.profile[f];
+        [
+            f64::from(self.global[f][0]) + l[0] * g,
+            f64::from(self.global[f][1]) + l[1] * g,
+        ]
+    }
+}
+
+/// A movie with local motion: [`simulate`]'s model, but every frame is the noise-free image
+/// sampled at the positions `(x, y) − shift_at(x, y, f)` ([`LocalField`]) instead of shifted
+/// as a whole. The image is evaluated on a grid twice as fine (the band-limited image
+/// interpolated exactly in Fourier space) and sampled bilinearly there (periodic wrap). The
+/// field's coefficients are uniform in `[−field_px, field_px]`, so the local part reaches a
+/// few `field_px` at the corners; its time profile follows the path's progress
+/// (`1 − e^{−4t}`). The truth's `shifts_px` are the whole-frame part.
+///
+/// # Panics
+/// If `nx`, `ny` or `frames` is zero.
+pub fn simulate_local(params: &SimParams, field_px: f64) -> (SimMovie, LocalField) {
+    let (nx, ny) = (params.nx, params.ny);
+    assert!(nx > 0 && ny > 0 && params.frames > 0, "sim: empty movie");
+    let mut ctf = params.ctf;
+    ctf.pixel_size_a = params.pixel_size_a;
+    let mut rng = SplitMix64::new(params.seed);
+    let phase = specimen(nx, ny, &mut rng);
+    let global = match params.path {
+        SimPath::Smooth => trajectory(params.frames, params.max_shift_px, &mut rng),
+        SimPath::Hard { jitter_px } => {
+            hard_trajectory(params.frames, params.max_shift_px, jitter_px, &mut rng)
+        }
+    };
+    let coeffs = std::array::from_fn(|_| field_px * (2.0 * rng.uniform() - 1.0));
+    let nf = params.frames;
+    let raw: Vec<f64> = (0..nf)
+        .map(|f| 1.0 - (-4.0 * f as f64 / (nf.max(2) - 1) as f64).exp())
+        .collect();
+    let mean = raw.iter().sum::<f64>() / nf as f64;
+    let field = LocalField {
+        nx,
+        ny,
+        global,
+        coeffs,
+        profile: raw.iter().map(|g| g - mean).collect(),
+    };
+
+    // The image I − 1 = ε·CTF ⊗ φ on the 2× grid.
+    let mut fft = Fft2d::new(nx, ny);
+    let mut spec = fft.forward(&phase);
+    let eps = WEAK_PHASE_CONTRAST as f32;
+    for (s, c) in spec.iter_mut().zip(ctf_2d(&ctf, nx, ny)) {
+        *s *= c * eps;
+    }
+    let (fx, fy) = (2 * nx, 2 * ny);
+    let (h, fh) = (nx / 2 + 1, fx / 2 + 1);
+    let mut fine_spec = vec![Complex32::new(0.0, 0.0); fh * fy];
+    for j in 0..ny {
+        let sj = j as i64 - if j > ny / 2 { ny as i64 } else { 0 };
+        if 2 * sj.unsigned_abs() as usize >= ny {
+            continue; // the Nyquist row
+        }
+        let tj = sj.rem_euclid(fy as i64) as usize;
+        for i in 0..h.min(nx / 2 + usize::from(nx % 2 == 1)) {
+            fine_spec[tj * fh + i] = spec[j * h + i] * 4.0;
+        }
+    }
+    let fine = Fft2d::new(fx, fy).inverse(&fine_spec);
+    let dose = params.dose_per_px_per_frame as f32;
+    let sample = |x: f64, y: f64| -> f32 {
+        // Bilinear on the 2× grid, periodic.
+        let (gx, gy) = (2.0 * x, 2.0 * y);
+        let (x0, y0) = (gx.floor(), gy.floor());
+        let (tx, ty) = ((gx - x0) as f32, (gy - y0) as f32);
+        let wrap = |v: f64, n: usize| (v as i64).rem_euclid(n as i64) as usize;
+        let (xa, xb) = (wrap(x0, fx), wrap(x0 + 1.0, fx));
+        let (ya, yb) = (wrap(y0, fy), wrap(y0 + 1.0, fy));
+        let at = |xx: usize, yy: usize| fine[yy * fx + xx];
+        (1.0 - ty) * ((1.0 - tx) * at(xa, ya) + tx * at(xb, ya))
+            + ty * ((1.0 - tx) * at(xa, yb) + tx * at(xb, yb))
+    };
+    let mut noise = SplitMix64::new(params.seed ^ 0x5DEE_CE66_D1CE_5EED);
+    let frames = (0..nf)
+        .map(|f| {
+            let mut img = vec![0.0f32; nx * ny];
+            for y in 0..ny {
+                for x in 0..nx {
+                    let d = field.shift_at(x as f64, y as f64, f);
+                    let v = dose * (1.0 + sample(x as f64 - d[0], y as f64 - d[1])).max(0.0);
+                    img[y * nx + x] = poisson(&mut noise, f64::from(v)) as f32;
+                }
+            }
+            img
+        })
+        .collect();
+    let movie = SimMovie {
+        frames,
+        truth: SimTruth {
+            shifts_px: field.global.clone(),
+            ctf,
+        },
+    };
+    (movie, field)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
