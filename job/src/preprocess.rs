@@ -641,13 +641,31 @@ fn name_the_flag(message: &str) -> String {
 
 /// Writes `micrographs_ctf.star` from the records of `names` (read from their JSON files).
 pub fn write_micrographs_star(output: &Path, names: &[String]) -> Result<usize, String> {
-    write_micrographs_table(output, names, "micrographs_ctf.star")
+    let records = read_records(output, names)?;
+    write_micrographs_table(output, records.iter(), "micrographs_ctf.star")
 }
 
-/// Writes RELION's micrograph table of `names` to `output/file` (atomically).
-pub(crate) fn write_micrographs_table(
+/// The `<name>.json` records of `names`, in order.
+pub(crate) fn read_records(
     output: &Path,
     names: &[String],
+) -> Result<Vec<(String, MovieRecord)>, String> {
+    names
+        .iter()
+        .map(|name| {
+            Ok((
+                name.clone(),
+                read_record(&output.join(format!("{name}.json")))?,
+            ))
+        })
+        .collect()
+}
+
+/// Writes RELION's micrograph table of `records` (name, record) to `output/file`
+/// (atomically); returns its rows.
+pub(crate) fn write_micrographs_table<'a>(
+    output: &Path,
+    records: impl Iterator<Item = &'a (String, MovieRecord)>,
     file: &str,
 ) -> Result<usize, String> {
     let columns = [
@@ -662,9 +680,8 @@ pub(crate) fn write_micrographs_table(
         "rlnAmplitudeContrast",
         "rlnMicrographPixelSize",
     ];
-    let mut rows = Vec::with_capacity(names.len());
-    for name in names {
-        let r = read_record(&output.join(format!("{name}.json")))?;
+    let mut rows = Vec::new();
+    for (name, r) in records {
         rows.push(vec![
             StarValue::Str(format!("average/{name}.mrc")),
             StarValue::Num(r.ctf.defocus.defocus_u_um * 1e4),
@@ -689,16 +706,22 @@ pub(crate) fn write_micrographs_table(
 }
 
 /// Writes `micrographs_ctf.star` and, when a selection was saved with the session, the
-/// selected table again (under `writing`, the status page's selection lock). A selection that
-/// cannot be applied is logged, not fatal: the main table is what the job owes.
+/// selected table from the same records (under `writing`, the status page's selection lock).
+/// A selection that cannot be applied is logged, not fatal: the main table is what the job
+/// owes.
 fn write_tables(
     output: &Path,
     names: &[String],
     writing: &std::sync::Mutex<()>,
 ) -> Result<(), String> {
-    write_micrographs_star(output, names)?;
+    let records = read_records(output, names)?;
+    write_micrographs_table(output, records.iter(), "micrographs_ctf.star")?;
     let _one = writing.lock().unwrap_or_else(|e| e.into_inner());
-    match crate::select::refresh(output) {
+    let applied = crate::select::saved_thresholds(output).and_then(|saved| match saved {
+        Some(t) => crate::select::write_selected(output, &records, &t).map(Some),
+        None => Ok(None),
+    });
+    match applied {
         Ok(Some(s)) => log::debug!("selection: {}", crate::select::describe(&s)),
         Ok(None) => {}
         Err(e) => log::warn!("the saved selection was not applied: {e}"),

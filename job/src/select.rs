@@ -18,7 +18,7 @@ use warp_common::preprocessing::{
 use warp_controller::http::ApiError;
 use warp_controller::session::{MovieImage, Session};
 
-use crate::preprocess::{MovieRecord, read_items, read_record, write_json_atomic};
+use crate::preprocess::{MovieRecord, read_items, write_json_atomic};
 
 /// The thresholds saved with a session, in its output directory.
 pub const SELECTION_FILE: &str = "selection.json";
@@ -53,55 +53,67 @@ pub fn saved_thresholds(output: &Path) -> Result<Option<SelectionThresholds>, St
 /// Judges every processed movie of `output` by `t`, writes [`SELECTED_STAR`] with those that
 /// pass and saves `t` in [`SELECTION_FILE`].
 pub fn select(output: &Path, t: &SelectionThresholds) -> Result<SelectionSummary, String> {
-    let (mut summary, names) = judged(output, t)?;
-    summary.selected = crate::preprocess::write_micrographs_table(output, &names, SELECTED_STAR)?;
+    let records = processed_records(output)?;
+    let summary = write_selected(output, &records, t)?;
     write_json_atomic(&output.join(SELECTION_FILE), t)?;
     Ok(summary)
 }
 
 /// What [`select`] would do, writing nothing.
 pub fn judge(output: &Path, t: &SelectionThresholds) -> Result<SelectionSummary, String> {
-    let (mut summary, names) = judged(output, t)?;
-    summary.selected = names.len();
+    let records = processed_records(output)?;
+    let (mut summary, passing) = judged(output, &records, t)?;
+    summary.selected = passing.len();
     Ok(summary)
 }
 
-/// The summary (without `selected`) and the names of the movies that pass.
-fn judged(
+/// Writes [`SELECTED_STAR`] with the `records` that pass `t` (the thresholds are not saved:
+/// [`select`] does that; the job calls this with the saved ones as movies arrive).
+pub(crate) fn write_selected(
     output: &Path,
+    records: &[(String, MovieRecord)],
     t: &SelectionThresholds,
-) -> Result<(SelectionSummary, Vec<String>), String> {
-    t.validate()?;
+) -> Result<SelectionSummary, String> {
+    let (mut summary, passing) = judged(output, records, t)?;
+    summary.selected =
+        crate::preprocess::write_micrographs_table(output, passing.into_iter(), SELECTED_STAR)?;
+    Ok(summary)
+}
+
+/// The records of every processed movie of `output` (`processed_items.json`).
+fn processed_records(output: &Path) -> Result<Vec<(String, MovieRecord)>, String> {
     let items = read_items(&output.join("processed_items.json"))?;
+    let names: Vec<String> = items.into_iter().map(|i| i.name).collect();
+    crate::preprocess::read_records(output, &names)
+}
+
+/// The summary (without `selected`) and the records that pass.
+fn judged<'a>(
+    output: &Path,
+    records: &'a [(String, MovieRecord)],
+    t: &SelectionThresholds,
+) -> Result<(SelectionSummary, Vec<&'a (String, MovieRecord)>), String> {
+    t.validate()?;
     let mut summary = SelectionSummary {
         thresholds: *t,
-        total: items.len(),
+        total: records.len(),
         star: output.join(SELECTED_STAR).display().to_string(),
         ..SelectionSummary::default()
     };
-    let mut names = Vec::new();
-    for item in &items {
-        let record = read_record(&output.join(format!("{}.json", item.name)))?;
-        let failed = t.failures(&figures(&record));
+    let mut passing = Vec::new();
+    for entry in records {
+        let failed = t.failures(&figures(&entry.1));
         for c in &failed {
             *summary.rejected.entry(*c).or_insert(0) += 1;
         }
         if failed.is_empty() {
-            names.push(item.name.clone());
+            passing.push(entry);
         }
     }
-    Ok((summary, names))
+    Ok((summary, passing))
 }
 
-/// Applies the saved thresholds again (new movies arrived); nothing when none are saved.
-pub fn refresh(output: &Path) -> Result<Option<SelectionSummary>, String> {
-    match saved_thresholds(output)? {
-        Some(t) => select(output, &t).map(Some),
-        None => Ok(None),
-    }
-}
-
-/// One line for people: "12 of 40 movies selected (3 fit resolution, 1 motion); ...".
+/// One line for people: "12 of 40 movie(s) selected (3 over the fit resolution threshold)".
 pub fn describe(s: &SelectionSummary) -> String {
     let why: Vec<String> = s
         .rejected
@@ -121,17 +133,14 @@ pub fn describe(s: &SelectionSummary) -> String {
     } else {
         format!(" ({})", why.join(", "))
     };
-    format!(
-        "{} of {} movie(s) selected{why}; wrote {}",
-        s.selected, s.total, s.star
-    )
+    format!("{} of {} movie(s) selected{why}", s.selected, s.total)
 }
 
 /// The `preprocess` job's session, served to the status page.
 pub struct PreprocessSession {
     output: PathBuf,
     watching: bool,
-    /// One selection at a time (the job's own refresh included).
+    /// One selection at a time (the job's own rewrite of the selected table included).
     writing: Arc<Mutex<()>>,
 }
 
@@ -210,7 +219,11 @@ impl Session for PreprocessSession {
         let _one = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let s = select(&self.output, t)
             .map_err(|e| ApiError::new(500, "internal", format!("selection failed: {e}")))?;
-        log::info!("selection from the status page: {}", describe(&s));
+        log::info!(
+            "selection from the status page: {}; wrote {}",
+            describe(&s),
+            s.star
+        );
         Ok(s)
     }
 }
@@ -315,8 +328,15 @@ mod tests {
             max_resolution_a: Some(8.0),
             ..Default::default()
         };
-        write_json_atomic(&out.join(SELECTION_FILE), &loose).unwrap();
-        assert_eq!(refresh(&out).unwrap().unwrap().selected, 4);
+        let records = processed_records(&out).unwrap();
+        assert_eq!(write_selected(&out, &records, &loose).unwrap().selected, 4);
+        let star = std::fs::read_to_string(out.join(SELECTED_STAR)).unwrap();
+        assert!(star.contains("average/drift.mrc"), "{star}");
+        assert_eq!(
+            saved_thresholds(&out).unwrap(),
+            Some(t),
+            "write_selected saves nothing"
+        );
     }
 
     #[test]

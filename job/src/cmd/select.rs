@@ -142,17 +142,11 @@ pub fn run(cfg: SelectConfig) -> Result<(), CliError> {
     );
     if cfg.dry_run {
         let s = crate::select::judge(&cfg.output, &t).map_err(CliError::Failed)?;
-        println!(
-            "{} (dry run: nothing written)",
-            crate::select::describe(&s)
-                .split("; wrote")
-                .next()
-                .unwrap_or("")
-        );
+        println!("{} (dry run: nothing written)", crate::select::describe(&s));
         return Ok(());
     }
     let s = crate::select::select(&cfg.output, &t).map_err(CliError::Failed)?;
-    println!("{}", crate::select::describe(&s));
+    println!("{}; wrote {}", crate::select::describe(&s), s.star);
     Ok(())
 }
 
