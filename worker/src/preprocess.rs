@@ -416,10 +416,12 @@ impl Preprocessor {
         let spectrum = backend
             .power_spectrum(&sums.average, nx, ny, window)
             .map_err(failed("MovieProcessCTF"))?;
-        if let Some(out) = &p.spectrum_path {
+        // The centred spectrum, made once for the files that want it.
+        let centred = (p.spectrum_path.is_some() || p.spectrum_png_path.is_some())
+            .then(|| warp_kernels::spectrum_image::centred(&spectrum));
+        if let (Some(out), Some(img)) = (&p.spectrum_path, &centred) {
             let out = Path::new(out);
             ensure_parent(out)?;
-            let img = warp_kernels::spectrum_image::centred(&spectrum);
             write_mrc(
                 out,
                 &img,
@@ -447,7 +449,7 @@ impl Preprocessor {
         let fit = backend
             .fit_ctf(&spectrum, angpix, &optics, &opts)
             .map_err(failed("MovieProcessCTF"))?;
-        if let Some(out) = &p.spectrum_png_path {
+        if let (Some(out), Some(img)) = (&p.spectrum_png_path, &centred) {
             let out = Path::new(out);
             ensure_parent(out)?;
             let ctf = warp_kernels::ctf::Ctf {
@@ -460,9 +462,8 @@ impl Preprocessor {
                 astig_angle_deg: fit.astig_angle_deg,
                 phase_shift_pi: fit.phase_shift_pi,
             };
-            let img = warp_kernels::spectrum_image::centred(&spectrum);
             let pic = warp_kernels::spectrum_image::spectrum_image(
-                &img,
+                img,
                 spectrum.n,
                 &ctf,
                 1.0 / fit.fit_resolution_a,
