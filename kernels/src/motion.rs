@@ -587,7 +587,7 @@ pub fn align_with<E: CorrelationEngine + ?Sized>(
     let mut rounds = 0;
     let mut last_update = 0.0;
     let whittaker = match opts.trajectory {
-        Trajectory::Smoothed => crate::smooth::Whittaker::new(nf),
+        Trajectory::Smoothed => crate::smooth::Whittaker::for_frames(nf),
         _ => None,
     };
     while rounds < opts.iterations.max(1) {

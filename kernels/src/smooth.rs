@@ -17,6 +17,9 @@
 //! restricted maximum likelihood instead, σ² profiled out, was better on five of the ten
 //! movies of both sets and worse on five: no reason to change.)
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
 /// The smoother for one frame count.
 #[derive(Debug, Clone)]
 pub struct Whittaker {
@@ -55,14 +58,18 @@ impl Whittaker {
         Some(Whittaker { n, q, mu })
     }
 
-    /// Frames.
-    pub fn len(&self) -> usize {
-        self.n
-    }
-
-    /// Always false (a smoother has at least 4 frames).
-    pub fn is_empty(&self) -> bool {
-        false
+    /// The smoother for `n` frames ([`Whittaker::new`]), made once per frame count and
+    /// process: the decomposition is O(n³) (1 ms at 40 frames, 0.16 s at 200, 1.5 s at 400 on
+    /// one core of the 2-core VM), and local motion smooths every patch's trajectory.
+    pub fn for_frames(n: usize) -> Option<Arc<Whittaker>> {
+        static MADE: Mutex<BTreeMap<usize, Arc<Whittaker>>> = Mutex::new(BTreeMap::new());
+        let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = made.get(&n) {
+            return Some(Arc::clone(w));
+        }
+        let w = Arc::new(Whittaker::new(n)?);
+        made.insert(n, Arc::clone(&w));
+        Some(w)
     }
 
     /// Smooths both axes of `path` in place with the λ that minimises GCV; returns that λ.
@@ -259,5 +266,10 @@ mod tests {
             "more noise, more smoothing: {lambdas:?}"
         );
         assert!(Whittaker::new(3).is_none() && Whittaker::new(MAX_FRAMES + 1).is_none());
+        let (a, b) = (
+            Whittaker::for_frames(n).unwrap(),
+            Whittaker::for_frames(n).unwrap(),
+        );
+        assert!(Arc::ptr_eq(&a, &b), "made once per frame count");
     }
 }
