@@ -305,12 +305,17 @@ pub fn hard_trajectory(
     path.iter().map(|p| [p[0] as f32, p[1] as f32]).collect()
 }
 
-/// The noise-free expected counts of every frame (`dose·I`, see the module docs) and the
-/// truth; [`simulate`] draws Poisson counts from exactly these.
-///
-/// # Panics
-/// If `nx`, `ny` or `frames` is zero.
-pub fn expected_frames(params: &SimParams) -> (Vec<Vec<f32>>, SimTruth) {
+/// What every frame starts from: the CTF (with the movie's pixel size), the spectrum of
+/// `ε·CTF ⊗ φ` on the movie's grid, the whole-frame shifts, and the random stream after them.
+struct Imaged {
+    ctf: Ctf,
+    spec: Vec<Complex32>,
+    shifts: Vec<[f32; 2]>,
+    rng: SplitMix64,
+    fft: Fft2d,
+}
+
+fn imaged(params: &SimParams) -> Imaged {
     let (nx, ny) = (params.nx, params.ny);
     assert!(nx > 0 && ny > 0 && params.frames > 0, "sim: empty movie");
     let mut ctf = params.ctf;
@@ -323,13 +328,35 @@ pub fn expected_frames(params: &SimParams) -> (Vec<Vec<f32>>, SimTruth) {
             hard_trajectory(params.frames, params.max_shift_px, jitter_px, &mut rng)
         }
     };
-
     let mut fft = Fft2d::new(nx, ny);
     let mut spec = fft.forward(&phase);
     let eps = WEAK_PHASE_CONTRAST as f32;
     for (s, c) in spec.iter_mut().zip(ctf_2d(&ctf, nx, ny)) {
         *s *= c * eps;
     }
+    Imaged {
+        ctf,
+        spec,
+        shifts,
+        rng,
+        fft,
+    }
+}
+
+/// The noise-free expected counts of every frame (`dose·I`, see the module docs) and the
+/// truth; [`simulate`] draws Poisson counts from exactly these.
+///
+/// # Panics
+/// If `nx`, `ny` or `frames` is zero.
+pub fn expected_frames(params: &SimParams) -> (Vec<Vec<f32>>, SimTruth) {
+    let (nx, ny) = (params.nx, params.ny);
+    let Imaged {
+        ctf,
+        spec,
+        shifts,
+        mut fft,
+        ..
+    } = imaged(params);
     let dose = params.dose_per_px_per_frame as f32;
     let mut work = vec![Complex32::new(0.0, 0.0); spec.len()];
     let frames = shifts
@@ -375,7 +402,7 @@ pub fn simulate(params: &SimParams) -> SimMovie {
 /// whole-frame path's progress (centred over frames).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalField {
-    /// Width and height of the movie, px.
+    /// Width of the movie, px.
     pub nx: usize,
     /// Height, px.
     pub ny: usize,
@@ -423,17 +450,13 @@ impl LocalField {
 /// If `nx`, `ny` or `frames` is zero.
 pub fn simulate_local(params: &SimParams, field_px: f64) -> (SimMovie, LocalField) {
     let (nx, ny) = (params.nx, params.ny);
-    assert!(nx > 0 && ny > 0 && params.frames > 0, "sim: empty movie");
-    let mut ctf = params.ctf;
-    ctf.pixel_size_a = params.pixel_size_a;
-    let mut rng = SplitMix64::new(params.seed);
-    let phase = specimen(nx, ny, &mut rng);
-    let global = match params.path {
-        SimPath::Smooth => trajectory(params.frames, params.max_shift_px, &mut rng),
-        SimPath::Hard { jitter_px } => {
-            hard_trajectory(params.frames, params.max_shift_px, jitter_px, &mut rng)
-        }
-    };
+    let Imaged {
+        ctf,
+        spec,
+        shifts: global,
+        mut rng,
+        ..
+    } = imaged(params);
     let coeffs = std::array::from_fn(|_| field_px * (2.0 * rng.uniform() - 1.0));
     let nf = params.frames;
     let raw: Vec<f64> = (0..nf)
@@ -449,12 +472,6 @@ pub fn simulate_local(params: &SimParams, field_px: f64) -> (SimMovie, LocalFiel
     };
 
     // The image I − 1 = ε·CTF ⊗ φ on the 2× grid.
-    let mut fft = Fft2d::new(nx, ny);
-    let mut spec = fft.forward(&phase);
-    let eps = WEAK_PHASE_CONTRAST as f32;
-    for (s, c) in spec.iter_mut().zip(ctf_2d(&ctf, nx, ny)) {
-        *s *= c * eps;
-    }
     let (fx, fy) = (2 * nx, 2 * ny);
     let (h, fh) = (nx / 2 + 1, fx / 2 + 1);
     let mut fine_spec = vec![Complex32::new(0.0, 0.0); fh * fy];
