@@ -142,9 +142,7 @@ mod tests {
         o
     }
 
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
+    use crate::test_util::args;
 
     #[test]
     fn usage_errors_exit_2_and_failures_exit_1() {

@@ -645,11 +645,11 @@ pub fn write_micrographs_star(output: &Path, names: &[String]) -> Result<usize, 
     write_micrographs_table(output, records.iter(), "micrographs_ctf.star")
 }
 
+/// A movie's name with its `<name>.json` record.
+pub(crate) type NamedRecord = (String, MovieRecord);
+
 /// The `<name>.json` records of `names`, in order.
-pub(crate) fn read_records(
-    output: &Path,
-    names: &[String],
-) -> Result<Vec<(String, MovieRecord)>, String> {
+pub(crate) fn read_records(output: &Path, names: &[String]) -> Result<Vec<NamedRecord>, String> {
     names
         .iter()
         .map(|name| {
@@ -665,7 +665,7 @@ pub(crate) fn read_records(
 /// (atomically); returns its rows.
 pub(crate) fn write_micrographs_table<'a>(
     output: &Path,
-    records: impl Iterator<Item = &'a (String, MovieRecord)>,
+    records: impl Iterator<Item = &'a NamedRecord>,
     file: &str,
 ) -> Result<usize, String> {
     let columns = [

@@ -18,7 +18,7 @@ use warp_common::preprocessing::{
 use warp_controller::http::ApiError;
 use warp_controller::session::{MovieImage, Session};
 
-use crate::preprocess::{MovieRecord, read_items, write_json_atomic};
+use crate::preprocess::{MovieRecord, NamedRecord, read_items, write_json_atomic};
 
 /// The thresholds saved with a session, in its output directory.
 pub const SELECTION_FILE: &str = "selection.json";
@@ -71,7 +71,7 @@ pub fn judge(output: &Path, t: &SelectionThresholds) -> Result<SelectionSummary,
 /// [`select`] does that; the job calls this with the saved ones as movies arrive).
 pub(crate) fn write_selected(
     output: &Path,
-    records: &[(String, MovieRecord)],
+    records: &[NamedRecord],
     t: &SelectionThresholds,
 ) -> Result<SelectionSummary, String> {
     let (mut summary, passing) = judged(output, records, t)?;
@@ -81,7 +81,7 @@ pub(crate) fn write_selected(
 }
 
 /// The records of every processed movie of `output` (`processed_items.json`).
-fn processed_records(output: &Path) -> Result<Vec<(String, MovieRecord)>, String> {
+fn processed_records(output: &Path) -> Result<Vec<NamedRecord>, String> {
     let items = read_items(&output.join("processed_items.json"))?;
     let names: Vec<String> = items.into_iter().map(|i| i.name).collect();
     crate::preprocess::read_records(output, &names)
@@ -90,9 +90,9 @@ fn processed_records(output: &Path) -> Result<Vec<(String, MovieRecord)>, String
 /// The summary (without `selected`) and the records that pass.
 fn judged<'a>(
     output: &Path,
-    records: &'a [(String, MovieRecord)],
+    records: &'a [NamedRecord],
     t: &SelectionThresholds,
-) -> Result<(SelectionSummary, Vec<&'a (String, MovieRecord)>), String> {
+) -> Result<(SelectionSummary, Vec<&'a NamedRecord>), String> {
     t.validate()?;
     let mut summary = SelectionSummary {
         thresholds: *t,

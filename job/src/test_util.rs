@@ -34,6 +34,11 @@ impl Drop for TempDir {
     }
 }
 
+/// A command line as `String`s.
+pub(crate) fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
 /// Two 64² × 4 movies in `dir`: the dataset tests' and the comparison tests' input.
 pub(crate) fn small_dataset(dir: &Path) -> SimulateOptions {
     SimulateOptions {

@@ -167,6 +167,15 @@ fn global_matches_truth_held_out_nonsquare() {
     assert!(err <= 0.15, "RMS error {err}");
 }
 
+/// The RMS error of the quartic trajectory (the default before issue 13) on `p`.
+fn quartic_error(p: &SimParams) -> f64 {
+    let quartic = MotionOptions {
+        trajectory: Trajectory::Polynomial(4),
+        ..MotionOptions::default()
+    };
+    run_case(p, &quartic).0
+}
+
 /// Issue 13: a fast start that decelerates along a curve, with per-frame jitter, where the
 /// quartic trajectory underfits (here 0.12 px, 0.33 px on the first frame; the held-out set of
 /// `examples/motion_accuracy.rs` has 0.26 px at 2048² × 40).
@@ -180,11 +189,7 @@ fn hard_fast_start_curved_path_with_jitter() {
     };
     let (err, smoothed) = run_case(&p, &MotionOptions::default());
     assert!(err <= 0.10, "RMS error {err}");
-    let quartic = MotionOptions {
-        trajectory: Trajectory::Polynomial(4),
-        ..MotionOptions::default()
-    };
-    let (err4, _) = run_case(&p, &quartic);
+    let err4 = quartic_error(&p);
     assert!(err < 0.7 * err4, "smoothed {err} vs quartic {err4}");
     let movie = simulate(&p);
     let first = |s: &[[f32; 2]]| {
@@ -211,11 +216,7 @@ fn hard_path_at_half_an_electron_per_pixel() {
     };
     let (err, _) = run_case(&p, &MotionOptions::default());
     assert!(err <= 0.11, "RMS error {err}");
-    let quartic = MotionOptions {
-        trajectory: Trajectory::Polynomial(4),
-        ..MotionOptions::default()
-    };
-    let (err4, _) = run_case(&p, &quartic);
+    let err4 = quartic_error(&p);
     assert!(err < err4, "smoothed {err} vs quartic {err4}");
 }
 

@@ -330,6 +330,11 @@ pub fn python_modules(modules: &[&str], pip: &str) -> bool {
     )
 }
 
+/// An HTTP client for the tests' own loopback servers (no proxy from the environment).
+pub fn http_agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().try_proxy_from_env(false).build()
+}
+
 /// Polls `f` every 10 ms until it returns Some or `timeout` passes (then panics with `what`).
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

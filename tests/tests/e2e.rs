@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use warp_common::commands::Command;
 use warp_common::protocol::{AttemptOutcome, Target, TaskSpec, TaskState};
-use warp_tests::{ControllerProc, TempDir, start_worker, wait_for};
+use warp_tests::{ControllerProc, TempDir, http_agent, start_worker, wait_for};
 
 /// Controller flags for fast fault detection.
 const FAST: &[&str] = &[
@@ -22,10 +22,6 @@ const FAST: &[&str] = &[
 ];
 /// Worker flags for fast reconnection.
 const WORKER_FAST: &[&str] = &["--backoff-base", "0.05", "--backoff-max", "0.3"];
-
-fn ureq_agent() -> ureq::Agent {
-    ureq::AgentBuilder::new().try_proxy_from_env(false).build()
-}
 
 fn wait_workers(c: &ControllerProc, n: usize) -> Vec<warp_common::protocol::WorkerInfo> {
     let client = c.client();
@@ -326,7 +322,7 @@ fn worker_gives_up_with_a_clear_message_when_the_controller_stays_away() {
 fn wrong_tokens_get_401_and_change_nothing() {
     let dir = TempDir::new("tokens");
     let c = ControllerProc::start(dir.path(), 0, FAST);
-    let agent = ureq_agent();
+    let agent = http_agent();
     let reg =
         json!({"protocol_version": warp_common::PROTOCOL_VERSION, "device": 0, "hostname": "h"});
     let (code, body) = status_of(
@@ -436,7 +432,7 @@ fn enrollment_admin_and_view_tokens_have_separate_powers() {
         let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", f.display());
     }
-    let agent = ureq_agent();
+    let agent = http_agent();
     let call = |method: &str, path: &str, token: &str, body: Option<Value>| {
         let rq = agent
             .request(method, &format!("{}{path}", c.url))
@@ -499,7 +495,7 @@ fn malformed_input_gets_json_errors_and_the_controller_keeps_serving() {
     let mut flags = FAST.to_vec();
     flags.extend(["--max-body", "4096"]);
     let c = ControllerProc::start(dir.path(), 0, &flags);
-    let agent = ureq_agent();
+    let agent = http_agent();
     let auth = format!("Bearer {}", c.admin_token);
     let post = |path: &str, body: &str| {
         agent
@@ -595,7 +591,7 @@ fn malformed_input_gets_json_errors_and_the_controller_keeps_serving() {
 fn long_poll_is_held_and_answered_at_once_on_submit() {
     let dir = TempDir::new("longpoll");
     let c = ControllerProc::start(dir.path(), 0, &["--poll-hold", "0.5"]);
-    let agent = ureq_agent();
+    let agent = http_agent();
     let reg =
         json!({"protocol_version": warp_common::PROTOCOL_VERSION, "device": 0, "hostname": "h"});
     let ok: Value = agent
@@ -728,7 +724,7 @@ fn sigterm_releases_the_running_task_at_once() {
 fn openapi_document_is_served_and_every_documented_route_exists() {
     let dir = TempDir::new("openapi");
     let c = ControllerProc::start(dir.path(), 0, FAST);
-    let agent = ureq_agent();
+    let agent = http_agent();
     let served: Value = agent
         .get(&format!("{}/api/openapi.json", c.url))
         .call()
@@ -820,7 +816,7 @@ fn console_lines_reach_the_controller() {
         (l.total > 0).then_some(l)
     });
     assert!(lines.lines.iter().all(|l| l.n < lines.total));
-    let agent = ureq_agent();
+    let agent = http_agent();
     let count: Value = agent
         .get(&format!("{}/api/workers/{id}/console/count", c.url))
         .set("Authorization", &format!("Bearer {}", c.admin_token))
@@ -890,7 +886,7 @@ fn direct_mode_writes_its_port_and_secret_refuses_requests_without_it_and_exits_
             .ends_with('\n')
             .then(|| Some((port.parse().ok()?, secret.trim().to_string())))?
     });
-    let agent = ureq_agent();
+    let agent = http_agent();
     let eval = format!("http://127.0.0.1:{port}/v1/Service/EvaluateCommand");
     // Issue 16, row 6: without the per-run secret from the pipe, Exec does not run (401).
     let marker = dir.path().join("pwned");
@@ -1104,7 +1100,7 @@ fn huge_header_lines_get_431_and_cost_no_memory() {
 fn hostile_hostnames_and_reasons_are_capped_and_escaped() {
     let dir = TempDir::new("hostile-strings");
     let c = ControllerProc::start(dir.path(), 0, FAST);
-    let agent = ureq_agent();
+    let agent = http_agent();
     let register = |hostname: &str| {
         agent
             .post(&format!("{}/api/workers/register", c.url))
@@ -1251,7 +1247,7 @@ fn metrics_are_served_in_the_prometheus_format() {
     for id in ids.iter().chain([&movie]) {
         client.wait(*id, Some(Duration::from_secs(30))).unwrap();
     }
-    let agent = ureq_agent();
+    let agent = http_agent();
     let get = |token: Option<&str>| {
         let mut rq = agent.get(&format!("{}/metrics", c.url));
         if let Some(t) = token {

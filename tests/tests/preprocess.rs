@@ -345,34 +345,37 @@ fn preprocess_refuses_bad_options_before_starting_anything() {
     ignore = "slow in debug builds; CI runs it with --release"
 )]
 fn preprocess_meets_the_accuracy_targets_on_simulated_movies() {
-    let tmp = TempDir::new("preprocess-accuracy");
-    let dir = tmp.path();
-    let (sim, out) = (dir.join("sim"), dir.join("out"));
-    let (sim_s, out_s) = (sim.to_str().unwrap(), out.to_str().unwrap());
     // Seed 11 was never used while tuning the estimators.
-    simulate(
-        dir,
-        &sim,
+    let table = simulate_preprocess_compare(
+        "preprocess-accuracy",
         &[
             "--count", "3", "--size", "1024", "--frames", "24", "--seed", "11",
         ],
+        &["--dose-per-frame", "1"],
     );
+    assert!(table.contains("3/3 movies within all targets"), "{table}");
+}
+
+/// Simulates movies with `sim_args`, preprocesses them on 2 local workers with `flags` and
+/// compares them with the truth: the table `compare` printed, which must pass its targets.
+fn simulate_preprocess_compare(tag: &str, sim_args: &[&str], flags: &[&str]) -> String {
+    let tmp = TempDir::new(tag);
+    let dir = tmp.path();
+    let (sim, out) = (dir.join("sim"), dir.join("out"));
+    let (sim_s, out_s) = (sim.to_str().unwrap(), out.to_str().unwrap());
+    simulate(dir, &sim, sim_args);
     let input = format!("{sim_s}/*.mrc");
-    let (code, _, err) = controller(
-        dir,
-        &[
-            "preprocess",
-            "--input",
-            &input,
-            "--output",
-            out_s,
-            "--workers",
-            "2",
-            "--dose-per-frame",
-            "1",
-        ],
-        Duration::from_secs(600),
-    );
+    let mut args = vec![
+        "preprocess",
+        "--input",
+        &input,
+        "--output",
+        out_s,
+        "--workers",
+        "2",
+    ];
+    args.extend_from_slice(flags);
+    let (code, _, err) = controller(dir, &args, Duration::from_secs(600));
     assert_eq!(code, 0, "{err}");
     let (code, table, err) = controller(
         dir,
@@ -381,7 +384,7 @@ fn preprocess_meets_the_accuracy_targets_on_simulated_movies() {
     );
     eprintln!("{table}");
     assert_eq!(code, 0, "a movie misses a target:\n{table}\n{err}");
-    assert!(table.contains("3/3 movies within all targets"), "{table}");
+    table
 }
 
 /// Issue 13, part 1, through the whole job: movies whose motion starts fast and decelerates
@@ -394,13 +397,8 @@ fn preprocess_meets_the_accuracy_targets_on_simulated_movies() {
     ignore = "slow in debug builds; CI runs it with --release"
 )]
 fn preprocess_follows_hard_trajectories() {
-    let tmp = TempDir::new("preprocess-hard");
-    let dir = tmp.path();
-    let (sim, out) = (dir.join("sim"), dir.join("out"));
-    let (sim_s, out_s) = (sim.to_str().unwrap(), out.to_str().unwrap());
-    simulate(
-        dir,
-        &sim,
+    let table = simulate_preprocess_compare(
+        "preprocess-hard",
         &[
             "--count",
             "2",
@@ -415,29 +413,8 @@ fn preprocess_follows_hard_trajectories() {
             "--seed",
             "21",
         ],
+        &[],
     );
-    let input = format!("{sim_s}/*.mrc");
-    let (code, _, err) = controller(
-        dir,
-        &[
-            "preprocess",
-            "--input",
-            &input,
-            "--output",
-            out_s,
-            "--workers",
-            "2",
-        ],
-        Duration::from_secs(600),
-    );
-    assert_eq!(code, 0, "{err}");
-    let (code, table, err) = controller(
-        dir,
-        &["compare", "--truth", sim_s, "--output", out_s],
-        Duration::from_secs(60),
-    );
-    eprintln!("{table}");
-    assert_eq!(code, 0, "a movie misses a target:\n{table}\n{err}");
     let rms: Vec<f64> = table
         .lines()
         .filter(|l| l.starts_with("sim_"))
@@ -1198,10 +1175,6 @@ fn the_status_page_shows_a_running_session_in_a_browser() {
     eprintln!("{report}");
 }
 
-fn http() -> ureq::Agent {
-    ureq::AgentBuilder::new().try_proxy_from_env(false).build()
-}
-
 /// `(status, body)` of a request, errors included.
 fn call(req: ureq::Request, body: Option<&str>) -> (u16, Vec<u8>) {
     let r = match body {
@@ -1294,7 +1267,7 @@ fn a_session_serves_its_pictures_and_selection_and_select_works_from_the_cli() {
     });
     let view_t = std::fs::read_to_string(&view).unwrap().trim().to_string();
     let admin_t = std::fs::read_to_string(&admin).unwrap().trim().to_string();
-    let a = http();
+    let a = warp_tests::http_agent();
     let get = |path: &str, token: &str| {
         call(
             a.get(&format!("{url}{path}"))

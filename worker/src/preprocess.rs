@@ -422,16 +422,8 @@ impl Preprocessor {
         if let (Some(out), Some(img)) = (&p.spectrum_path, &centred) {
             let out = Path::new(out);
             ensure_parent(out)?;
-            write_mrc(
-                out,
-                &img,
-                spectrum.n,
-                spectrum.n,
-                1,
-                WriteMode::Float32,
-                1.0,
-            )
-            .map_err(|e| e.to_string())?;
+            write_mrc(out, img, spectrum.n, spectrum.n, 1, WriteMode::Float32, 1.0)
+                .map_err(|e| e.to_string())?;
         }
         let optics = Optics {
             voltage_kv: p.voltage_kv,

@@ -154,9 +154,7 @@ pub fn run(cfg: SelectConfig) -> Result<(), CliError> {
 mod tests {
     use super::*;
 
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
+    use crate::test_util::args;
 
     #[test]
     fn given_thresholds_replace_saved_ones_and_none_drops_one() {

@@ -305,9 +305,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), CliError> {
 mod tests {
     use super::*;
 
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
+    use crate::test_util::args;
 
     /// The regression of issue 10: `--provision-var bad` was a usage error only after the
     /// controller was listening under `preprocess`; now it is found before anything starts.
