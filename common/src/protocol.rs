@@ -10,9 +10,14 @@
 //! POST /api/workers/{id}/deregister        DeregisterRequest -> Ack
 //! ```
 //!
+//! A worker that registers a [`Capabilities::max_batch`] above 1 may get several tasks in one
+//! reply ([`PollResponse::more`]; only tasks of a kind the controller measured as short) and
+//! reports them in one call ([`StatusUpdate::also`]).
+//!
 //! Clients (admin = enrollment token): `POST /api/tasks` ([`TaskSpec`] -> [`SubmitResponse`]),
-//! `POST /api/tasks/batch`, `POST /api/tasks/{id}/cancel`, `GET /api/tasks/{id}/wait`, and the
-//! monitoring endpoints returning [`ControllerStatus`], [`WorkerInfo`] lists and [`TaskDetail`]s.
+//! `POST /api/tasks/batch`, `POST /api/tasks/{id}/cancel`, `GET /api/tasks/{id}/wait`,
+//! `POST /api/tasks/wait` ([`WaitRequest`] -> [`WaitResponse`]), and the monitoring endpoints
+//! returning [`ControllerStatus`], [`WorkerInfo`] lists and [`TaskDetail`]s.
 //! Every error is [`ApiErrorBody`] with a 4xx/5xx status. The full list with schemas is the
 //! OpenAPI document the controller serves at `GET /api/openapi.json`.
 //!
@@ -51,6 +56,16 @@ pub struct Capabilities {
     /// Command names the worker understands ([`Command::NAMES`] of its build).
     #[serde(default)]
     pub commands: Vec<String>,
+    /// The most tasks the worker takes in one assignment (`--batch`): it runs them in order
+    /// and reports them together (`StatusUpdate::also`). 0 or 1: one at a time. The
+    /// controller batches only tasks whose kind it measured as short (see
+    /// [`PollResponse::more`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_batch: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A GPU as reported by a worker.
@@ -141,6 +156,11 @@ pub struct Assignment {
 pub struct PollResponse {
     /// The assigned task.
     pub task: Assignment,
+    /// Further tasks leased to the worker with it, to run after `task` in this order (only to
+    /// a worker that registered a `max_batch` above 1, and only tasks of a kind whose
+    /// attempts the controller measured as short: a batch holds about 20 ms of expected work).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<Assignment>,
 }
 
 /// One line of a worker's log, numbered from 0 over the worker's lifetime.
@@ -257,10 +277,24 @@ pub struct StatusUpdate {
     /// damaged or unreadable file, an invalid request), so the task fails for good now.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub permanent: bool,
+    /// Terminal reports of earlier tasks of the same batch ([`PollResponse::more`]), applied
+    /// in order before this one: a batch is reported in one call. Each is accepted or refused
+    /// (409) on its own; the reply's `refused` names those refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<TaskReport>,
+}
+
+/// One task's report inside [`StatusUpdate::also`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// The task.
+    pub task: TaskId,
+    /// Its terminal report (its own `also` and `want_next` are ignored).
+    pub update: StatusUpdate,
 }
 
 /// Reply to a status report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct StatusResponse {
     /// True when the controller recorded the report.
     pub accepted: bool,
@@ -270,6 +304,13 @@ pub struct StatusResponse {
     /// The next task, when `want_next` was set and work was waiting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<Assignment>,
+    /// Further tasks leased with `task`, as in [`PollResponse::more`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<Assignment>,
+    /// Reports of [`StatusUpdate::also`] the controller refused (stale leases): their
+    /// results are discarded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<TaskId>,
     /// A terminal report answered (with its next task) before it was on disk: the number of
     /// its journal record; see [`Durability`]. Absent: the report is on disk (or there is no
     /// journal).
@@ -412,6 +453,34 @@ pub struct SubmitResponse {
 pub struct BatchSubmitResponse {
     /// Ids in the order of the submitted tasks.
     pub ids: Vec<TaskId>,
+}
+
+/// `POST /api/tasks/wait`: wait for many tasks in one call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaitRequest {
+    /// The tasks (1 to 10,000; repeats count once).
+    pub ids: Vec<TaskId>,
+    /// Hold at most this long (default 30, at most 300 seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<f64>,
+}
+
+/// Reply to [`WaitRequest`]: where the tasks stand once all are terminal or the hold passed.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct WaitResponse {
+    /// Completed ones.
+    #[serde(default)]
+    pub completed: Vec<TaskId>,
+    /// Failed or cancelled ones, in full.
+    #[serde(default)]
+    pub unsuccessful: Vec<TaskDetail>,
+    /// Ones not terminal yet (the hold passed first).
+    #[serde(default)]
+    pub pending: Vec<TaskId>,
+    /// Finished ones whose record retention dropped (a controller without a state
+    /// directory keeps only their counts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forgotten: Vec<TaskId>,
 }
 
 /// Where a task is in its life.
@@ -641,6 +710,10 @@ pub struct ControllerStatus {
     /// Status reports refused because their lease was stale, since this controller process
     /// started (a refusal changes no state, so the journal does not keep it).
     pub stale_reports_refused: u64,
+    /// Tasks handed out as the rest of a batch (`PollResponse::more`), since this
+    /// controller process started (or since the start of its journal's replay).
+    #[serde(default)]
+    pub batched_assignments: u64,
     /// Effective `--poll-hold`.
     pub poll_hold_ms: u64,
     /// Effective `--heartbeat-timeout`.

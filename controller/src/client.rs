@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use warp_common::protocol::{
     ApiErrorBody, BatchSubmit, BatchSubmitResponse, ConsoleLines, ControllerStatus, SubmitResponse,
-    TaskDetail, TaskId, TaskSpec, TaskState, WorkerInfo,
+    TaskDetail, TaskId, TaskSpec, TaskState, WaitRequest, WaitResponse, WorkerInfo,
 };
 
 use crate::server::MAX_BATCH;
@@ -171,36 +171,66 @@ impl AdminClient {
     /// back.
     pub fn wait(&self, task: TaskId, timeout: Option<Duration>) -> Result<TaskDetail, ClientError> {
         let start = Instant::now();
-        let mut outage: Option<Instant> = None;
         loop {
             let left = timeout.map(|t| t.saturating_sub(start.elapsed()));
             let hold = left
                 .unwrap_or(Duration::from_secs(30))
                 .min(Duration::from_secs(30));
-            let result: Result<TaskDetail, ClientError> = self.call(
-                "GET",
-                &format!("/api/tasks/{task}/wait?timeout_s={:.3}", hold.as_secs_f64()),
-                None::<&()>,
+            let detail: TaskDetail = self.through_outage(&format!("task {task}"), left, || {
+                self.call(
+                    "GET",
+                    &format!("/api/tasks/{task}/wait?timeout_s={:.3}", hold.as_secs_f64()),
+                    None::<&()>,
+                    hold + Duration::from_secs(30),
+                )
+            })?;
+            if detail.state.is_terminal() || left.is_some_and(|l| l.is_zero()) {
+                return Ok(detail);
+            }
+        }
+    }
+
+    /// `POST /api/tasks/wait`: one call for up to 10,000 tasks, answered once all are
+    /// terminal or after `hold` (at most 300 s), with those still pending named. Rides out a
+    /// controller restart as [`AdminClient::wait`] does.
+    pub fn wait_many(&self, ids: &[TaskId], hold: Duration) -> Result<WaitResponse, ClientError> {
+        let hold = hold.min(Duration::from_secs(300));
+        let body = WaitRequest {
+            ids: ids.to_vec(),
+            timeout_s: Some(hold.as_secs_f64()),
+        };
+        self.through_outage(&format!("{} task(s)", ids.len()), Some(hold), || {
+            self.call(
+                "POST",
+                "/api/tasks/wait",
+                Some(&body),
                 hold + Duration::from_secs(30),
-            );
-            let detail = match result {
-                Ok(d) => d,
+            )
+        })
+    }
+
+    /// `call()` again while the controller is unreachable or stopping (503), for up to
+    /// [`WAIT_OUTAGE`]; not once `left` is zero.
+    fn through_outage<T>(
+        &self,
+        what: &str,
+        left: Option<Duration>,
+        mut call: impl FnMut() -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let mut outage: Option<Instant> = None;
+        loop {
+            match call() {
                 Err(e @ (ClientError::Transport(_) | ClientError::Api { status: 503, .. })) => {
                     let since = *outage.get_or_insert_with(Instant::now);
                     if since.elapsed() >= WAIT_OUTAGE || left.is_some_and(|l| l.is_zero()) {
                         return Err(e);
                     }
                     if since.elapsed() < Duration::from_millis(600) {
-                        log::warn!("waiting for task {task}: {e}; retrying");
+                        log::warn!("waiting for {what}: {e}; retrying");
                     }
                     std::thread::sleep(Duration::from_millis(500));
-                    continue;
                 }
-                Err(e) => return Err(e),
-            };
-            outage = None;
-            if detail.state.is_terminal() || left.is_some_and(|l| l.is_zero()) {
-                return Ok(detail);
+                r => return r,
             }
         }
     }

@@ -20,7 +20,7 @@
 //! worker, times out or is released, until the failed attempts reach the attempt limit.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +33,24 @@ use warp_common::protocol::{
 
 /// Milliseconds on the controller's monotonic clock (since it started).
 pub type Millis = u64;
+
+/// The default of [`CoreConfig::batch_budget_ms`].
+pub const BATCH_BUDGET_MS: u64 = 20;
+
+fn default_batch_budget() -> u64 {
+    BATCH_BUDGET_MS
+}
+
+/// The floor of a measured duration in the batch budget: the clock counts whole
+/// milliseconds, so a task of 0.2 ms measures 0 or 1.
+const MIN_EXPECTED_MS: f64 = 0.25;
+
+/// Weight of the newest attempt in a kind's running mean duration.
+const DURATION_WEIGHT: f64 = 0.2;
+
+/// Task kinds whose durations are kept; beyond it the table starts again (a bound against
+/// clients that make every label unique).
+const MAX_KINDS: usize = 1024;
 
 /// How many entries of equal priority the shared queue scans to find a task whose init
 /// fingerprint matches the polling worker's held state. Bounded so a poll stays O(log n).
@@ -58,6 +76,13 @@ pub struct CoreConfig {
     /// An offline worker silent this long is forgotten (its record leaves the core; should it
     /// come back, its calls get 404 and it registers again).
     pub forget_offline_ms: u64,
+    /// The expected work (ms, from the measured durations per task kind) one batch of
+    /// assignments may hold: a worker that takes batches (`Capabilities::max_batch`) gets
+    /// extra tasks only while their expected durations add up to at most this, so short
+    /// program tasks travel many to a round trip while a movie (seconds) always goes alone
+    /// and no worker sits on work another could start.
+    #[serde(default = "default_batch_budget")]
+    pub batch_budget_ms: u64,
 }
 
 /// Everything that can change the core's state. An event is what the journal records
@@ -143,7 +168,7 @@ pub enum Reply {
     /// nothing either).
     Unchanged,
     /// Answer to a poll: a task now, or `None` to park the poll.
-    Poll(Option<Assignment>),
+    Poll(Vec<Assignment>),
     /// Answer to a heartbeat.
     Heartbeat(HeartbeatResponse),
     /// Answer to a status report.
@@ -176,6 +201,8 @@ pub enum Decision {
         worker: WorkerId,
         /// Its task.
         assignment: Assignment,
+        /// The rest of its batch ([`CoreConfig::batch_budget_ms`]), to run after it.
+        more: Vec<Assignment>,
     },
     /// Answer this worker's parked poll with "no work" (it went offline or left).
     Release {
@@ -284,6 +311,9 @@ pub struct CoreSnapshot {
     workers: Vec<(WorkerId, WorkerEntry)>,
     tasks: Vec<(TaskId, TaskEntry)>,
     finished_order: Vec<TaskId>,
+    /// Running mean duration (ms) per task kind, sorted by kind.
+    #[serde(default)]
+    durations: Vec<(String, f64)>,
 }
 
 impl CoreSnapshot {
@@ -312,8 +342,12 @@ struct WorkerEntry {
     spawn_id: Option<String>,
     pid: Option<u32>,
     offline: bool,
-    /// The attempt this worker holds.
+    /// The attempt this worker holds (the first of its batch).
     current: Option<(TaskId, LeaseId)>,
+    /// Further attempts leased with `current` in one batch, to run after it in this order;
+    /// empty for a worker that takes one task at a time.
+    #[serde(default)]
+    ahead: VecDeque<(TaskId, LeaseId)>,
     /// Set while a poll of this worker is parked: its place in the FIFO of waiting workers.
     waiting: Option<u64>,
     last_seen: Millis,
@@ -358,7 +392,22 @@ struct TaskEntry {
     history: Vec<AttemptEntry>,
 }
 
+impl WorkerEntry {
+    /// Every attempt the worker holds: `current`, then the rest of its batch.
+    fn held(&self) -> impl Iterator<Item = (TaskId, LeaseId)> + '_ {
+        self.current.into_iter().chain(self.ahead.iter().copied())
+    }
+}
+
 impl TaskEntry {
+    /// What the batch budget measures durations by: the label and the first command.
+    fn kind(&self) -> String {
+        let first = self.spec.commands.first().map_or("", |c| c.name());
+        match &self.spec.label {
+            Some(l) => format!("{first}\u{1f}{l}"),
+            None => first.to_string(),
+        }
+    }
     fn key(&self) -> QueueKey {
         (Reverse(self.spec.priority), self.seq)
     }
@@ -393,6 +442,8 @@ pub struct Core {
     next_lease: LeaseId,
     now: Millis,
     stale_refused: u64,
+    /// Tasks handed out as the rest of a batch ([`Core::assign_batch`]).
+    batched: u64,
     decisions: Vec<Decision>,
     /// Queued tasks kept for the worker that reads ahead for them (the inverse of
     /// `WorkerEntry::next`).
@@ -401,6 +452,9 @@ pub struct Core {
     finished_order: std::collections::VecDeque<TaskId>,
     /// Counts of evicted tasks: completed, failed, cancelled.
     evicted: [u64; 3],
+    /// Running mean duration (ms) of attempts per task kind ([`TaskEntry::kind`]), for the
+    /// batch budget ([`CoreConfig::batch_budget_ms`]). Only looked up, never iterated in a decision.
+    durations: HashMap<String, f64>,
 }
 
 impl Core {
@@ -418,9 +472,11 @@ impl Core {
             next_lease: 1,
             now: 0,
             stale_refused: 0,
+            batched: 0,
             decisions: Vec::new(),
             reserved: HashMap::new(),
             finished_order: std::collections::VecDeque::new(),
+            durations: HashMap::new(),
             evicted: [0; 3],
         }
     }
@@ -434,7 +490,14 @@ impl Core {
         let mut tasks: Vec<(TaskId, TaskEntry)> =
             self.tasks.iter().map(|(k, v)| (*k, v.clone())).collect();
         tasks.sort_unstable_by_key(|(_, t)| t.seq);
+        let mut durations: Vec<(String, f64)> = self
+            .durations
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        durations.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         CoreSnapshot {
+            durations,
             cfg: self.cfg.clone(),
             now: self.now,
             next_seq: self.next_seq,
@@ -455,6 +518,7 @@ impl Core {
         core.next_lease = snap.next_lease;
         core.evicted = snap.evicted;
         core.finished_order = snap.finished_order.into();
+        core.durations = snap.durations.into_iter().collect();
         for (id, w) in snap.workers {
             if let Some(seq) = w.waiting {
                 core.waiting.insert(seq, id);
@@ -565,6 +629,7 @@ impl Core {
                 pid: req.pid,
                 offline: false,
                 current: None,
+                ahead: VecDeque::new(),
                 waiting: None,
                 last_seen: self.now,
                 registered_at: self.now,
@@ -584,21 +649,22 @@ impl Core {
     fn on_poll(&mut self, worker: WorkerId) -> Result<Reply, CoreError> {
         self.touch(worker)?;
         // A poll means the worker is free. If it holds an assignment it never acknowledged, the
-        // delivery was lost on the way: hand out the same lease again. If it had started one, it
-        // abandoned it: that attempt failed.
-        if let Some((task, lease)) = self.workers[&worker].current {
-            let t = &self.tasks[&task];
-            if t.state == TaskState::Assigned {
-                return Ok(Reply::Poll(Some(self.assignment(task, lease))));
+        // delivery was lost on the way: hand out the same leases (its whole batch) again. If it
+        // had started one, it abandoned it: that attempt failed.
+        while let Some((task, _)) = self.workers[&worker].current {
+            if self.tasks[&task].state == TaskState::Assigned {
+                let held: Vec<(TaskId, LeaseId)> = self.workers[&worker].held().collect();
+                let batch = held.into_iter().map(|(t, l)| self.assignment(t, l));
+                return Ok(Reply::Poll(batch.collect()));
             }
             let err = "the worker asked for new work without reporting the task's end".to_string();
             self.end_attempt(task, AttemptOutcome::Failed, Some(err));
         }
-        if let Some(a) = self.assign_next(worker) {
-            return Ok(Reply::Poll(Some(a)));
+        let batch = self.assign_batch(worker);
+        if batch.is_empty() {
+            self.set_waiting(worker, true);
         }
-        self.set_waiting(worker, true);
-        Ok(Reply::Poll(None))
+        Ok(Reply::Poll(batch))
     }
 
     fn on_poll_expired(&mut self, worker: WorkerId) -> Result<Reply, CoreError> {
@@ -620,9 +686,12 @@ impl Core {
         let mut cancel = Vec::new();
         if let Some(task) = req.current_task {
             // The worker runs something the controller no longer gives it: cancelled, timed
-            // out, or re-assigned after the worker was presumed lost. Tell it to stop.
-            if w.current.map(|(t, _)| t) != Some(task)
-                || req.lease.is_some() && w.current.map(|(_, l)| l) != req.lease
+            // out, or re-assigned after the worker was presumed lost. Tell it to stop. (A
+            // worker with a batch may already run a later task of it: its reports come
+            // together at the batch's end.)
+            if !w
+                .held()
+                .any(|(t, l)| t == task && req.lease.is_none_or(|r| r == l))
             {
                 cancel.push(task);
             }
@@ -658,10 +727,7 @@ impl Core {
         {
             return Ok(Reply::Status(StatusResponse {
                 accepted: true,
-                cancel: false,
-                task: None,
-                receipt: None,
-                durable: None,
+                ..StatusResponse::default()
             }));
         }
         let valid = t.lease == Some(update.lease)
@@ -714,10 +780,7 @@ impl Core {
                 }
                 Ok(Reply::Status(StatusResponse {
                     accepted: true,
-                    cancel: false,
-                    task: None,
-                    receipt: None,
-                    durable: None,
+                    ..StatusResponse::default()
                 }))
             }
             ReportState::Completed | ReportState::Failed => {
@@ -735,14 +798,19 @@ impl Core {
                         update.permanent,
                     );
                 }
-                // The worker is free: hand it the next task in this reply, never held.
-                let next = update.want_next.then(|| self.assign_next(worker)).flatten();
+                // The worker is free: hand it the next task (or batch) in this reply, never
+                // held.
+                let mut batch = if update.want_next {
+                    self.assign_batch(worker)
+                } else {
+                    Vec::new()
+                };
+                let task = (!batch.is_empty()).then(|| batch.remove(0));
                 Ok(Reply::Status(StatusResponse {
                     accepted: true,
-                    cancel: false,
-                    task: next,
-                    receipt: None,
-                    durable: None,
+                    task,
+                    more: batch,
+                    ..StatusResponse::default()
                 }))
             }
         }
@@ -760,7 +828,8 @@ impl Core {
         self.unreserve(worker);
         let w = self.workers.get_mut(&worker).expect("checked");
         w.offline = true;
-        if let Some((task, _)) = w.current {
+        let held: Vec<(TaskId, LeaseId)> = w.held().collect();
+        for (task, _) in held {
             self.end_attempt(
                 task,
                 AttemptOutcome::Released,
@@ -895,7 +964,7 @@ impl Core {
         let mut expired: Vec<(TaskId, u64)> = self
             .workers
             .values()
-            .filter_map(|w| w.current)
+            .flat_map(|w| w.held())
             .filter_map(|(task, _)| {
                 let t = &self.tasks[&task];
                 let limit = t
@@ -971,12 +1040,17 @@ impl Core {
         self.unreserve(worker);
         let w = self.workers.get_mut(&worker).expect("worker exists");
         w.offline = true;
-        if let Some((task, _)) = w.current {
-            self.end_attempt(
-                task,
-                AttemptOutcome::WorkerLost,
-                Some(format!("worker lost: {reason}")),
-            );
+        let held: Vec<(TaskId, LeaseId)> = w.held().collect();
+        for (i, (task, _)) in held.into_iter().enumerate() {
+            // The rest of a batch never started (unless it said so) does not count as a
+            // failed attempt.
+            let started = i == 0 || self.tasks[&task].state == TaskState::Running;
+            let outcome = if started {
+                AttemptOutcome::WorkerLost
+            } else {
+                AttemptOutcome::Released
+            };
+            self.end_attempt(task, outcome, Some(format!("worker lost: {reason}")));
         }
         if self.set_waiting(worker, false) {
             self.decisions.push(Decision::Release { worker });
@@ -1105,13 +1179,65 @@ impl Core {
             return None;
         }
         let task = self.pick_for(worker)?;
+        let lease = self.lease(worker, task);
+        self.workers
+            .get_mut(&worker)
+            .expect("worker exists")
+            .current = Some((task, lease));
+        self.reserve_next(worker);
+        Some(self.assignment(task, lease))
+    }
+
+    /// The next task for `worker` ([`Core::assign_next`]) and, for a worker that takes
+    /// batches, further tasks to run after it while their measured durations add up to less
+    /// than [`CoreConfig::batch_budget_ms`] (a kind never measured is not batched), at most its share of
+    /// the queue per live worker. Empty when nothing is there for it.
+    fn assign_batch(&mut self, worker: WorkerId) -> Vec<Assignment> {
+        let Some(first) = self.assign_next(worker) else {
+            return Vec::new();
+        };
+        let max = self.workers[&worker].capabilities.max_batch as usize;
+        let mut batch = vec![first];
+        let Some(mut expected) = self.expected_ms(batch[0].id).filter(|_| max > 1) else {
+            return batch;
+        };
+        let live = self.workers.values().filter(|w| !w.offline).count().max(1);
+        let extra = (max - 1).min(self.queue_length() / live);
+        while batch.len() <= extra {
+            let Some(task) = self.pick_for(worker) else {
+                break;
+            };
+            let Some(ms) = self.expected_ms(task) else {
+                break;
+            };
+            if expected + ms > self.cfg.batch_budget_ms as f64 {
+                break;
+            }
+            expected += ms;
+            let lease = self.lease(worker, task);
+            let w = self.workers.get_mut(&worker).expect("worker exists");
+            w.ahead.push_back((task, lease));
+            self.batched += 1;
+            batch.push(self.assignment(task, lease));
+        }
+        batch
+    }
+
+    /// The running mean duration of `task`'s kind, `None` when none was measured yet.
+    fn expected_ms(&self, task: TaskId) -> Option<f64> {
+        let kind = self.tasks[&task].kind();
+        self.durations.get(&kind).map(|d| d.max(MIN_EXPECTED_MS))
+    }
+
+    /// Takes `task` off its queue and opens a new attempt of it for `worker` (the caller
+    /// puts the lease in the worker's `current` or `ahead`).
+    fn lease(&mut self, worker: WorkerId, task: TaskId) -> LeaseId {
         self.dequeue(task);
         self.unreserve(worker);
         let lease = self.next_lease;
         self.next_lease += 1;
         let now = self.now;
-        let w = self.workers.get_mut(&worker).expect("worker exists");
-        w.current = Some((task, lease));
+        let w = &self.workers[&worker];
         let hostname = w.hostname.clone();
         let t = self.tasks.get_mut(&task).expect("queued task exists");
         t.state = TaskState::Assigned;
@@ -1130,8 +1256,7 @@ impl Core {
             outcome: AttemptOutcome::Active,
             error: None,
         });
-        self.reserve_next(worker);
-        Some(self.assignment(task, lease))
+        lease
     }
 
     /// Keeps the task `worker` would take next for it, when that task reads files and is not
@@ -1182,10 +1307,15 @@ impl Core {
         let waiters: Vec<WorkerId> = self.waiting.values().copied().collect();
         let mut delivered = false;
         for worker in waiters {
-            if let Some(assignment) = self.assign_next(worker) {
+            let mut more = self.assign_batch(worker);
+            if !more.is_empty() {
+                let assignment = more.remove(0);
                 self.set_waiting(worker, false);
-                self.decisions
-                    .push(Decision::Deliver { worker, assignment });
+                self.decisions.push(Decision::Deliver {
+                    worker,
+                    assignment,
+                    more,
+                });
                 delivered = true;
             }
             if self.shared.is_empty() && self.per_worker.is_empty() && self.per_device.is_empty() {
@@ -1215,11 +1345,20 @@ impl Core {
         let max = self.cfg.max_attempts;
         let t = self.tasks.get_mut(&task).expect("task exists");
         let worker = t.worker.expect("active task has a worker");
+        let mut took = None;
         if let Some(a) = t.current_attempt() {
             a.finished = Some(now);
             a.outcome = outcome;
             a.error = error.clone();
+            if matches!(outcome, AttemptOutcome::Completed | AttemptOutcome::Failed) {
+                took = a.started.map(|s| now.saturating_sub(s));
+            }
         }
+        if let Some(ms) = took {
+            let kind = t.kind();
+            self.note_duration(kind, ms);
+        }
+        let t = self.tasks.get_mut(&task).expect("task exists");
         t.lease = None;
         let counts_as_failure = matches!(
             outcome,
@@ -1232,10 +1371,16 @@ impl Core {
         let permanent = permanent && outcome == AttemptOutcome::Failed;
         let give_up = counts_as_failure && (permanent || t.failures >= limit);
         let failures = t.failures;
+        let place = (self.workers.get(&worker)).and_then(|w| w.held().position(|(t, _)| t == task));
         if let Some(w) = self.workers.get_mut(&worker)
-            && w.current.map(|(t, _)| t) == Some(task)
+            && let Some(i) = place
         {
-            w.current = None;
+            // The next of its batch becomes the current one.
+            if i == 0 {
+                w.current = w.ahead.pop_front();
+            } else {
+                w.ahead.remove(i - 1);
+            }
             match outcome {
                 AttemptOutcome::Completed => w.completed += 1,
                 _ if counts_as_failure => w.failed += 1,
@@ -1267,6 +1412,18 @@ impl Core {
                 self.dispatch();
             }
         }
+    }
+
+    /// Adds one attempt's duration to its kind's running mean.
+    fn note_duration(&mut self, kind: String, ms: u64) {
+        if self.durations.len() >= MAX_KINDS && !self.durations.contains_key(&kind) {
+            self.durations.clear();
+        }
+        let ms = ms as f64;
+        self.durations
+            .entry(kind)
+            .and_modify(|m| *m += DURATION_WEIGHT * (ms - *m))
+            .or_insert(ms);
     }
 
     fn finish(&mut self, task: TaskId, state: TaskState, error: Option<String>) {
@@ -1476,6 +1633,7 @@ impl Core {
             queue_length: self.queue_length() as u64,
             parked_polls,
             stale_reports_refused: self.stale_refused,
+            batched_assignments: self.batched,
             poll_hold_ms: self.cfg.poll_hold_ms,
             heartbeat_timeout_ms: self.cfg.heartbeat_timeout_ms,
             task_timeout_ms: self.cfg.task_timeout_ms,
@@ -1570,8 +1728,9 @@ impl Core {
             }
             if active {
                 let w = t.worker.and_then(|w| self.workers.get(&w));
-                if w.and_then(|w| w.current) != Some((*id, t.lease.expect("active"))) {
-                    return Err(format!("active task {id} is not its worker's current task"));
+                let lease = t.lease.expect("active");
+                if !w.is_some_and(|w| w.held().any(|h| h == (*id, lease))) {
+                    return Err(format!("active task {id} is not held by its worker"));
                 }
             }
             if t.state.is_terminal() != t.finished.is_some() {
@@ -1619,7 +1778,10 @@ impl Core {
             }
         }
         for (id, w) in &self.workers {
-            if let Some((task, lease)) = w.current {
+            if w.current.is_none() && !w.ahead.is_empty() {
+                return Err(format!("worker {id} holds a batch without a current task"));
+            }
+            for (task, lease) in w.held() {
                 let t = self
                     .tasks
                     .get(&task)
@@ -1632,6 +1794,7 @@ impl Core {
                 }
             }
             if w.offline && (w.current.is_some() || w.waiting.is_some()) {
+                // (`ahead` is empty without `current`, checked above.)
                 return Err(format!("offline worker {id} holds work or a parked poll"));
             }
             if let Some(seq) = w.waiting

@@ -14,6 +14,7 @@ pub(crate) fn cfg() -> CoreConfig {
         poll_hold_ms: 500,
         keep_finished: usize::MAX,
         forget_offline_ms: u64::MAX,
+        batch_budget_ms: BATCH_BUDGET_MS,
     }
 }
 
@@ -52,12 +53,19 @@ impl Sim {
         r
     }
     fn register(&mut self, device: i32) -> WorkerId {
+        self.register_batching(device, 0)
+    }
+    /// A worker that takes batches of up to `max_batch` tasks.
+    fn register_batching(&mut self, device: i32, max_batch: u32) -> WorkerId {
         let id = self.id();
         let req = RegisterRequest {
             protocol_version: warp_common::PROTOCOL_VERSION,
             device,
             hostname: "node1".into(),
-            capabilities: Default::default(),
+            capabilities: warp_common::protocol::Capabilities {
+                max_batch,
+                ..Default::default()
+            },
             worker_version: "test".into(),
             spawn_id: None,
             pid: None,
@@ -78,9 +86,19 @@ impl Sim {
         .unwrap();
         id
     }
-    fn poll(&mut self, w: WorkerId) -> Option<Assignment> {
+    /// A poll that may return a batch.
+    fn poll_all(&mut self, w: WorkerId) -> Vec<Assignment> {
         match self.apply(Event::Poll { worker: w }).unwrap() {
             Reply::Poll(a) => a,
+            r => panic!("unexpected {r:?}"),
+        }
+    }
+    fn poll(&mut self, w: WorkerId) -> Option<Assignment> {
+        match self.apply(Event::Poll { worker: w }).unwrap() {
+            Reply::Poll(mut a) => {
+                assert!(a.len() <= 1, "a batch to a worker that takes none: {a:?}");
+                a.pop()
+            }
             r => panic!("unexpected {r:?}"),
         }
     }
@@ -130,6 +148,7 @@ fn update_for(a: &Assignment, state: ReportState) -> StatusUpdate {
         console: vec![],
         want_next: false,
         permanent: false,
+        also: Vec::new(),
     }
 }
 
@@ -167,7 +186,7 @@ fn parked_poll_gets_work_on_submit() {
     let t = s.submit(sleep_spec());
     let d = s.core.take_decisions();
     assert!(
-        matches!(&d[..], [Decision::Deliver { worker, assignment }] if *worker == w && assignment.id == t),
+        matches!(&d[..], [Decision::Deliver { worker, assignment, .. }] if *worker == w && assignment.id == t),
         "{d:?}"
     );
     assert!(s.core.waiting_workers().is_empty());
@@ -569,10 +588,7 @@ fn random_event_sequences_keep_the_invariants() {
 fn replaying_the_journal_gives_the_same_state_and_decisions() {
     for keep in [usize::MAX, 25] {
         let (log, decisions, end) = random_walk(keep);
-        let cfg = CoreConfig {
-            keep_finished: keep,
-            ..cfg()
-        };
+        let cfg = walk_cfg(keep);
         let state = |c: &Core| serde_json::to_value(c.snapshot()).unwrap();
         for _ in 0..2 {
             let (core, d) = replay(Core::new(cfg.clone()), &log);
@@ -650,7 +666,9 @@ fn timeouts_hand_work_to_waiters_in_the_same_order_every_time() {
             .take_decisions()
             .into_iter()
             .filter_map(|d| match d {
-                Decision::Deliver { worker, assignment } => Some((worker, assignment.id)),
+                Decision::Deliver {
+                    worker, assignment, ..
+                } => Some((worker, assignment.id)),
                 _ => None,
             })
             .collect::<Vec<_>>()
@@ -723,6 +741,16 @@ fn random_event_sequences_keep_the_invariants_with_retention() {
 }
 
 /// Returns the walk's journal, its decisions and its end state.
+/// The random walk's policy: a batch budget that fits its coarse clock (tens of ms per
+/// step), so batches happen.
+fn walk_cfg(keep_finished: usize) -> CoreConfig {
+    CoreConfig {
+        keep_finished,
+        batch_budget_ms: 1_000,
+        ..cfg()
+    }
+}
+
 fn random_walk(keep_finished: usize) -> (Vec<(Millis, Event)>, Vec<Decision>, serde_json::Value) {
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut next = move |n: u64| {
@@ -731,14 +759,15 @@ fn random_walk(keep_finished: usize) -> (Vec<(Millis, Event)>, Vec<Decision>, se
         rng ^= rng << 17;
         rng % n
     };
-    let mut s = Sim::with(CoreConfig {
-        keep_finished,
-        ..cfg()
-    });
+    let mut s = Sim::with(walk_cfg(keep_finished));
     let mut reserved_seen = 0usize;
     let mut decisions = Vec::new();
-    let mut workers: Vec<WorkerId> = (0..4).map(|d| s.register(d % 2)).collect();
-    let mut held: HashMap<WorkerId, Assignment> = HashMap::new();
+    // Half of the workers take batches (of up to 4): short tasks go out several at a time.
+    let mut batched_seen = 0usize;
+    let mut workers: Vec<WorkerId> = (0..4)
+        .map(|d| s.register_batching(d % 2, [0, 4][d as usize / 2]))
+        .collect();
+    let mut held: HashMap<WorkerId, std::collections::VecDeque<Assignment>> = HashMap::new();
     let mut tasks = Vec::new();
     for _ in 0..5_000 {
         s.now += next(50);
@@ -755,29 +784,47 @@ fn random_walk(keep_finished: usize) -> (Vec<(Millis, Event)>, Vec<Decision>, se
                 if next(4) == 0 {
                     spec.target = Target::Device(next(2) as i32);
                 }
-                tasks.push(s.submit(spec));
+                // Sometimes several at once, so the queue is deep enough for batches.
+                for _ in 0..1 + next(3) {
+                    tasks.push(s.submit(spec.clone()));
+                }
             }
             2 | 3 => {
-                if let Some(a) = s.poll(w) {
+                let batch = s.poll_all(w);
+                if let Some(a) = batch.first() {
                     reserved_seen += usize::from(!a.read_ahead.is_empty());
-                    held.insert(w, a);
+                    batched_seen += usize::from(batch.len() > 1);
+                    held.insert(w, batch.into());
                 }
             }
             4 | 5 => {
-                if let Some(a) = held.remove(&w) {
+                // The worker reports its batch in order (sometimes out of it: a report for
+                // a later task of the batch first).
+                let q = held.entry(w).or_default();
+                let i = if q.len() > 1 && next(8) == 0 { 1 } else { 0 };
+                if let Some(a) = q.get(i).cloned() {
                     let st = [
                         ReportState::Completed,
                         ReportState::Failed,
                         ReportState::Running,
                     ][next(3) as usize];
-                    let _ = s.report(w, &a, st);
-                    if !st.is_terminal() {
-                        held.insert(w, a);
+                    // Terminal reports say how long the attempt took (short, mostly).
+                    let update = StatusUpdate {
+                        elapsed_ms: Some(next(4)),
+                        ..update_for(&a, st)
+                    };
+                    let _ = s.apply(Event::Status {
+                        worker: w,
+                        task: a.id,
+                        update,
+                    });
+                    if st.is_terminal() {
+                        q.remove(i);
                     }
                 }
             }
             6 => {
-                let cur = held.get(&w).cloned();
+                let cur = held.get(&w).and_then(|q| q.front()).cloned();
                 s.heartbeat(w, cur.as_ref());
             }
             7 => {
@@ -804,7 +851,8 @@ fn random_walk(keep_finished: usize) -> (Vec<(Millis, Event)>, Vec<Decision>, se
                 }
                 held.remove(&w);
                 workers.retain(|x| *x != w);
-                workers.push(s.register(next(2) as i32));
+                let batch = [0, 4][next(2) as usize];
+                workers.push(s.register_batching(next(2) as i32, batch));
             }
             _ => {
                 let _ = s.apply(Event::PollExpired { worker: w });
@@ -816,6 +864,7 @@ fn random_walk(keep_finished: usize) -> (Vec<(Millis, Event)>, Vec<Decision>, se
         reserved_seen > 100,
         "the walk made {reserved_seen} read-ahead assignments"
     );
+    assert!(batched_seen > 50, "the walk made {batched_seen} batches");
     // Drain: reliable workers finish everything.
     held.clear();
     for _ in 0..100_000 {
@@ -823,7 +872,7 @@ fn random_walk(keep_finished: usize) -> (Vec<(Millis, Event)>, Vec<Decision>, se
         let mut progressed = false;
         for &w in &workers {
             s.heartbeat(w, None);
-            if let Some(a) = s.poll(w) {
+            for a in s.poll_all(w) {
                 s.report(w, &a, ReportState::Completed).unwrap();
                 progressed = true;
             }
@@ -991,6 +1040,7 @@ fn reservations_hold_in_device_queues_and_survive_a_lost_delivery() {
 fn offline_workers_are_forgotten_after_forget_offline_ms() {
     let mut s = Sim::with(CoreConfig {
         forget_offline_ms: 5_000,
+        batch_budget_ms: BATCH_BUDGET_MS,
         ..cfg()
     });
     let (w, other) = (s.register(0), s.register(0));
@@ -1026,4 +1076,201 @@ fn offline_workers_are_forgotten_after_forget_offline_ms() {
     ));
     // The forgotten worker's task still runs elsewhere.
     assert_eq!(s.poll(other).unwrap().id, t);
+}
+
+/// A finished attempt of `a` that took `ms` (the worker's own measure).
+fn done_in(a: &Assignment, ms: u64) -> StatusUpdate {
+    StatusUpdate {
+        elapsed_ms: Some(ms),
+        ..update_for(a, ReportState::Completed)
+    }
+}
+
+/// Issue 14: a worker that takes batches gets short tasks several to a round trip, and only
+/// once their kind was measured; a long kind, and a worker that takes none, get one at a time.
+#[test]
+fn short_tasks_go_out_in_batches_long_ones_alone() {
+    let mut s = Sim::new();
+    let a = s.register_batching(0, 8);
+    let b = s.register(1);
+    let short = || TaskSpec::new(vec![Command::Sleep { ms: 0 }]);
+    s.submit(short());
+    let first = s.poll_all(a);
+    assert_eq!(first.len(), 1, "a kind never measured goes alone");
+    let update = done_in(&first[0], 0);
+    s.apply(Event::Status {
+        worker: a,
+        task: first[0].id,
+        update,
+    })
+    .unwrap();
+    let ids: Vec<TaskId> = (0..40).map(|_| s.submit(short())).collect();
+    let batch = s.poll_all(a);
+    assert_eq!(batch.len(), 8, "{batch:?}");
+    let got: Vec<TaskId> = batch.iter().map(|t| t.id).collect();
+    assert_eq!(got, ids[..8], "a batch is the queue's order");
+    assert_eq!(s.poll_all(b).len(), 1, "a worker without --batch gets one");
+    // The worker runs the batch's later tasks before reporting the earlier ones.
+    assert!(s.heartbeat(a, Some(&batch[3])).cancel.is_empty());
+    for t in &batch {
+        assert_eq!(s.state(t.id), TaskState::Assigned);
+    }
+    // The last of the batch's reports asks for more: the next batch comes in its reply.
+    for t in &batch[..7] {
+        let update = done_in(t, 0);
+        s.apply(Event::Status {
+            worker: a,
+            task: t.id,
+            update,
+        })
+        .unwrap();
+    }
+    let update = StatusUpdate {
+        want_next: true,
+        ..done_in(&batch[7], 0)
+    };
+    let Reply::Status(r) = s
+        .apply(Event::Status {
+            worker: a,
+            task: batch[7].id,
+            update,
+        })
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(r.task.as_ref().map(|t| t.id), Some(ids[9]));
+    assert_eq!(r.more.len(), 7);
+    // A long kind (4 s each) never shares a batch.
+    let mut long = short();
+    long.label = Some("movie".into());
+    s.submit(long.clone());
+    let mut reply = s.apply(Event::Cancel { task: ids[20] });
+    assert!(reply.is_ok());
+    for t in std::iter::once(r.task.unwrap()).chain(r.more) {
+        let update = done_in(&t, 4000);
+        reply = s.apply(Event::Status {
+            worker: a,
+            task: t.id,
+            update,
+        });
+        assert!(reply.is_ok());
+    }
+    let rest = s.poll_all(a);
+    assert!(
+        rest.len() > 1,
+        "the measured mean moves slowly: still short"
+    );
+    for t in &rest {
+        let update = done_in(t, 4000);
+        s.apply(Event::Status {
+            worker: a,
+            task: t.id,
+            update,
+        })
+        .unwrap();
+    }
+    while s.core.queue_length() > 1 {
+        for t in s.poll_all(a) {
+            let update = done_in(&t, 4000);
+            s.apply(Event::Status {
+                worker: a,
+                task: t.id,
+                update,
+            })
+            .unwrap();
+        }
+    }
+    for _ in 0..5 {
+        s.submit(long.clone());
+    }
+    // The remaining short task and the movies: 4 s is past the budget on its own.
+    let one = s.poll_all(a);
+    assert_eq!(one.len(), 1, "{one:?}");
+}
+
+/// A batch's worker lost: the task it ran counts as a failed attempt, the ones it never
+/// started go back to the queue in their order and do not count; a cancelled task of the
+/// batch is stopped on the next heartbeat that names it.
+#[test]
+fn a_lost_batch_releases_its_unstarted_tasks_uncounted() {
+    let mut s = Sim::new();
+    let a = s.register_batching(0, 4);
+    s.submit(TaskSpec::new(vec![Command::Sleep { ms: 0 }]));
+    let first = s.poll_all(a).remove(0);
+    let update = done_in(&first, 0);
+    s.apply(Event::Status {
+        worker: a,
+        task: first.id,
+        update,
+    })
+    .unwrap();
+    for _ in 0..10 {
+        s.submit(TaskSpec::new(vec![Command::Sleep { ms: 0 }]));
+    }
+    let batch = s.poll_all(a);
+    assert_eq!(batch.len(), 4);
+    s.apply(Event::Cancel { task: batch[2].id }).unwrap();
+    assert_eq!(s.heartbeat(a, Some(&batch[2])).cancel, vec![batch[2].id]);
+    assert!(matches!(
+        s.report(a, &batch[2], ReportState::Completed),
+        Err(CoreError::StaleLease { .. })
+    ));
+    s.report(a, &batch[0], ReportState::Running).unwrap();
+    s.apply(Event::Exited {
+        worker: a,
+        reason: "signal: 9".into(),
+    })
+    .unwrap();
+    let failures = |s: &Sim, t: &Assignment| {
+        let d = s.detail(t.id);
+        (d.state, d.history.last().map(|x| x.outcome))
+    };
+    assert_eq!(
+        failures(&s, &batch[0]),
+        (TaskState::Queued, Some(AttemptOutcome::WorkerLost))
+    );
+    assert_eq!(
+        failures(&s, &batch[1]),
+        (TaskState::Queued, Some(AttemptOutcome::Released))
+    );
+    assert_eq!(
+        failures(&s, &batch[3]),
+        (TaskState::Queued, Some(AttemptOutcome::Released))
+    );
+    let b = s.register(0);
+    let order: Vec<TaskId> = (0..3)
+        .filter_map(|_| {
+            let t = s.poll(b)?;
+            s.report(b, &t, ReportState::Completed).unwrap();
+            Some(t.id)
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [batch[0].id, batch[1].id, batch[3].id],
+        "back in their order"
+    );
+}
+
+/// A batch whose delivery was lost: the worker polls again and gets the same leases.
+#[test]
+fn a_batch_is_delivered_again_to_a_worker_that_polls_for_it() {
+    let mut s = Sim::new();
+    let a = s.register_batching(0, 3);
+    s.submit(TaskSpec::new(vec![Command::Sleep { ms: 0 }]));
+    let first = s.poll_all(a).remove(0);
+    let update = done_in(&first, 0);
+    s.apply(Event::Status {
+        worker: a,
+        task: first.id,
+        update,
+    })
+    .unwrap();
+    for _ in 0..6 {
+        s.submit(TaskSpec::new(vec![Command::Sleep { ms: 0 }]));
+    }
+    let batch = s.poll_all(a);
+    assert_eq!(batch.len(), 3);
+    assert_eq!(s.poll_all(a), batch);
 }

@@ -220,6 +220,12 @@ pub static ROUTES: &[Route] = &[
         handler: wait_task,
     },
     Route {
+        method: "POST",
+        pattern: "/api/tasks/wait",
+        auth: Auth::View,
+        handler: wait_many,
+    },
+    Route {
         method: "GET",
         pattern: "/api/session",
         auth: Auth::View,
@@ -753,6 +759,11 @@ fn check_registration(req: &RegisterRequest) -> Result<(), ApiError> {
         (caps.commands.len() > 256 || caps.commands.iter().any(|c| chars(c) > 64)).then(|| {
             ApiError::invalid("capabilities.commands: at most 256 names of 64 characters")
         }),
+        (caps.max_batch as usize > MAX_BATCH_REPORTS).then(|| {
+            ApiError::invalid(format!(
+                "capabilities.max_batch: at most {MAX_BATCH_REPORTS}"
+            ))
+        }),
     ];
     match checks.into_iter().flatten().next() {
         Some(e) => Err(e),
@@ -763,17 +774,18 @@ fn check_registration(req: &RegisterRequest) -> Result<(), ApiError> {
 fn poll(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     let (mut inner, worker) = call.lock_worker(s)?;
     match s.apply(&mut inner, Event::Poll { worker }) {
-        Ok(CoreReply::Poll(Some(task))) => {
+        Ok(CoreReply::Poll(mut more)) if !more.is_empty() => {
             drop(inner);
-            json(200, &warp_common::protocol::PollResponse { task })
+            let task = more.remove(0);
+            json(200, &warp_common::protocol::PollResponse { task, more })
         }
-        Ok(CoreReply::Poll(None)) if s.stopping() => {
+        Ok(CoreReply::Poll(_)) if s.stopping() => {
             // Shutdown drained the parked polls already; do not park a new one.
             let _ = s.apply(&mut inner, Event::PollExpired { worker });
             drop(inner);
             Err(ApiError::shutting_down())
         }
-        Ok(CoreReply::Poll(None)) => {
+        Ok(CoreReply::Poll(_)) => {
             let deadline = s.now() + s.cfg.poll_hold.as_millis() as u64;
             let request = call.request.take().expect("request present until parked");
             // A worker has one poll at a time; an older parked one belongs to a connection the
@@ -817,17 +829,65 @@ fn heartbeat(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
     }
 }
 
-fn status(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
-    let mut update: StatusUpdate = call.body()?;
-    // Kept for the task's lifetime: bounded.
+/// The most reports one status call may carry in `also` (a worker's `--batch` is capped
+/// below it).
+pub const MAX_BATCH_REPORTS: usize = 256;
+
+/// Caps what a report keeps for the task's lifetime.
+fn cap_report(update: &mut StatusUpdate) {
     if let Some(e) = &mut update.error {
         *e = warp_common::cap(e, MAX_ERROR);
     }
     if let Some(m) = update.progress.as_mut().and_then(|p| p.message.as_mut()) {
         *m = warp_common::cap(m, MAX_REASON);
     }
+}
+
+fn status(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
+    let mut update: StatusUpdate = call.body()?;
+    let also = std::mem::take(&mut update.also);
+    if also.len() > MAX_BATCH_REPORTS {
+        return Err(ApiError::invalid(format!(
+            "also: at most {MAX_BATCH_REPORTS} reports in one call, got {}",
+            also.len()
+        )));
+    }
+    if let Some(r) = also.iter().find(|r| !r.update.state.is_terminal()) {
+        return Err(ApiError::invalid(format!(
+            "also: the report of task {} is not terminal (only finished tasks of a batch travel together)",
+            r.task
+        )));
+    }
+    cap_report(&mut update);
     let task = call.uuid_param(1, "task")?;
     let (mut inner, worker) = call.lock_worker(s)?;
+    // The batch's earlier reports first, in order, each accepted or refused on its own.
+    let mut refused = Vec::new();
+    let mut wait = false;
+    for r in also {
+        let mut earlier = r.update;
+        cap_report(&mut earlier);
+        earlier.want_next = false;
+        earlier.also.clear();
+        ship_console(
+            &mut inner,
+            worker,
+            std::mem::take(&mut earlier.console),
+            s.cfg.console_lines,
+        );
+        let event = Event::Status {
+            worker,
+            task: r.task,
+            update: earlier,
+        };
+        match s.apply_deferred(&mut inner, event) {
+            (Ok(_), w) => wait |= w,
+            (Err(e), _) => {
+                log::debug!("worker {worker}: report of task {} refused: {e}", r.task);
+                refused.push(r.task);
+            }
+        }
+    }
     ship_console(
         &mut inner,
         worker,
@@ -843,6 +903,8 @@ fn status(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
             update,
         },
     );
+    // The earlier reports are on disk before the answer, unless its receipt covers them.
+    inner.must_sync |= wait && !s.pipelined(&reply);
     // A final report answered with its next task before it is on disk: its record number,
     // for the worker to keep the report until a later reply says the journal has it.
     let receipt = (terminal && s.pipelined(&reply)).then(|| s.journal_appended());
@@ -852,6 +914,7 @@ fn status(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
         CoreReply::Status(mut r) => {
             r.receipt = receipt.flatten();
             r.durable = s.durability();
+            r.refused = refused;
             json(200, &r)
         }
         r => unreachable!("status replied {r:?}"),
@@ -961,6 +1024,62 @@ fn wait_task(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
         .entry(task)
         .or_default()
         .push(Waiter::Http { request, deadline });
+    Ok(Answer::Parked)
+}
+
+/// `POST /api/tasks/wait`: one call waits for up to [`MAX_LIST`] tasks (a `wait` of a
+/// 10,000-task array would otherwise be 10,000 calls). Answered once all are terminal, or at
+/// the hold with those still pending named.
+fn wait_many(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
+    call.only_query(&[])?;
+    let req: warp_common::protocol::WaitRequest = call.body()?;
+    if req.ids.is_empty() || req.ids.len() > MAX_LIST {
+        return Err(ApiError::invalid(format!(
+            "ids: give 1 to {MAX_LIST} task ids, got {}",
+            req.ids.len()
+        )));
+    }
+    let timeout_s = req.timeout_s.unwrap_or(30.0);
+    if !(0.0..=MAX_WAIT_S).contains(&timeout_s) {
+        return Err(ApiError::invalid(format!(
+            "timeout_s must be within 0..={MAX_WAIT_S}"
+        )));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(req.ids.len());
+    let ids: Vec<warp_common::protocol::TaskId> =
+        req.ids.into_iter().filter(|id| seen.insert(*id)).collect();
+    let mut inner = s.lock();
+    let mut open = Vec::new();
+    for &id in &ids {
+        match inner.core.task_state(id) {
+            Some(st) if !st.is_terminal() => open.push(id),
+            Some(_) => {}
+            // Dropped by retention (so finished), or unknown.
+            None if s.archived(id).is_some() => {}
+            None => return Err(CoreError::UnknownTask(id).into()),
+        }
+    }
+    if open.is_empty() || timeout_s == 0.0 {
+        let answer = s.group_answer(&inner, &ids);
+        drop(inner);
+        return json(200, &answer);
+    }
+    if s.stopping() {
+        return Err(ApiError::shutting_down());
+    }
+    let n = inner.next_group;
+    inner.next_group += 1;
+    for id in &open {
+        inner.waiters.entry(*id).or_default().push(Waiter::Group(n));
+    }
+    let request = call.request.take().expect("request present until parked");
+    let group = crate::server::GroupWait {
+        request,
+        deadline: s.now() + (timeout_s * 1000.0) as u64,
+        ids,
+        left: open.len(),
+    };
+    inner.groups.insert(n, group);
     Ok(Answer::Parked)
 }
 

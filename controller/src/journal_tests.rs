@@ -77,9 +77,10 @@ fn history(r: &mut Recovered, n: usize) -> Vec<TaskId> {
         .collect();
     apply(r, 2, Event::Submit { tasks }).unwrap();
     for i in 0..n / 2 {
-        let Ok(Reply::Poll(Some(a))) = apply(r, 3 + i as u64, Event::Poll { worker: w }) else {
+        let Ok(Reply::Poll(mut batch)) = apply(r, 3 + i as u64, Event::Poll { worker: w }) else {
             panic!("no work")
         };
+        let a = batch.pop().expect("work");
         let update = StatusUpdate {
             lease: a.lease,
             state: ReportState::Completed,
@@ -91,6 +92,7 @@ fn history(r: &mut Recovered, n: usize) -> Vec<TaskId> {
             console: Vec::new(),
             want_next: false,
             permanent: false,
+            also: Vec::new(),
         };
         apply(
             r,

@@ -185,6 +185,17 @@ impl Metrics {
         let _ = writeln!(o, "warp_stale_reports_total {}", st.stale_reports_refused);
         head(
             &mut o,
+            "warp_batched_assignments_total",
+            "counter",
+            "Tasks handed to a worker as the rest of a batch (short tasks, workers' --batch).",
+        );
+        let _ = writeln!(
+            o,
+            "warp_batched_assignments_total {}",
+            st.batched_assignments
+        );
+        head(
+            &mut o,
             "warp_dispatch_latency_seconds",
             "histogram",
             "From submission to a task's first assignment, for tasks finished since start.",

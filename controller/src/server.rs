@@ -24,7 +24,7 @@ use crossbeam_channel::{Receiver, Sender};
 use warp_common::console::ConsoleRing;
 use warp_common::protocol::{
     ControllerStatus, PollResponse, ProvisionStatus, TaskDetail, TaskId, TaskSpec, TaskState,
-    WorkerId, WorkerInfo, WorkerState,
+    WaitResponse, WorkerId, WorkerInfo, WorkerState,
 };
 
 use crate::core::{Core, CoreConfig, CoreError, Decision, Event, Millis, Reply};
@@ -219,6 +219,18 @@ pub(crate) enum Waiter {
         deadline: Millis,
     },
     Channel(Sender<TaskDetail>),
+    /// One task of a `POST /api/tasks/wait` ([`Inner::groups`]).
+    Group(u64),
+}
+
+/// A parked `POST /api/tasks/wait`: answered when `left` reaches 0 or at `deadline`.
+pub(crate) struct GroupWait {
+    pub request: tiny_http::Request,
+    pub deadline: Millis,
+    /// The tasks asked for, without repeats.
+    pub ids: Vec<TaskId>,
+    /// How many of them are not terminal yet.
+    pub left: usize,
 }
 
 /// A response to write once the lock is released.
@@ -232,6 +244,10 @@ pub(crate) struct Inner {
     pub core: Core,
     pub parked_polls: HashMap<WorkerId, ParkedPoll>,
     pub waiters: HashMap<TaskId, Vec<Waiter>>,
+    /// Parked waits for many tasks, by number; each of their tasks has a
+    /// [`Waiter::Group`] in `waiters`.
+    pub groups: HashMap<u64, GroupWait>,
+    pub next_group: u64,
     pub consoles: HashMap<WorkerId, ConsoleRing>,
     /// Workers the core forgot whose consoles are still kept, oldest first.
     pub departed: std::collections::VecDeque<WorkerId>,
@@ -413,7 +429,33 @@ impl Shared {
     /// retention dropped it from memory.
     pub fn task(&self, task: TaskId) -> Option<TaskDetail> {
         let found = self.lock().core.task_detail(task, self.epoch_ms);
-        found.or_else(|| self.journal.as_ref()?.archived(task))
+        found.or_else(|| self.archived(task))
+    }
+
+    /// A task retention dropped from memory, from the state directory's archive (callable
+    /// under the lock).
+    pub fn archived(&self, task: TaskId) -> Option<TaskDetail> {
+        self.journal.as_ref()?.archived(task)
+    }
+
+    /// The answer to a wait for `ids` as they stand (call under the lock).
+    pub(crate) fn group_answer(&self, inner: &Inner, ids: &[TaskId]) -> WaitResponse {
+        let mut r = WaitResponse::default();
+        for &id in ids {
+            match inner.core.task_state(id) {
+                Some(TaskState::Completed) => r.completed.push(id),
+                Some(s) if s.is_terminal() => r
+                    .unsuccessful
+                    .extend(inner.core.task_detail(id, self.epoch_ms)),
+                Some(_) => r.pending.push(id),
+                None => match self.archived(id) {
+                    Some(d) if d.state == TaskState::Completed => r.completed.push(id),
+                    Some(d) => r.unsuccessful.push(d),
+                    None => r.forgotten.push(id),
+                },
+            }
+        }
+        r
     }
 
     /// Locks the core and the parked requests. The guard writes the responses that events
@@ -465,6 +507,20 @@ impl Shared {
     /// Applies an event and carries out the decisions it produced. Responses to parked
     /// requests go to `inner.outbox`; the [`Locked`] guard writes them when it is dropped.
     pub fn apply(&self, inner: &mut Inner, event: Event) -> Result<Reply, CoreError> {
+        let (reply, wait) = self.apply_deferred(inner, event);
+        inner.must_sync |= wait;
+        reply
+    }
+
+    /// [`Shared::apply`], but the caller decides whether the answer waits for the sync:
+    /// `true` beside the reply when it must (an acknowledged event that is not pipelined).
+    /// The reports of a batch ([`warp_common::protocol::StatusUpdate::also`]) wait only if
+    /// the batch's last report does: its receipt covers the records before it.
+    pub fn apply_deferred(
+        &self,
+        inner: &mut Inner,
+        event: Event,
+    ) -> (Result<Reply, CoreError>, bool) {
         let now = self.now();
         let record = self
             .journal
@@ -476,6 +532,7 @@ impl Shared {
             _ => false,
         };
         let reply = inner.core.apply(now, event);
+        let mut wait = false;
         if let (Some(j), Some(r)) = (&self.journal, record)
             && crate::journal::journals(&reply)
         {
@@ -484,23 +541,30 @@ impl Shared {
                 // Answered before the disk: the sync thread makes it durable soon.
                 let _ = self.sync_wake.try_send(());
             } else {
-                inner.must_sync |= acknowledged;
+                wait = acknowledged;
             }
         }
         let decisions = inner.core.take_decisions();
         for d in decisions {
             self.carry_out(inner, d);
         }
-        reply
+        (reply, wait)
     }
 
     fn carry_out(&self, inner: &mut Inner, decision: Decision) {
         match decision {
-            Decision::Deliver { worker, assignment } => {
-                // No parked request: the worker gets the same lease again on its next poll.
+            Decision::Deliver {
+                worker,
+                assignment,
+                more,
+            } => {
+                // No parked request: the worker gets the same leases again on its next poll.
                 if let Some(p) = inner.parked_polls.remove(&worker) {
-                    let body = serde_json::to_vec(&PollResponse { task: assignment })
-                        .expect("assignment serialises");
+                    let body = serde_json::to_vec(&PollResponse {
+                        task: assignment,
+                        more,
+                    })
+                    .expect("assignment serialises");
                     inner.outbox.push(Outgoing {
                         request: p.request,
                         status: 200,
@@ -542,6 +606,22 @@ impl Shared {
                             body: Some(serde_json::to_vec(&detail).expect("detail serialises")),
                         }),
                         Waiter::Channel(tx) => AfterSync::Watch(tx, detail.clone()),
+                        Waiter::Group(g) => {
+                            let Some(group) = inner.groups.get_mut(&g) else {
+                                continue;
+                            };
+                            group.left -= 1;
+                            if group.left > 0 {
+                                continue;
+                            }
+                            let group = inner.groups.remove(&g).expect("found");
+                            let answer = self.group_answer(inner, &group.ids);
+                            AfterSync::Http(Outgoing {
+                                request: group.request,
+                                status: 200,
+                                body: Some(serde_json::to_vec(&answer).expect("serialises")),
+                            })
+                        }
                     };
                     inner.after_sync.push(a);
                 }
@@ -630,6 +710,25 @@ impl Shared {
                     i += 1;
                 }
             }
+        }
+        let mut groups: Vec<u64> = (inner.groups.iter())
+            .filter(|(_, g)| g.deadline <= now)
+            .map(|(n, _)| *n)
+            .collect();
+        groups.sort_unstable();
+        for n in groups {
+            let group = inner.groups.remove(&n).expect("listed");
+            for id in &group.ids {
+                if let Some(ws) = inner.waiters.get_mut(id) {
+                    ws.retain(|w| !matches!(w, Waiter::Group(x) if *x == n));
+                }
+            }
+            let answer = self.group_answer(&inner, &group.ids);
+            inner.outbox.push(Outgoing {
+                request: group.request,
+                status: 200,
+                body: Some(serde_json::to_vec(&answer).expect("serialises")),
+            });
         }
         inner.waiters.retain(|_, ws| !ws.is_empty());
         for (task, w) in timed_out {
@@ -774,6 +873,7 @@ impl Controller {
             forget_offline_ms: (cfg.heartbeat_timeout.as_millis() as u64)
                 .saturating_mul(10)
                 .max(3_600_000),
+            batch_budget_ms: crate::core::BATCH_BUDGET_MS,
         };
         let unix_now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -828,6 +928,8 @@ impl Controller {
                 core,
                 parked_polls: HashMap::new(),
                 waiters: HashMap::new(),
+                groups: HashMap::new(),
+                next_group: 0,
                 consoles: HashMap::new(),
                 departed: std::collections::VecDeque::new(),
                 subscribers: Vec::new(),
@@ -1154,6 +1256,13 @@ impl Controller {
                     });
                 }
             }
+        }
+        for (_, g) in inner.groups.drain() {
+            out.push(Outgoing {
+                request: g.request,
+                status: 503,
+                body: None,
+            });
         }
         drop(inner);
         for o in out {

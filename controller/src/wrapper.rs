@@ -1018,6 +1018,7 @@ mod tests {
                         console: Vec::new(),
                         want_next: false,
                         permanent: false,
+                        also: Vec::new(),
                     })
                     .unwrap();
                 served += 1;

@@ -119,8 +119,11 @@ pub struct StatusReply {
     pub accepted: bool,
     /// The task must stop.
     pub cancel: bool,
-    /// The next task (asked for with `want_next`).
-    pub next: Option<Incoming>,
+    /// The next task, and the rest of its batch, in the order to run them (asked for with
+    /// `want_next`); empty: none.
+    pub next: Vec<Incoming>,
+    /// Reports of the call's `also` the controller refused (stale leases).
+    pub refused: Vec<TaskId>,
     /// The report was answered before the controller's journal had it: its record number.
     pub receipt: Option<u64>,
     /// Where the controller's journal stands.
@@ -184,8 +187,9 @@ impl Client {
         parse(&bytes)
     }
 
-    /// `GET /api/workers/{id}/poll`: `None` when the hold expired without work.
-    pub fn poll(&self, s: &Session, timeout: Duration) -> Result<Option<Incoming>, CallError> {
+    /// `GET /api/workers/{id}/poll`: the task and the rest of its batch; empty when the hold
+    /// expired without work.
+    pub fn poll(&self, s: &Session, timeout: Duration) -> Result<Vec<Incoming>, CallError> {
         let url = format!("{}/api/workers/{}/poll", self.base, s.worker_id);
         let rq = self
             .agent
@@ -194,11 +198,14 @@ impl Client {
             .timeout(timeout);
         let bytes = send(rq, None::<&()>)?;
         if bytes.is_empty() {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         match serde_json::from_slice::<PollResponse>(&bytes) {
-            Ok(p) => Ok(Some(Incoming::Task(p.task))),
-            Err(e) => unrunnable(&bytes, e).map(Some),
+            Ok(p) => Ok(std::iter::once(p.task)
+                .chain(p.more)
+                .map(Incoming::Task)
+                .collect()),
+            Err(_) => each_incoming(&bytes),
         }
     }
 
@@ -234,11 +241,17 @@ impl Client {
             Ok(r) => Ok(StatusReply {
                 accepted: r.accepted,
                 cancel: r.cancel,
-                next: r.task.map(Incoming::Task),
+                next: r
+                    .task
+                    .into_iter()
+                    .chain(r.more)
+                    .map(Incoming::Task)
+                    .collect(),
+                refused: r.refused,
                 receipt: r.receipt,
                 durable: r.durable,
             }),
-            Err(e) => {
+            Err(_) => {
                 // Most likely a next task this build cannot run; the report itself went through.
                 let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
                 Ok(StatusReply {
@@ -246,10 +259,11 @@ impl Client {
                     cancel: v["cancel"].as_bool().unwrap_or(false),
                     receipt: v["receipt"].as_u64(),
                     durable: serde_json::from_value(v["durable"].clone()).ok(),
+                    refused: serde_json::from_value(v["refused"].clone()).unwrap_or_default(),
                     next: if v.get("task").is_some() {
-                        Some(unrunnable(&bytes, e)?)
+                        each_incoming(&bytes)?
                     } else {
-                        None
+                        Vec::new()
                     },
                 })
             }
@@ -322,10 +336,24 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CallError> {
         .map_err(|e| CallError::Unavailable(format!("unreadable reply from the controller: {e}")))
 }
 
-/// A task body that did not parse: keep its id and lease so it can be reported failed.
-fn unrunnable(bytes: &[u8], err: serde_json::Error) -> Result<Incoming, CallError> {
+/// A reply whose tasks (`task`, then `more`) did not all parse: each one on its own, so a
+/// task this build cannot run is kept with its id and lease to be reported failed.
+fn each_incoming(bytes: &[u8]) -> Result<Vec<Incoming>, CallError> {
     let v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
-    let task = &v["task"];
+    let more = v["more"].as_array().map_or(&[][..], |m| &m[..]);
+    std::iter::once(&v["task"])
+        .chain(more)
+        .map(
+            |task| match serde_json::from_value::<Assignment>(task.clone()) {
+                Ok(a) => Ok(Incoming::Task(a)),
+                Err(e) => unrunnable(task, &e),
+            },
+        )
+        .collect()
+}
+
+/// A task body that did not parse: keep its id and lease so it can be reported failed.
+fn unrunnable(task: &serde_json::Value, err: &serde_json::Error) -> Result<Incoming, CallError> {
     let id = task["id"].as_str().and_then(|s| Uuid::parse_str(s).ok());
     match (id, task["lease"].as_u64()) {
         (Some(id), Some(lease)) => Ok(Incoming::Unrunnable {
@@ -350,12 +378,12 @@ mod tests {
         let body = json!({"task": {"id": id, "lease": 7, "attempt": 1,
             "commands": [{"name": "Frobnicate", "params": {}}]}});
         let bytes = serde_json::to_vec(&body).unwrap();
-        let err = serde_json::from_slice::<PollResponse>(&bytes).unwrap_err();
+        assert!(serde_json::from_slice::<PollResponse>(&bytes).is_err());
         let Incoming::Unrunnable {
             id: got,
             lease,
             error,
-        } = unrunnable(&bytes, err).unwrap()
+        } = each_incoming(&bytes).unwrap().remove(0)
         else {
             panic!("unrunnable expected")
         };

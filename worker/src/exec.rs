@@ -292,11 +292,15 @@ fn run_exec(p: &ExecParams, cancel: &CancelFlag) -> Result<ExecResult, String> {
         ));
     }
     let mut cmd = std::process::Command::new(program);
+    // The enrollment token is the worker's, not the program's. The worker removed it from its
+    // environment at start (`scrub_secrets`); removing a name per spawn would make `Command`
+    // copy the whole environment for every program, so only names still there are removed.
+    for name in crate::SECRET_ENV {
+        if std::env::var_os(name).is_some() {
+            cmd.env_remove(name);
+        }
+    }
     cmd.args(&p.argv[1..])
-        // The enrollment token is the worker's, not the program's.
-        .env_remove("WARP_TOKEN")
-        .env_remove("WARP_ADMIN_TOKEN")
-        .env_remove("WARP_VIEW_TOKEN")
         .envs(&p.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

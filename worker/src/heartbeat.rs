@@ -86,6 +86,7 @@ fn report(task: &Current, state: ReportState, progress: Option<Progress>) -> Sta
         console: Vec::new(),
         want_next: false,
         permanent: false,
+        also: Vec::new(),
     }
 }
 

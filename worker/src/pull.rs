@@ -14,6 +14,11 @@
 //!   └────── status returns none ──────────────────────────┘
 //! ```
 //!
+//! A reply may carry a batch (`--batch`, [`warp_common::protocol::PollResponse::more`]): the
+//! loop runs its tasks in order and sends their reports in the last one's call
+//! ([`warp_common::protocol::StatusUpdate::also`]). A stop in the middle hands the rest back
+//! with the deregistration, the finished ones too (their reports were not sent).
+//!
 //! Three threads: the main loop (this module) is the only one that registers, polls and sends
 //! terminal reports; the heartbeat thread ([`crate::heartbeat`]) beats, reports `running` and
 //! progress, and cancels on the controller's word; the watcher thread turns a stop (signal,
@@ -29,11 +34,12 @@ use crate::signals;
 use crate::state::{CONSOLE_BATCH, Current, Kept, WorkerState};
 use crossbeam_channel::{Receiver, select};
 use log::{debug, error, info, warn};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use warp_common::commands::Command;
 use warp_common::protocol::{
-    Capabilities, GpuInfo, RegisterRequest, ReportState, StatusUpdate, TaskId,
+    Capabilities, GpuInfo, RegisterRequest, ReportState, StatusUpdate, TaskId, TaskReport,
 };
 use warp_common::{PROTOCOL_VERSION, VERSION};
 
@@ -173,7 +179,10 @@ impl Worker {
         if !self.register(true)? {
             return Ok(());
         }
-        let mut next: Option<Incoming> = None;
+        // Tasks received and not run yet (the rest of a batch), in order.
+        let mut next: VecDeque<Incoming> = VecDeque::new();
+        // Reports of the batch's tasks run so far: they go with the batch's last report.
+        let mut done: Vec<TaskReport> = Vec::new();
         let mut pending: Option<(TaskId, StatusUpdate)> = None;
         // Final reports sent again before a poll: the controller answered them before its
         // journal had them, and no later reply said it does now.
@@ -189,12 +198,19 @@ impl Worker {
                         r.lease
                     );
                 }
+                if !done.is_empty() {
+                    info!(
+                        "dropping the reports of {} finished task(s) of the batch: re-registered, so their leases are stale",
+                        done.len()
+                    );
+                    done.clear();
+                }
                 resend.clear();
                 drop(self.sh.take_unconfirmed());
                 if !self.register(false)? {
                     return Ok(());
                 }
-                next = None;
+                next.clear();
                 continue;
             }
             if pending.is_none()
@@ -215,6 +231,11 @@ impl Worker {
                         if !reply.accepted {
                             debug!("controller did not record the report of task {id}");
                         }
+                        for t in &reply.refused {
+                            info!(
+                                "task {t}: the controller refused its report (409): result discarded"
+                            );
+                        }
                         self.sh.note_durable(reply.durable);
                         if let (Some(receipt), Some(d)) = (reply.receipt, reply.durable) {
                             self.sh.keep_unconfirmed(Kept {
@@ -224,7 +245,7 @@ impl Worker {
                                 report,
                             });
                         }
-                        next = reply.next;
+                        next = reply.next.into();
                     }
                     Some(Err(e)) => {
                         match self.handle(&format!("status report of task {id}"), &e)? {
@@ -237,7 +258,9 @@ impl Worker {
                                 )
                             }
                             Handling::Refused
-                                if report.result.is_some() || !report.console.is_empty() =>
+                                if report.result.is_some()
+                                    || !report.console.is_empty()
+                                    || !report.also.is_empty() =>
                             {
                                 // Most likely too large (413): report the failure without the
                                 // payload, or the controller would hand the task out again.
@@ -250,8 +273,23 @@ impl Worker {
                                     report.elapsed_ms.unwrap_or(0),
                                 );
                                 slim.console.clear();
-                                slim.error =
-                                    Some(format!("the controller refused the task's report: {e}"));
+                                let why = format!("the controller refused the task's report: {e}");
+                                slim.error = Some(why.clone());
+                                // The batch's other tasks: failed the same way, without payload.
+                                slim.also = (report.also.iter())
+                                    .map(|r| TaskReport {
+                                        task: r.task,
+                                        update: StatusUpdate {
+                                            console: Vec::new(),
+                                            error: Some(why.clone()),
+                                            ..self.report(
+                                                r.update.lease,
+                                                ReportState::Failed,
+                                                r.update.elapsed_ms.unwrap_or(0),
+                                            )
+                                        },
+                                    })
+                                    .collect();
                                 pending = Some((id, slim));
                             }
                             Handling::Refused => warn!("status report of task {id} refused: {e}"),
@@ -261,7 +299,7 @@ impl Worker {
                 }
                 continue;
             }
-            let incoming = match next.take() {
+            let incoming = match next.pop_front() {
                 Some(t) => t,
                 // Never poll while a report may be missing from the controller's disk: the
                 // poll would end that attempt as abandoned.
@@ -269,15 +307,29 @@ impl Worker {
                     resend.extend(self.sh.take_unconfirmed());
                     continue;
                 }
-                None => match self.poll()? {
-                    Some(t) => t,
-                    None => continue,
-                },
+                None => {
+                    next = self.poll()?.into();
+                    match next.pop_front() {
+                        Some(t) => t,
+                        None => continue,
+                    }
+                }
             };
             if self.sh.stopping() {
                 return Ok(());
             }
-            pending = self.execute(incoming);
+            // A stop interrupting the task (`None`) hands the whole batch back.
+            if let Some((id, mut report)) = self.execute(incoming) {
+                if next.is_empty() {
+                    report.also = std::mem::take(&mut done);
+                    pending = Some((id, report));
+                } else {
+                    done.push(TaskReport {
+                        task: id,
+                        update: report,
+                    });
+                }
+            }
         }
     }
 
@@ -301,6 +353,7 @@ impl Worker {
                 }),
                 cpu_threads: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
                 commands: Command::NAMES.iter().map(|s| s.to_string()).collect(),
+                max_batch: cfg.batch,
             },
             worker_version: VERSION.to_string(),
             spawn_id: cfg.spawn_id.clone(),
@@ -388,11 +441,12 @@ impl Worker {
         }
     }
 
-    /// One long-poll. `None`: nothing to run (hold expired, retry, stop).
-    fn poll(&mut self) -> Result<Option<Incoming>, WorkerError> {
+    /// One long-poll: a task and the rest of its batch. Empty: nothing to run (hold
+    /// expired, retry, stop).
+    fn poll(&mut self) -> Result<Vec<Incoming>, WorkerError> {
         let Some(s) = self.sh.session() else {
             self.sh.request_reregister();
-            return Ok(None);
+            return Ok(Vec::new());
         };
         let timeout = self.poll_hold + self.sh.cfg.poll_timeout_margin;
         match self.sh.client.poll(&s, timeout) {
@@ -400,15 +454,15 @@ impl Worker {
                 self.reached();
                 Ok(t)
             }
-            Err(_) if self.sh.stopping() => Ok(None),
+            Err(_) if self.sh.stopping() => Ok(Vec::new()),
             Err(e) => match self.handle("poll", &e)? {
                 Handling::Refused => {
                     // Nothing sensible to retry at once: do not spin.
                     let delay = self.rng.backoff(0, &self.sh.cfg);
                     self.sh.cfg.stop.wait_timeout(delay);
-                    Ok(None)
+                    Ok(Vec::new())
                 }
-                _ => Ok(None),
+                _ => Ok(Vec::new()),
             },
         }
     }
@@ -588,6 +642,7 @@ impl Worker {
             console: self.sh.console.take_unshipped(CONSOLE_BATCH),
             want_next: true,
             permanent: false,
+            also: Vec::new(),
         }
     }
 }

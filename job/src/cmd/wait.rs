@@ -114,6 +114,9 @@ pub struct WaitOutcome {
     pub unsuccessful: Vec<TaskDetail>,
     /// Ones still not ended when the timeout passed.
     pub unfinished: usize,
+    /// Finished ones whose outcome the controller no longer knows (retention, no state
+    /// directory).
+    pub forgotten: usize,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -142,6 +145,13 @@ impl WaitOutcome {
                 String::new()
             }
         );
+        if self.forgotten > 0 {
+            s += &format!(
+                "  {} finished task(s) whose outcome the controller no longer keeps (retention; \
+                 serve --state-dir keeps them)\n",
+                self.forgotten
+            );
+        }
         for t in self.unsuccessful.iter().take(LISTED_FAILURES) {
             let first = t
                 .error
@@ -232,8 +242,11 @@ impl Progress {
     }
 }
 
-/// Waits for each of `ids` in turn (each wait is the controller's long-poll, so ended tasks
-/// answer at once), showing progress.
+/// The most ids one `POST /api/tasks/wait` takes.
+const WAIT_CHUNK: usize = 10_000;
+
+/// Waits for `ids` (repeats count once) with the controller's many-task wait, 10,000 to a
+/// call, each call held for a progress step, showing progress.
 pub fn wait_all(
     c: &AdminClient,
     ids: &[TaskId],
@@ -241,27 +254,43 @@ pub fn wait_all(
 ) -> Result<WaitOutcome, CliError> {
     let started = Instant::now();
     let deadline = timeout.map(|t| started + t);
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    let mut pending: Vec<TaskId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
     let mut out = WaitOutcome {
-        total: ids.len(),
+        total: pending.len(),
         ..WaitOutcome::default()
     };
     let mut progress = Progress::new();
-    for (i, id) in ids.iter().enumerate() {
+    let step = if progress.tty {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(5)
+    };
+    while !pending.is_empty() {
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let detail = c.wait(*id, left).map_err(failed)?;
-        match detail.state {
-            TaskState::Completed => out.completed += 1,
-            s if s.is_terminal() => out.unsuccessful.push(detail),
-            _ => {
-                // The timeout passed: the rest are not waited for.
-                out.unfinished = ids.len() - i;
-                break;
-            }
+        let hold = left.map_or(step, |l| l.min(step));
+        let mut still = Vec::new();
+        for chunk in pending.chunks(WAIT_CHUNK) {
+            let r = c.wait_many(chunk, hold).map_err(failed)?;
+            out.completed += r.completed.len();
+            out.forgotten += r.forgotten.len();
+            out.unsuccessful.extend(r.unsuccessful);
+            still.extend(r.pending);
         }
-        progress.show(i + 1, ids.len(), out.unsuccessful.len(), false);
+        pending = still;
+        let done = out.total - pending.len();
+        progress.show(done, out.total, out.unsuccessful.len(), false);
+        if left.is_some_and(|l| l.is_zero()) {
+            break;
+        }
     }
-    let done = out.completed + out.unsuccessful.len();
-    progress.show(done, ids.len(), out.unsuccessful.len(), true);
+    out.unfinished = pending.len();
+    progress.show(
+        out.total - out.unfinished,
+        out.total,
+        out.unsuccessful.len(),
+        true,
+    );
     out.elapsed = started.elapsed();
     Ok(out)
 }

@@ -24,9 +24,12 @@ impl Listener {
 
     pub(crate) fn accept(&self) -> std::io::Result<(Connection, Option<SocketAddr>)> {
         match self {
-            Self::Tcp(l) => l
-                .accept()
-                .map(|(conn, addr)| (Connection::from(conn), Some(addr))),
+            // warp patch: TCP_NODELAY, or a response larger than the write buffer (a batch
+            // of assignments) waits for the client's delayed ACK (40 ms) between its parts.
+            Self::Tcp(l) => l.accept().map(|(conn, addr)| {
+                let _ = conn.set_nodelay(true);
+                (Connection::from(conn), Some(addr))
+            }),
             #[cfg(unix)]
             Self::Unix(l) => l.accept().map(|(conn, _)| (Connection::from(conn), None)),
         }
