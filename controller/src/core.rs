@@ -311,9 +311,11 @@ pub struct CoreSnapshot {
     workers: Vec<(WorkerId, WorkerEntry)>,
     tasks: Vec<(TaskId, TaskEntry)>,
     finished_order: Vec<TaskId>,
-    /// Running mean duration (ms) per task kind, sorted by kind.
+    /// Running mean duration (ms) per task kind, sorted by kind, as `f64::to_bits` (a float
+    /// written as JSON text may not read back to the same bits, and a replay after the
+    /// snapshot must decide exactly as the first run did).
     #[serde(default)]
-    durations: Vec<(String, f64)>,
+    durations: Vec<(String, u64)>,
 }
 
 impl CoreSnapshot {
@@ -390,6 +392,9 @@ struct TaskEntry {
     error: Option<String>,
     progress: Option<warp_common::protocol::Progress>,
     history: Vec<AttemptEntry>,
+    /// Never batched again: its batch was dissolved ([`Core::dissolve_batch`]).
+    #[serde(default)]
+    solo: bool,
 }
 
 impl WorkerEntry {
@@ -490,10 +495,8 @@ impl Core {
         let mut tasks: Vec<(TaskId, TaskEntry)> =
             self.tasks.iter().map(|(k, v)| (*k, v.clone())).collect();
         tasks.sort_unstable_by_key(|(_, t)| t.seq);
-        let mut durations: Vec<(String, f64)> = self
-            .durations
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
+        let mut durations: Vec<(String, u64)> = (self.durations.iter())
+            .map(|(k, v)| (k.clone(), v.to_bits()))
             .collect();
         durations.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         CoreSnapshot {
@@ -518,7 +521,9 @@ impl Core {
         core.next_lease = snap.next_lease;
         core.evicted = snap.evicted;
         core.finished_order = snap.finished_order.into();
-        core.durations = snap.durations.into_iter().collect();
+        core.durations = (snap.durations.into_iter())
+            .map(|(k, v)| (k, f64::from_bits(v)))
+            .collect();
         for (id, w) in snap.workers {
             if let Some(seq) = w.waiting {
                 core.waiting.insert(seq, id);
@@ -886,6 +891,7 @@ impl Core {
                 error: None,
                 progress: None,
                 history: Vec::new(),
+                solo: false,
             };
             self.tasks.insert(id, entry);
             self.enqueue(id);
@@ -979,14 +985,20 @@ impl Core {
         expired.sort_unstable();
         changed |= !expired.is_empty();
         for (task, limit) in expired {
-            self.end_attempt(
-                task,
-                AttemptOutcome::TimedOut,
-                Some(format!(
-                    "attempt ran past the task timeout of {:.3} s",
-                    limit as f64 / 1000.0
-                )),
+            let t = &self.tasks[&task];
+            let Some(worker) = t.worker.filter(|_| t.lease.is_some()) else {
+                // Its batch was dissolved by an earlier one.
+                continue;
+            };
+            let why = format!(
+                "attempt ran past the task timeout of {:.3} s",
+                limit as f64 / 1000.0
             );
+            if self.workers[&worker].held().nth(1).is_some() {
+                self.dissolve_batch(worker, &why);
+            } else {
+                self.end_attempt(task, AttemptOutcome::TimedOut, Some(why));
+            }
         }
         self.dispatch() || changed
     }
@@ -1041,16 +1053,14 @@ impl Core {
         let w = self.workers.get_mut(&worker).expect("worker exists");
         w.offline = true;
         let held: Vec<(TaskId, LeaseId)> = w.held().collect();
-        for (i, (task, _)) in held.into_iter().enumerate() {
-            // The rest of a batch never started (unless it said so) does not count as a
-            // failed attempt.
-            let started = i == 0 || self.tasks[&task].state == TaskState::Running;
-            let outcome = if started {
-                AttemptOutcome::WorkerLost
-            } else {
-                AttemptOutcome::Released
-            };
-            self.end_attempt(task, outcome, Some(format!("worker lost: {reason}")));
+        match held[..] {
+            [(task, _)] => self.end_attempt(
+                task,
+                AttemptOutcome::WorkerLost,
+                Some(format!("worker lost: {reason}")),
+            ),
+            [] => {}
+            _ => self.dissolve_batch(worker, &format!("worker lost: {reason}")),
         }
         if self.set_waiting(worker, false) {
             self.decisions.push(Decision::Release { worker });
@@ -1064,6 +1074,22 @@ impl Core {
             reason: reason.to_string(),
             left: false,
         });
+    }
+
+    /// Ends every attempt of `worker`'s batch as released (not counted): the worker runs a
+    /// batch in order and reports it at its end, so when the worker is lost or one of them
+    /// times out the controller cannot tell which task was at fault. Each goes back to the
+    /// queue marked `solo`: it runs alone next time, where what happens counts against it.
+    fn dissolve_batch(&mut self, worker: WorkerId, why: &str) {
+        let held: Vec<(TaskId, LeaseId)> = self.workers[&worker].held().collect();
+        for (task, _) in held {
+            self.tasks.get_mut(&task).expect("held task exists").solo = true;
+            self.end_attempt(
+                task,
+                AttemptOutcome::Released,
+                Some(format!("{why} (with its batch; it runs alone next)")),
+            );
+        }
     }
 
     /// Tasks queued for one worker cannot run elsewhere: fail them when it is lost.
@@ -1198,13 +1224,17 @@ impl Core {
         };
         let max = self.workers[&worker].capabilities.max_batch as usize;
         let mut batch = vec![first];
-        let Some(mut expected) = self.expected_ms(batch[0].id).filter(|_| max > 1) else {
+        let alone = |c: &Core, t: TaskId| c.tasks[&t].solo || max <= 1;
+        let Some(mut expected) = self.expected_ms(batch[0].id) else {
             return batch;
         };
+        if alone(self, batch[0].id) {
+            return batch;
+        }
         let live = self.workers.values().filter(|w| !w.offline).count().max(1);
         let extra = (max - 1).min(self.queue_length() / live);
         while batch.len() <= extra {
-            let Some(task) = self.pick_for(worker) else {
+            let Some(task) = self.pick_for(worker).filter(|t| !alone(self, *t)) else {
                 break;
             };
             let Some(ms) = self.expected_ms(task) else {
@@ -1488,6 +1518,11 @@ impl Core {
         self.shared.len()
             + self.per_worker.values().map(BTreeMap::len).sum::<usize>()
             + self.per_device.values().map(BTreeMap::len).sum::<usize>()
+    }
+
+    /// Whether retention dropped any finished task (an id the core does not know may be one).
+    pub fn evicted_any(&self) -> bool {
+        self.evicted.iter().any(|n| *n > 0)
     }
 
     /// What a task was submitted as.

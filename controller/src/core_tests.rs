@@ -1189,11 +1189,11 @@ fn short_tasks_go_out_in_batches_long_ones_alone() {
     assert_eq!(one.len(), 1, "{one:?}");
 }
 
-/// A batch's worker lost: the task it ran counts as a failed attempt, the ones it never
-/// started go back to the queue in their order and do not count; a cancelled task of the
-/// batch is stopped on the next heartbeat that names it.
+/// A batch's worker lost: the controller cannot tell which of the batch was at fault (its
+/// reports come at its end), so none counts; all go back in their order and each runs alone
+/// next time. A cancelled task of the batch is stopped on the next heartbeat that names it.
 #[test]
-fn a_lost_batch_releases_its_unstarted_tasks_uncounted() {
+fn a_lost_batch_goes_back_uncounted_and_its_tasks_then_run_alone() {
     let mut s = Sim::new();
     let a = s.register_batching(0, 4);
     s.submit(TaskSpec::new(vec![Command::Sleep { ms: 0 }]));
@@ -1222,35 +1222,75 @@ fn a_lost_batch_releases_its_unstarted_tasks_uncounted() {
         reason: "signal: 9".into(),
     })
     .unwrap();
-    let failures = |s: &Sim, t: &Assignment| {
+    for t in [&batch[0], &batch[1], &batch[3]] {
         let d = s.detail(t.id);
-        (d.state, d.history.last().map(|x| x.outcome))
-    };
-    assert_eq!(
-        failures(&s, &batch[0]),
-        (TaskState::Queued, Some(AttemptOutcome::WorkerLost))
-    );
-    assert_eq!(
-        failures(&s, &batch[1]),
-        (TaskState::Queued, Some(AttemptOutcome::Released))
-    );
-    assert_eq!(
-        failures(&s, &batch[3]),
-        (TaskState::Queued, Some(AttemptOutcome::Released))
-    );
-    let b = s.register(0);
-    let order: Vec<TaskId> = (0..3)
-        .filter_map(|_| {
-            let t = s.poll(b)?;
-            s.report(b, &t, ReportState::Completed).unwrap();
-            Some(t.id)
+        let last = d.history.last().unwrap();
+        assert_eq!(
+            (d.state, last.outcome),
+            (TaskState::Queued, AttemptOutcome::Released)
+        );
+        assert!(
+            last.error.as_deref().unwrap().contains("runs alone next"),
+            "{last:?}"
+        );
+    }
+    let b = s.register_batching(0, 4);
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        let got = s.poll_all(b);
+        assert_eq!(got.len(), 1, "a task of a dissolved batch runs alone");
+        let update = done_in(&got[0], 0);
+        s.apply(Event::Status {
+            worker: b,
+            task: got[0].id,
+            update,
         })
-        .collect();
+        .unwrap();
+        order.push(got[0].id);
+    }
     assert_eq!(
         order,
         [batch[0].id, batch[1].id, batch[3].id],
         "back in their order"
     );
+    assert!(
+        s.poll_all(b).len() > 1,
+        "the others still travel in batches"
+    );
+}
+
+/// A task of a batch past its timeout: the batch is dissolved as for a lost worker (the
+/// worker may have run the task long ago and be on a later one), nothing counts.
+#[test]
+fn a_timeout_in_a_batch_dissolves_it_without_counting() {
+    let mut s = Sim::new();
+    let a = s.register_batching(0, 3);
+    let mut spec = TaskSpec::new(vec![Command::Sleep { ms: 0 }]);
+    spec.timeout_s = Some(1.0);
+    s.submit(spec.clone());
+    let first = s.poll_all(a).remove(0);
+    let update = done_in(&first, 0);
+    s.apply(Event::Status {
+        worker: a,
+        task: first.id,
+        update,
+    })
+    .unwrap();
+    for _ in 0..6 {
+        s.submit(spec.clone());
+    }
+    let batch = s.poll_all(a);
+    assert_eq!(batch.len(), 3);
+    s.now += 1_500;
+    s.heartbeat(a, Some(&batch[1]));
+    s.apply(Event::Tick).unwrap();
+    for t in &batch {
+        let d = s.detail(t.id);
+        assert_eq!(d.state, TaskState::Queued, "{d:?}");
+        assert_eq!(d.history.last().unwrap().outcome, AttemptOutcome::Released);
+    }
+    assert_eq!(s.heartbeat(a, Some(&batch[1])).cancel, vec![batch[1].id]);
+    assert!(s.report(a, &batch[0], ReportState::Completed).is_err());
 }
 
 /// A batch whose delivery was lost: the worker polls again and gets the same leases.

@@ -1054,8 +1054,9 @@ fn wait_many(s: &Shared, call: &mut Call) -> Result<Answer, ApiError> {
         match inner.core.task_state(id) {
             Some(st) if !st.is_terminal() => open.push(id),
             Some(_) => {}
-            // Dropped by retention (so finished), or unknown.
-            None if s.archived(id).is_some() => {}
+            // Dropped by retention (so finished; without a state directory only its count is
+            // left, and it is answered as `forgotten`), or unknown.
+            None if s.archived(id).is_some() || inner.core.evicted_any() => {}
             None => return Err(CoreError::UnknownTask(id).into()),
         }
     }

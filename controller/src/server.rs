@@ -723,12 +723,14 @@ impl Shared {
                     ws.retain(|w| !matches!(w, Waiter::Group(x) if *x == n));
                 }
             }
+            // After the sync, as the answer at completion: a completion it lists may be one
+            // answered to its worker before the disk.
             let answer = self.group_answer(&inner, &group.ids);
-            inner.outbox.push(Outgoing {
+            inner.after_sync.push(AfterSync::Http(Outgoing {
                 request: group.request,
                 status: 200,
                 body: Some(serde_json::to_vec(&answer).expect("serialises")),
-            });
+            }));
         }
         inner.waiters.retain(|_, ws| !ws.is_empty());
         for (task, w) in timed_out {

@@ -257,10 +257,21 @@ impl Worker {
                                     report.lease
                                 )
                             }
+                            Handling::Refused if !report.also.is_empty() => {
+                                // Most likely a batch too large for one call (413): its
+                                // reports one by one, so each result is judged alone.
+                                warn!(
+                                    "the report of a batch of {} task(s) was refused: {e}; sending them one by one",
+                                    report.also.len() + 1
+                                );
+                                let mut last = report;
+                                for r in std::mem::take(&mut last.also) {
+                                    resend.push_back((r.task, r.update));
+                                }
+                                resend.push_back((id, last));
+                            }
                             Handling::Refused
-                                if report.result.is_some()
-                                    || !report.console.is_empty()
-                                    || !report.also.is_empty() =>
+                                if report.result.is_some() || !report.console.is_empty() =>
                             {
                                 // Most likely too large (413): report the failure without the
                                 // payload, or the controller would hand the task out again.
@@ -273,23 +284,8 @@ impl Worker {
                                     report.elapsed_ms.unwrap_or(0),
                                 );
                                 slim.console.clear();
-                                let why = format!("the controller refused the task's report: {e}");
-                                slim.error = Some(why.clone());
-                                // The batch's other tasks: failed the same way, without payload.
-                                slim.also = (report.also.iter())
-                                    .map(|r| TaskReport {
-                                        task: r.task,
-                                        update: StatusUpdate {
-                                            console: Vec::new(),
-                                            error: Some(why.clone()),
-                                            ..self.report(
-                                                r.update.lease,
-                                                ReportState::Failed,
-                                                r.update.elapsed_ms.unwrap_or(0),
-                                            )
-                                        },
-                                    })
-                                    .collect();
+                                slim.error =
+                                    Some(format!("the controller refused the task's report: {e}"));
                                 pending = Some((id, slim));
                             }
                             Handling::Refused => warn!("status report of task {id} refused: {e}"),
@@ -783,6 +779,55 @@ mod tests {
                 (200, json!({"accepted": true, "cancel": []}))
             }
         })
+    }
+
+    /// A batch runs in order and is reported in one call; when that call is refused as too
+    /// large (413), each report goes alone, its result intact.
+    #[test]
+    fn a_batch_is_reported_together_and_one_by_one_when_refused_as_too_large() {
+        let echo = |id: &str, lease: u64| json!({"id": id, "lease": lease, "attempt": 1, "commands": [{"name": "Echo", "params": {"value": lease}}]});
+        let ids = [
+            "a0000000-0000-4000-8000-000000000000",
+            "b0000000-0000-4000-8000-000000000000",
+            "c0000000-0000-4000-8000-000000000000",
+        ];
+        let mut polled = false;
+        let (base, log) = serve_mock(move |path, body| {
+            if path.ends_with("/poll") {
+                if polled {
+                    return no_work();
+                }
+                polled = true;
+                (
+                    200,
+                    json!({"task": echo(ids[0], 1), "more": [echo(ids[1], 2), echo(ids[2], 3)]}),
+                )
+            } else if body["also"].as_array().is_some_and(|a| !a.is_empty()) {
+                (413, json!({"error": "too large", "code": "too_large"}))
+            } else {
+                (200, json!({"accepted": true}))
+            }
+        });
+        run_until(&base, &log, "/poll", 2);
+        let reports: Vec<(String, Value)> = lock(&log)
+            .iter()
+            .filter(|(p, _)| p.ends_with("/status"))
+            .cloned()
+            .collect();
+        // The batch's one call (refused), then each report alone.
+        let together = &reports[0].1;
+        assert!(reports[0].0.contains(ids[2]), "{reports:?}");
+        let also: Vec<&str> = (together["also"].as_array().unwrap().iter())
+            .map(|r| r["task"].as_str().unwrap())
+            .collect();
+        assert_eq!(also, ids[..2]);
+        assert_eq!(reports.len(), 4, "{reports:?}");
+        for (i, (path, body)) in reports[1..].iter().enumerate() {
+            assert!(path.contains(ids[i]), "{path}");
+            assert_eq!(body["state"], "completed", "{body}");
+            assert_eq!(body["result"]["results"][0]["value"], json!(i + 1));
+            assert!(body.get("also").is_none());
+        }
     }
 
     #[test]
