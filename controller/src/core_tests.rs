@@ -1078,6 +1078,29 @@ fn offline_workers_are_forgotten_after_forget_offline_ms() {
     assert_eq!(s.poll(other).unwrap().id, t);
 }
 
+impl Sim {
+    /// Applies the completion of `a` on `w`, which took `ms` by the worker's measure.
+    fn done(&mut self, w: WorkerId, a: &Assignment, ms: u64) {
+        let update = done_in(a, ms);
+        self.apply(Event::Status {
+            worker: w,
+            task: a.id,
+            update,
+        })
+        .unwrap();
+    }
+
+    /// A worker taking batches of `max`, after one task of `spec`'s kind taught the core that
+    /// the kind is short.
+    fn measured_batcher(&mut self, max: u32, spec: &TaskSpec) -> WorkerId {
+        let w = self.register_batching(0, max);
+        self.submit(spec.clone());
+        let first = self.poll_all(w).remove(0);
+        self.done(w, &first, 0);
+        w
+    }
+}
+
 /// A finished attempt of `a` that took `ms` (the worker's own measure).
 fn done_in(a: &Assignment, ms: u64) -> StatusUpdate {
     StatusUpdate {
@@ -1097,13 +1120,7 @@ fn short_tasks_go_out_in_batches_long_ones_alone() {
     s.submit(short());
     let first = s.poll_all(a);
     assert_eq!(first.len(), 1, "a kind never measured goes alone");
-    let update = done_in(&first[0], 0);
-    s.apply(Event::Status {
-        worker: a,
-        task: first[0].id,
-        update,
-    })
-    .unwrap();
+    s.done(a, &first[0], 0);
     let ids: Vec<TaskId> = (0..40).map(|_| s.submit(short())).collect();
     let batch = s.poll_all(a);
     assert_eq!(batch.len(), 8, "{batch:?}");
@@ -1117,13 +1134,7 @@ fn short_tasks_go_out_in_batches_long_ones_alone() {
     }
     // The last of the batch's reports asks for more: the next batch comes in its reply.
     for t in &batch[..7] {
-        let update = done_in(t, 0);
-        s.apply(Event::Status {
-            worker: a,
-            task: t.id,
-            update,
-        })
-        .unwrap();
+        s.done(a, t, 0);
     }
     let update = StatusUpdate {
         want_next: true,
@@ -1162,23 +1173,11 @@ fn short_tasks_go_out_in_batches_long_ones_alone() {
         "the measured mean moves slowly: still short"
     );
     for t in &rest {
-        let update = done_in(t, 4000);
-        s.apply(Event::Status {
-            worker: a,
-            task: t.id,
-            update,
-        })
-        .unwrap();
+        s.done(a, t, 4000);
     }
     while s.core.queue_length() > 1 {
         for t in s.poll_all(a) {
-            let update = done_in(&t, 4000);
-            s.apply(Event::Status {
-                worker: a,
-                task: t.id,
-                update,
-            })
-            .unwrap();
+            s.done(a, &t, 4000);
         }
     }
     for _ in 0..5 {
@@ -1195,16 +1194,7 @@ fn short_tasks_go_out_in_batches_long_ones_alone() {
 #[test]
 fn a_lost_batch_goes_back_uncounted_and_its_tasks_then_run_alone() {
     let mut s = Sim::new();
-    let a = s.register_batching(0, 4);
-    s.submit(TaskSpec::new(vec![Command::Sleep { ms: 0 }]));
-    let first = s.poll_all(a).remove(0);
-    let update = done_in(&first, 0);
-    s.apply(Event::Status {
-        worker: a,
-        task: first.id,
-        update,
-    })
-    .unwrap();
+    let a = s.measured_batcher(4, &TaskSpec::new(vec![Command::Sleep { ms: 0 }]));
     for _ in 0..10 {
         s.submit(TaskSpec::new(vec![Command::Sleep { ms: 0 }]));
     }
@@ -1239,13 +1229,7 @@ fn a_lost_batch_goes_back_uncounted_and_its_tasks_then_run_alone() {
     for _ in 0..3 {
         let got = s.poll_all(b);
         assert_eq!(got.len(), 1, "a task of a dissolved batch runs alone");
-        let update = done_in(&got[0], 0);
-        s.apply(Event::Status {
-            worker: b,
-            task: got[0].id,
-            update,
-        })
-        .unwrap();
+        s.done(b, &got[0], 0);
         order.push(got[0].id);
     }
     assert_eq!(
@@ -1264,18 +1248,9 @@ fn a_lost_batch_goes_back_uncounted_and_its_tasks_then_run_alone() {
 #[test]
 fn a_timeout_in_a_batch_dissolves_it_without_counting() {
     let mut s = Sim::new();
-    let a = s.register_batching(0, 3);
     let mut spec = TaskSpec::new(vec![Command::Sleep { ms: 0 }]);
     spec.timeout_s = Some(1.0);
-    s.submit(spec.clone());
-    let first = s.poll_all(a).remove(0);
-    let update = done_in(&first, 0);
-    s.apply(Event::Status {
-        worker: a,
-        task: first.id,
-        update,
-    })
-    .unwrap();
+    let a = s.measured_batcher(3, &spec);
     for _ in 0..6 {
         s.submit(spec.clone());
     }
@@ -1297,16 +1272,7 @@ fn a_timeout_in_a_batch_dissolves_it_without_counting() {
 #[test]
 fn a_batch_is_delivered_again_to_a_worker_that_polls_for_it() {
     let mut s = Sim::new();
-    let a = s.register_batching(0, 3);
-    s.submit(TaskSpec::new(vec![Command::Sleep { ms: 0 }]));
-    let first = s.poll_all(a).remove(0);
-    let update = done_in(&first, 0);
-    s.apply(Event::Status {
-        worker: a,
-        task: first.id,
-        update,
-    })
-    .unwrap();
+    let a = s.measured_batcher(3, &TaskSpec::new(vec![Command::Sleep { ms: 0 }]));
     for _ in 0..6 {
         s.submit(TaskSpec::new(vec![Command::Sleep { ms: 0 }]));
     }

@@ -331,6 +331,16 @@ pub fn python_modules(modules: &[&str], pip: &str) -> bool {
 }
 
 /// An HTTP client for the tests' own loopback servers (no proxy from the environment).
+/// The status and JSON body of an HTTP error answer (a transport error panics).
+pub fn status_of(err: ureq::Error) -> (u16, serde_json::Value) {
+    match err {
+        ureq::Error::Status(code, resp) => {
+            (code, resp.into_json().unwrap_or(serde_json::Value::Null))
+        }
+        e => panic!("transport error: {e}"),
+    }
+}
+
 pub fn http_agent() -> ureq::Agent {
     ureq::AgentBuilder::new().try_proxy_from_env(false).build()
 }

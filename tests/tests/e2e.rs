@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use warp_common::commands::Command;
 use warp_common::protocol::{AttemptOutcome, Target, TaskSpec, TaskState};
-use warp_tests::{ControllerProc, TempDir, http_agent, start_worker, wait_for};
+use warp_tests::{ControllerProc, TempDir, http_agent, start_worker, status_of, wait_for};
 
 /// Controller flags for fast fault detection.
 const FAST: &[&str] = &[
@@ -68,13 +68,6 @@ fn wait_running(client: &warp_tests::AdminClient, id: uuid::Uuid) {
     wait_for(Duration::from_secs(10), "the task to start", || {
         (client.task(id).ok()?.state == TaskState::Running).then_some(())
     });
-}
-
-fn status_of(err: ureq::Error) -> (u16, Value) {
-    match err {
-        ureq::Error::Status(code, resp) => (code, resp.into_json().unwrap_or(Value::Null)),
-        e => panic!("transport error: {e}"),
-    }
 }
 
 #[test]
