@@ -820,6 +820,51 @@ fn worker_children(pid: u32) -> Vec<u32> {
 }
 
 /// Starts `warp-controller ARGS` in the background; its stderr goes to a log in `dir`.
+/// A watched `preprocess` session of the movies in `sim`, with a view and an admin token
+/// file in `dir`, once it printed its status page's URL.
+struct WatchedSession {
+    p: Proc,
+    url: String,
+    out: PathBuf,
+    view: PathBuf,
+    admin: PathBuf,
+}
+
+fn start_watched_session(dir: &Path, sim: &Path, settle: &str) -> WatchedSession {
+    let out = dir.join("out");
+    let input = format!("{}/*.mrc", sim.display());
+    let (view, admin) = (dir.join("view-token"), dir.join("admin-token"));
+    let job = one_worker_job(
+        &input,
+        &out,
+        &[
+            "--watch",
+            "--watch-interval",
+            "0.2",
+            "--settle",
+            settle,
+            "--view-token-file",
+            view.to_str().unwrap(),
+            "--admin-token-file",
+            admin.to_str().unwrap(),
+        ],
+    );
+    let p = start_controller(dir, &job);
+    let url = wait_for(Duration::from_secs(30), "the status page's URL", || {
+        let err = p.stderr();
+        let line = err.lines().find(|l| l.contains("status page: "))?;
+        let rest = &line[line.find("status page: ")? + 13..];
+        Some(rest.split_whitespace().next()?.to_string())
+    });
+    WatchedSession {
+        p,
+        url,
+        out,
+        view,
+        admin,
+    }
+}
+
 fn start_controller(dir: &Path, args: &[&str]) -> Proc {
     let mut cmd = Command::new(bin("warp-controller"));
     cmd.args(args).stdout(Stdio::null());
@@ -1103,32 +1148,13 @@ fn the_status_page_shows_a_running_session_in_a_browser() {
         &sim,
         &["--count", "4", "--size", "256", "--frames", "8"],
     );
-    let out = dir.join("out");
-    let input = format!("{}/*.mrc", sim.display());
-    let view = dir.join("view-token");
-    let admin = dir.join("admin-token");
-    let job = one_worker_job(
-        &input,
-        &out,
-        &[
-            "--watch",
-            "--watch-interval",
-            "0.2",
-            "--settle",
-            "0.5",
-            "--view-token-file",
-            view.to_str().unwrap(),
-            "--admin-token-file",
-            admin.to_str().unwrap(),
-        ],
-    );
-    let mut p = start_controller(dir, &job);
-    let url = wait_for(Duration::from_secs(30), "the status page's URL", || {
-        let err = p.stderr();
-        let line = err.lines().find(|l| l.contains("status page: "))?;
-        let rest = &line[line.find("status page: ")? + 13..];
-        Some(rest.split_whitespace().next()?.to_string())
-    });
+    let WatchedSession {
+        mut p,
+        url,
+        out,
+        view,
+        admin,
+    } = start_watched_session(dir, &sim, "0.5");
     wait_for(Duration::from_secs(120), "4 movies processed", || {
         (std::fs::read_dir(&out)
             .ok()?
@@ -1228,36 +1254,14 @@ fn a_session_serves_its_pictures_and_selection_and_select_works_from_the_cli() {
         &sim,
         &["--count", "3", "--size", "256", "--frames", "8"],
     );
-    let out = dir.join("out");
-    let input = format!("{}/*.mrc", sim.display());
-    let (view, admin) = (dir.join("view-token"), dir.join("admin-token"));
-    let job = one_worker_job(
-        &input,
-        &out,
-        &[
-            "--watch",
-            "--watch-interval",
-            "0.2",
-            "--settle",
-            "0.3",
-            "--view-token-file",
-            view.to_str().unwrap(),
-            "--admin-token-file",
-            admin.to_str().unwrap(),
-        ],
-    );
-    let mut p = start_controller(dir, &job);
-    let url = wait_for(Duration::from_secs(30), "the status page's URL", || {
-        let err = p.stderr();
-        let line = err.lines().find(|l| l.contains("status page: "))?;
-        let rest = &line[line.find("status page: ")? + 13..];
-        Some(
-            rest.split_whitespace()
-                .next()?
-                .trim_end_matches('/')
-                .to_string(),
-        )
-    });
+    let WatchedSession {
+        mut p,
+        url,
+        out,
+        view,
+        admin,
+    } = start_watched_session(dir, &sim, "0.3");
+    let url = url.trim_end_matches('/').to_string();
     let processed = |n: usize| {
         let list = json(&out.join("processed_items.json"));
         list["items"].as_array().is_some_and(|a| a.len() == n)
