@@ -1254,7 +1254,7 @@ impl Core {
     }
 
     /// The running mean duration of `task`'s kind, `None` when none was measured yet.
-    fn expected_ms(&self, task: TaskId) -> Option<f64> {
+    pub(crate) fn expected_ms(&self, task: TaskId) -> Option<f64> {
         let kind = self.tasks[&task].kind();
         self.durations.get(&kind).map(|d| d.max(MIN_EXPECTED_MS))
     }

@@ -184,6 +184,75 @@ fn a_torn_last_record_is_dropped_and_anything_else_stops_the_start() {
 }
 
 #[test]
+fn space_allocated_ahead_is_the_end_of_the_data_and_is_trimmed_at_the_end() {
+    let d = Dir::new("ahead");
+    let mut r = open(&d.0, cfg(), 0).unwrap();
+    history(&mut r, 4);
+    let all = state(&r.core);
+    let seg = segments(&d.0).remove(0);
+    // What a crash leaves: the records, then the zeros allocated ahead of them.
+    let crashed = std::fs::read(&seg).unwrap();
+    drop(r);
+    let trimmed = std::fs::read(&seg).unwrap();
+    if crashed.len() == trimmed.len() {
+        eprintln!("skipped: this file system does not allocate ahead (fallocate refused)");
+        return;
+    }
+    assert_eq!(crashed.len() as u64 % ALLOCATE_AHEAD, 0);
+    assert_eq!(&crashed[..trimmed.len()], &trimmed[..], "the same records");
+    assert!(crashed[trimmed.len()..].iter().all(|&b| b == 0));
+    std::fs::write(&seg, &crashed).unwrap();
+    let r = open(&d.0, cfg(), 0).unwrap();
+    assert!(r.report.torn.is_empty(), "{:?}", r.report);
+    assert_eq!(state(&r.core), all, "every event replayed");
+    let len = std::fs::metadata(&seg).unwrap().len();
+    assert_eq!(
+        len,
+        trimmed.len() as u64,
+        "the start gave the unused space back"
+    );
+    drop(r);
+    // Bytes after the zeros are damage, not the end of the data.
+    let mut bad = crashed;
+    *bad.last_mut().unwrap() = 1;
+    std::fs::write(&seg, &bad).unwrap();
+    let msg = open(&d.0, cfg(), 0).err().expect("refused").to_string();
+    assert!(msg.contains(&format!("offset {}", trimmed.len())), "{msg}");
+}
+
+#[test]
+fn a_sync_with_grace_is_covered_by_the_next_sync_or_syncs_alone() {
+    use std::time::{Duration, Instant};
+    let d = Dir::new("grace");
+    let r = open(&d.0, cfg(), 0).unwrap();
+    let j = &r.journal;
+    let first = j.append(encode_event(1, &Event::Tick));
+    let second = std::thread::scope(|s| {
+        let t = Instant::now();
+        let waiter = s.spawn(move || {
+            j.sync_within(first, Duration::from_secs(60));
+            t.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let second = j.append(encode_event(2, &Event::Tick));
+        j.sync(second);
+        let waited = waiter.join().unwrap();
+        assert!(
+            waited < Duration::from_secs(30),
+            "the other request's sync ends the wait: {waited:?}"
+        );
+        second
+    });
+    assert!(j.durability().through >= second);
+    // Nobody else syncs: it waits out its grace, then syncs itself.
+    let third = j.append(encode_event(3, &Event::Tick));
+    let t = Instant::now();
+    j.sync_within(third, Duration::from_millis(100));
+    assert!(t.elapsed() >= Duration::from_millis(100));
+    assert_eq!(j.durability().through, third);
+}
+
+#[test]
 fn another_format_version_is_refused_with_the_version() {
     let d = Dir::new("version");
     drop(open(&d.0, cfg(), 0).unwrap());

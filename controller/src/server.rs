@@ -259,6 +259,10 @@ pub(crate) struct Inner {
     /// Set when the current lock holder applied an event whose acknowledgement must wait
     /// until its record is durable (a submit, a cancel, a terminal report).
     pub must_sync: bool,
+    /// How long the lock holder's sync may wait for another request's (see
+    /// [`Journal::sync_within`](crate::journal::Journal::sync_within)): set when the event
+    /// handed a short task to an idle worker, whose report will soon need a sync too.
+    pub sync_grace: Option<Duration>,
     /// Histories for `GET /metrics`.
     pub metrics: crate::metrics::Metrics,
 }
@@ -296,6 +300,7 @@ impl Drop for Locked<'_> {
         let out = std::mem::take(&mut guard.outbox);
         let after = std::mem::take(&mut guard.after_sync);
         let must_sync = std::mem::take(&mut guard.must_sync);
+        let grace = guard.sync_grace.take();
         let Some(journal) = &self.shared.journal else {
             drop(guard);
             Shared::flush(out);
@@ -312,12 +317,17 @@ impl Drop for Locked<'_> {
             // End notifications wait for the disk, but not in this thread unless it waits
             // anyway: the sync thread sends them.
             lock(&self.shared.deferred).push((seq, after));
-            let _ = self.shared.sync_wake.try_send(());
+            if !must_sync {
+                let _ = self.shared.sync_wake.try_send(());
+            }
         }
         // A submit, cancel or final result is acknowledged only once it is on disk (the
         // handler's own answer is written after this guard is gone, so after this too).
         if must_sync {
-            journal.sync(seq);
+            match grace {
+                Some(g) => journal.sync_within(seq, g),
+                None => journal.sync(seq),
+            }
             self.shared.deliver_durable();
         }
     }
@@ -560,6 +570,15 @@ impl Shared {
             } => {
                 // No parked request: the worker gets the same leases again on its next poll.
                 if let Some(p) = inner.parked_polls.remove(&worker) {
+                    if self.journal.is_some() {
+                        let expected = (std::iter::once(&assignment).chain(&more))
+                            .map(|a| inner.core.expected_ms(a.id))
+                            .sum::<Option<f64>>();
+                        if let Some(ms) = expected.filter(|&ms| ms <= SHORT_TASK_MS) {
+                            let g = Duration::from_secs_f64((ms + SYNC_GRACE_MS) / 1000.0);
+                            inner.sync_grace = Some(inner.sync_grace.map_or(g, |o| o.max(g)));
+                        }
+                    }
                     let body = serde_json::to_vec(&PollResponse {
                         task: assignment,
                         more,
@@ -828,6 +847,14 @@ fn raise_open_file_limit() -> u64 {
 /// for reading; older ones are dropped.
 const DEPARTED_CONSOLES: usize = 64;
 
+/// A submit (or other acknowledged event) that hands tasks expected to take at most this
+/// long (ms, the measured mean of their kind) to an idle worker waits up to their expected
+/// time plus [`SYNC_GRACE_MS`] for the worker's report before it syncs alone: the report's
+/// sync then covers both records, and the caller waiting for the result sees one sync on
+/// the way instead of two in a row. The submit's answer is later by at most that.
+const SHORT_TASK_MS: f64 = 1.0;
+const SYNC_GRACE_MS: f64 = 1.0;
+
 /// Descriptors kept out of the connection cap: the listener, logs, files the job writes,
 /// pipes of the programs the provisioner runs.
 const RESERVED_FDS: u64 = 64;
@@ -938,6 +965,7 @@ impl Controller {
                 outbox: Vec::new(),
                 after_sync: Vec::new(),
                 must_sync: false,
+                sync_grace: None,
                 metrics: Default::default(),
             }),
             stopping: AtomicBool::new(false),
