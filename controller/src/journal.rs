@@ -23,7 +23,8 @@
 //! prefix of what happened, and a restart serves exactly that.
 //!
 //! Reading ([`open`]): the newest snapshot, then the segments from its generation on, each
-//! record checked; a torn last record (the crash came mid-write) is cut off with a log line,
+//! record checked (zeros to the end of a file are space allocated ahead, the end of its data,
+//! and are trimmed); a torn last record (the crash came mid-write) is cut off with a log line,
 //! any other damage stops the start with the file and offset. Every start opens a new
 //! segment. A snapshot ([`Journal::begin_snapshot`], then [`Journal::finish_snapshot`]
 //! outside the lock) starts a new segment and, once written, deletes the older files.
