@@ -1,21 +1,38 @@
-//! Smoothing of a motion trajectory: a Whittaker smoother (penalised second differences, the
-//! discrete cubic smoothing spline; Whittaker 1923, Eilers, "A perfect smoother", Analytical
-//! Chemistry 75, 3631–3636, 2003) whose strength is chosen from the data by generalised
-//! cross-validation (Craven & Wahba, "Smoothing noisy data with spline functions", Numerische
-//! Mathematik 31, 377–403, 1979).
+//! Smoothing of a motion trajectory: a Whittaker smoother of third differences (Whittaker,
+//! "On a new method of graduation", Proc. Edinburgh Math. Soc. 41, 63–75, 1923, which
+//! penalised third differences; Eilers, "A perfect smoother", Analytical Chemistry 75,
+//! 3631–3636, 2003) whose strength is chosen from the data: by Mallows' `C_p` when the
+//! measurements' variance is known (the motion estimator measures it from the cross-power
+//! spectra: [`crate::motion::shift_variance`]), else by restricted maximum likelihood (REML;
+//! Wahba, "A comparison of GCV and GML for choosing the smoothing parameter in the generalized
+//! spline smoothing problem", Annals of Statistics 13, 1378–1402, 1985).
 //!
 //! For measurements `y` of `n` frames the smoothed path `z` minimises
-//! `‖y − z‖² + λ‖D z‖²`, `D` the `(n−2) × n` second-difference matrix, so a constant drift
-//! costs nothing and only changes of velocity are penalised. With the eigen-decomposition
-//! `DᵀD = Q diag(μ) Qᵀ` (computed once per frame count), `z = Q diag(1/(1+λμ)) Qᵀ y` and the
-//! smoother's trace is `Σ 1/(1+λμᵢ)`, so every λ costs O(n). λ is the minimiser of
-//! `GCV(λ) = N·RSS(λ) / (N − tr)²` over a log grid, both axes together (`N = 2n`): where the
-//! per-frame estimates are precise (high dose, big frames) it follows fast starts and jitter;
-//! where they are noisy it smooths more. No constant tuned per case. (The modified GCV of Kim
-//! & Gu, which weights the trace by γ > 1 to smooth more, was tried on the tuning set of
-//! `examples/motion_accuracy.rs`: γ = 1.4 and 2 were worse on four of five movies. λ by
-//! restricted maximum likelihood instead, σ² profiled out, was better on five of the ten
-//! movies of both sets and worse on five: no reason to change.)
+//! `‖y − z‖² + λ‖D z‖²`, `D` the `(n−d) × n` matrix of `d`-th differences ([`ORDER`] = 3 for
+//! the estimator), so a constant drift and a constant acceleration cost nothing and only
+//! changes of acceleration are penalised. With the eigen-decomposition `DᵀD = Q diag(μ) Qᵀ`
+//! (computed once per frame count), `z = Q diag(hₖ) Qᵀ y` with `hₖ = 1/(1+λμₖ)`, so every λ
+//! costs O(n). λ is searched over a log grid, both axes together (`c = Qᵀy`):
+//!
+//! - **`C_p`** (noise variance σ² per frame and axis known): the minimiser of
+//!   `Σₖ (1−hₖ)²|cₖ|² + 2σ²·2Σₖ hₖ`, an unbiased estimate (up to a constant) of the squared
+//!   error against the true path: precise measurements (high dose, big frames) get a small λ
+//!   and keep a fast start and a random walk of jitter; noisy ones are smoothed more.
+//! - **REML** (σ² unknown, profiled out): the maximiser of the restricted likelihood of "`z` a
+//!   Gaussian process with precision `(λ/σ²)·DᵀD`, flat on the null space of `D`, `y = z` plus
+//!   white noise": `−2 log L(λ) = 2(n−d)·log Σₖ rₖ|cₖ|² − 2·Σ_{μₖ>0} log rₖ`, `rₖ = 1 − hₖ`.
+//!   It cannot tell a random walk of jitter from measurement noise, so where the noise is low
+//!   it smooths jitter away (4096² × 40 at 1 e/px: 0.043 px against 0.015 px with `C_p`).
+//!
+//! How this was chosen (docs/benchmarks.md, "Motion: the smoother's strength from the measured
+//! noise"): second differences with λ by generalised cross-validation (Craven & Wahba 1979)
+//! were the default until GCV was found to have no interior minimum on some low-dose movies
+//! (its score tends to a finite limit as λ → 0, where it was lowest) and not to smooth at all
+//! there: 0.12 px where the best second-difference smoother gets 0.09. With the noise
+//! measured, `C_p` needs no such guess. Third differences rather than second: in an offline
+//! study of `C_p` given the measurements' realised variance, the largest error on ten
+//! low-dose seeds was 0.093 px with third differences and 0.103 px with second, and on ten
+//! 2048² seeds the mean was the same (0.033 and 0.034 px). No constant is tuned per case.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -24,11 +41,16 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Clone)]
 pub struct Whittaker {
     n: usize,
+    /// Order of the penalised differences.
+    order: usize,
     /// Eigenvectors of `DᵀD`, column `k` at `q[i·n + k]`.
     q: Vec<f64>,
     /// Eigenvalues of `DᵀD`.
     mu: Vec<f64>,
 }
+
+/// Order of the differences the motion estimator's smoother penalises (module docs).
+pub const ORDER: usize = 3;
 
 /// Frame counts up to which the eigen-decomposition is made (Jacobi, O(n³)); longer
 /// trajectories are smoothed with a fixed grid of λ by the caller's fallback.
@@ -38,48 +60,114 @@ pub const MAX_FRAMES: usize = 400;
 const LOG_LAMBDA: (f64, f64, f64) = (-3.0, 9.0, 0.05);
 
 impl Whittaker {
-    /// The smoother for `n` frames, or `None` below 4 frames (nothing to smooth: two
-    /// frames define a line) or above [`MAX_FRAMES`].
-    pub fn new(n: usize) -> Option<Whittaker> {
-        if !(4..=MAX_FRAMES).contains(&n) {
+    /// The smoother of `order`-th differences (1 to 3) for `n` frames, or `None` unless
+    /// there are at least `order + 2` frames (fewer leave at most one penalised direction)
+    /// and at most [`MAX_FRAMES`].
+    pub fn new(n: usize, order: usize) -> Option<Whittaker> {
+        if !(order + 2..=MAX_FRAMES).contains(&n) || !(1..=3).contains(&order) {
             return None;
         }
-        // P = DᵀD: the pentadiagonal matrix of second differences.
+        let coeffs: &[f64] = match order {
+            1 => &[-1.0, 1.0],
+            2 => &[1.0, -2.0, 1.0],
+            _ => &[-1.0, 3.0, -3.0, 1.0],
+        };
+        // P = DᵀD: the banded matrix of `order`-th differences.
         let mut p = vec![0.0f64; n * n];
-        for r in 0..n - 2 {
-            let d = [(r, 1.0), (r + 1, -2.0), (r + 2, 1.0)];
-            for &(i, a) in &d {
-                for &(j, b) in &d {
-                    p[i * n + j] += a * b;
+        for r in 0..n - order {
+            for (a_i, &a) in coeffs.iter().enumerate() {
+                for (b_i, &b) in coeffs.iter().enumerate() {
+                    p[(r + a_i) * n + r + b_i] += a * b;
                 }
             }
         }
         let (mu, q) = jacobi_eigen(p, n);
-        Some(Whittaker { n, q, mu })
+        Some(Whittaker { n, order, q, mu })
     }
 
-    /// The smoother for `n` frames ([`Whittaker::new`]), made once per frame count and
-    /// process: the decomposition is O(n³) (1 ms at 40 frames, 0.16 s at 200, 1.5 s at 400 on
-    /// one core of the 2-core VM), and local motion smooths every patch's trajectory.
-    pub fn for_frames(n: usize) -> Option<Arc<Whittaker>> {
-        static MADE: Mutex<BTreeMap<usize, Arc<Whittaker>>> = Mutex::new(BTreeMap::new());
+    /// The smoother [`Whittaker::new`], made once per frame count, order and process: the
+    /// decomposition is O(n³) (1 ms at 40 frames, 0.16 s at 200, 1.5 s at 400 on one core of
+    /// the 2-core VM), and local motion smooths every patch's trajectory.
+    pub fn for_frames(n: usize, order: usize) -> Option<Arc<Whittaker>> {
+        static MADE: Mutex<BTreeMap<(usize, usize), Arc<Whittaker>>> = Mutex::new(BTreeMap::new());
         let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(w) = made.get(&n) {
+        if let Some(w) = made.get(&(n, order)) {
             return Some(Arc::clone(w));
         }
-        let w = Arc::new(Whittaker::new(n)?);
-        made.insert(n, Arc::clone(&w));
+        let w = Arc::new(Whittaker::new(n, order)?);
+        made.insert((n, order), Arc::clone(&w));
         Some(w)
     }
 
-    /// Smooths both axes of `path` in place with the λ that minimises GCV; returns that λ.
+    /// Smooths both axes of `path` in place and returns the λ used: the minimiser of Mallows'
+    /// `C_p` when the measurements' variance `noise` (per frame and axis) is known, else that
+    /// of restricted maximum likelihood (module docs).
     ///
     /// # Panics
     /// If `path.len()` is not this smoother's frame count.
-    pub fn smooth_gcv(&self, path: &mut [[f64; 2]]) -> f64 {
+    pub fn smooth(&self, path: &mut [[f64; 2]], noise: Option<f64>) -> f64 {
+        assert_eq!(path.len(), self.n, "Whittaker::smooth: frame count");
+        let c = self.coefficients(path);
+        let lambda = match noise {
+            Some(variance) => self.lambda_cp(&c, variance),
+            None => self.lambda_reml(&c),
+        };
+        self.apply(path, &c, lambda);
+        lambda
+    }
+
+    /// The λ of the log grid that minimises `C_p(λ) = RSS(λ) + 2σ²·tr H(λ)`, an unbiased
+    /// estimate of `‖z(λ) − truth‖²` up to a constant (Mallows, "Some comments on C_p",
+    /// Technometrics 15, 661–675, 1973).
+    fn lambda_cp(&self, c: &[[f64; 2]], variance: f64) -> f64 {
+        let mut best = (f64::INFINITY, 0.0);
+        for lambda in lambda_grid() {
+            let mut rss = 0.0;
+            let mut trace = 0.0;
+            for (ck, mu) in c.iter().zip(&self.mu) {
+                let h = 1.0 / (1.0 + lambda * mu);
+                rss += (1.0 - h) * (1.0 - h) * (ck[0] * ck[0] + ck[1] * ck[1]);
+                trace += 2.0 * h;
+            }
+            let cp = rss + 2.0 * variance * trace;
+            if cp < best.0 {
+                best = (cp, lambda);
+            }
+        }
+        best.1
+    }
+
+    /// The λ of the log grid that maximises the restricted likelihood (module docs).
+    fn lambda_reml(&self, c: &[[f64; 2]]) -> f64 {
         let n = self.n;
-        assert_eq!(path.len(), n, "Whittaker::smooth_gcv: frame count");
-        // c = Qᵀy, both axes: c[k] = [x, y] coefficients of eigenvector k.
+        let top = self.mu.iter().cloned().fold(0.0, f64::max);
+        let dof = 2.0 * (n - self.order) as f64;
+        let mut best = (f64::INFINITY, 0.0);
+        for lambda in lambda_grid() {
+            let mut quad = 0.0;
+            let mut logdet = 0.0;
+            for (ck, mu) in c.iter().zip(&self.mu) {
+                if *mu <= 1e-9 * top {
+                    continue;
+                }
+                let r = lambda * mu / (1.0 + lambda * mu);
+                quad += r * (ck[0] * ck[0] + ck[1] * ck[1]);
+                logdet += 2.0 * r.ln();
+            }
+            if quad <= 0.0 {
+                continue;
+            }
+            let score = dof * quad.ln() - logdet;
+            if score < best.0 {
+                best = (score, lambda);
+            }
+        }
+        best.1
+    }
+
+    /// `Qᵀy` of both axes: `c[k]` holds the `[x, y]` coefficients of eigenvector `k`.
+    fn coefficients(&self, path: &[[f64; 2]]) -> Vec<[f64; 2]> {
+        let n = self.n;
         let mut c = vec![[0.0f64; 2]; n];
         for (i, y) in path.iter().enumerate() {
             let row = &self.q[i * n..(i + 1) * n];
@@ -88,30 +176,12 @@ impl Whittaker {
                 ck[1] += qk * y[1];
             }
         }
-        let total = 2.0 * n as f64;
-        let mut best = (f64::INFINITY, 0.0);
-        let (lo, hi, step) = LOG_LAMBDA;
-        let steps = ((hi - lo) / step).round() as usize;
-        for s in 0..=steps {
-            let lambda = 10f64.powf(lo + step * s as f64);
-            let mut rss = 0.0;
-            let mut trace = 0.0;
-            for (ck, mu) in c.iter().zip(&self.mu) {
-                let h = 1.0 / (1.0 + lambda * mu);
-                let r = 1.0 - h;
-                rss += r * r * (ck[0] * ck[0] + ck[1] * ck[1]);
-                trace += 2.0 * h;
-            }
-            let dof = total - trace;
-            if dof <= 1e-9 {
-                continue;
-            }
-            let gcv = total * rss / (dof * dof);
-            if gcv < best.0 {
-                best = (gcv, lambda);
-            }
-        }
-        let lambda = best.1;
+        c
+    }
+
+    /// Writes the smoothed path for `lambda` from the coefficients `c` into `path`.
+    fn apply(&self, path: &mut [[f64; 2]], c: &[[f64; 2]], lambda: f64) {
+        let n = self.n;
         let shrunk: Vec<[f64; 2]> = c
             .iter()
             .zip(&self.mu)
@@ -129,8 +199,14 @@ impl Whittaker {
             }
             *y = z;
         }
-        lambda
     }
+}
+
+/// The λ searched: [`LOG_LAMBDA`].
+fn lambda_grid() -> impl Iterator<Item = f64> {
+    let (lo, hi, step) = LOG_LAMBDA;
+    let steps = ((hi - lo) / step).round() as usize;
+    (0..=steps).map(move |s| 10f64.powf(lo + step * s as f64))
 }
 
 /// Eigenvalues and eigenvectors (columns, row-major `n × n`) of the symmetric matrix `a` by
@@ -196,40 +272,41 @@ mod tests {
     #[test]
     fn the_decomposition_reproduces_the_penalty() {
         let n = 12;
-        let w = Whittaker::new(n).unwrap();
-        // Two null directions (constant and linear), the rest positive.
-        assert_eq!(w.mu.iter().filter(|&&m| m < 1e-9).count(), 2);
-        // Q diag(μ) Qᵀ = DᵀD.
-        for i in 0..n {
-            for j in 0..n {
-                let got: f64 = (0..n)
-                    .map(|k| w.q[i * n + k] * w.mu[k] * w.q[j * n + k])
-                    .sum();
-                let want = {
-                    let mut v = 0.0;
-                    for r in 0..n - 2 {
-                        let d = |x: usize| match x.wrapping_sub(r) {
-                            0 => 1.0,
-                            1 => -2.0,
-                            2 => 1.0,
-                            _ => 0.0,
-                        };
-                        v += d(i) * d(j);
-                    }
-                    v
-                };
-                assert!((got - want).abs() < 1e-9, "({i},{j}): {got} vs {want}");
+        for (order, coeffs) in [(2, vec![1.0, -2.0, 1.0]), (3, vec![-1.0, 3.0, -3.0, 1.0])] {
+            let w = Whittaker::new(n, order).unwrap();
+            // `order` null directions (polynomials of lower degree), the rest positive.
+            let top = w.mu.iter().cloned().fold(0.0, f64::max);
+            assert_eq!(w.mu.iter().filter(|&&m| m < 1e-9 * top).count(), order);
+            // Q diag(μ) Qᵀ = DᵀD, D written out here independently of `new`.
+            for i in 0..n {
+                for j in 0..n {
+                    let got: f64 = (0..n)
+                        .map(|k| w.q[i * n + k] * w.mu[k] * w.q[j * n + k])
+                        .sum();
+                    let d =
+                        |r: usize, x: usize| coeffs.get(x.wrapping_sub(r)).copied().unwrap_or(0.0);
+                    let want: f64 = (0..n - order).map(|r| d(r, i) * d(r, j)).sum();
+                    assert!(
+                        (got - want).abs() < 1e-9,
+                        "order {order} ({i},{j}): {got} vs {want}"
+                    );
+                }
             }
         }
     }
 
     #[test]
-    fn a_straight_drift_is_kept_and_noise_is_smoothed_by_the_amount_it_needs() {
+    fn a_constant_acceleration_is_kept_and_noise_is_smoothed_by_the_amount_it_needs() {
         let n = 40;
-        let w = Whittaker::new(n).unwrap();
-        let mut line: Vec<[f64; 2]> = (0..n).map(|f| [0.3 * f as f64, -0.1 * f as f64]).collect();
+        let w = Whittaker::new(n, ORDER).unwrap();
+        let mut line: Vec<[f64; 2]> = (0..n)
+            .map(|f| {
+                let t = f as f64;
+                [0.3 * t - 0.004 * t * t, -0.1 * t]
+            })
+            .collect();
         let before = line.clone();
-        w.smooth_gcv(&mut line);
+        w.smooth(&mut line, None);
         for (a, b) in line.iter().zip(&before) {
             assert!((a[0] - b[0]).abs() < 1e-9 && (a[1] - b[1]).abs() < 1e-9);
         }
@@ -257,7 +334,7 @@ mod tests {
                 .map(|p| [p[0] + sigma * rng.normal(), p[1] + sigma * rng.normal()])
                 .collect();
             let raw = err(&y);
-            lambdas.push(w.smooth_gcv(&mut y));
+            lambdas.push(w.smooth(&mut y, None));
             let smoothed = err(&y);
             assert!(smoothed < raw, "σ {sigma}: {smoothed} vs raw {raw}");
         }
@@ -265,11 +342,53 @@ mod tests {
             lambdas[1] > 10.0 * lambdas[0],
             "more noise, more smoothing: {lambdas:?}"
         );
-        assert!(Whittaker::new(3).is_none() && Whittaker::new(MAX_FRAMES + 1).is_none());
+        assert!(Whittaker::new(4, 3).is_none() && Whittaker::new(MAX_FRAMES + 1, 3).is_none());
+        assert!(Whittaker::new(5, 3).is_some() && Whittaker::new(10, 4).is_none());
         let (a, b) = (
-            Whittaker::for_frames(n).unwrap(),
-            Whittaker::for_frames(n).unwrap(),
+            Whittaker::for_frames(n, ORDER).unwrap(),
+            Whittaker::for_frames(n, ORDER).unwrap(),
         );
         assert!(Arc::ptr_eq(&a, &b), "made once per frame count");
+    }
+
+    /// Why the estimator gives the smoother its measured noise: a fast start with a random walk
+    /// of jitter on top (0.08 px per frame), measured with 0.01 px of noise. Given the noise,
+    /// `C_p` keeps the jitter; REML, which must infer the noise from the same data, takes
+    /// much of the jitter for noise and smooths it away.
+    #[test]
+    fn given_the_noise_a_random_walk_of_jitter_is_kept() {
+        let n = 40;
+        let w = Whittaker::new(n, ORDER).unwrap();
+        let mut rng = SplitMix64::new(8);
+        let mut walk = [0.0f64; 2];
+        let truth: Vec<[f64; 2]> = (0..n)
+            .map(|f| {
+                let t = f as f64 / (n - 1) as f64;
+                walk[0] += 0.08 * rng.normal();
+                walk[1] += 0.08 * rng.normal();
+                let p = 12.0 * (1.0 - (-t / 0.15).exp());
+                [0.8 * p + walk[0], -0.6 * p + walk[1]]
+            })
+            .collect();
+        let sigma = 0.01;
+        let y: Vec<[f64; 2]> = truth
+            .iter()
+            .map(|p| [p[0] + sigma * rng.normal(), p[1] + sigma * rng.normal()])
+            .collect();
+        let err = |a: &[[f64; 2]]| {
+            (a.iter()
+                .zip(&truth)
+                .map(|(p, q)| (p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2))
+                .sum::<f64>()
+                / (2 * n) as f64)
+                .sqrt()
+        };
+        let (mut cp, mut reml) = (y.clone(), y.clone());
+        w.smooth(&mut cp, Some(sigma * sigma));
+        w.smooth(&mut reml, None);
+        let (raw, cp, reml) = (err(&y), err(&cp), err(&reml));
+        eprintln!("raw {raw:.4}, C_p {cp:.4}, REML {reml:.4}");
+        assert!(cp <= 1.05 * raw, "C_p {cp} vs raw {raw}");
+        assert!(reml > 2.0 * cp, "REML {reml} vs C_p {cp}");
     }
 }
