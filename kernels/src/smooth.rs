@@ -11,8 +11,8 @@
 //! `‖y − z‖² + λ‖D z‖²`, `D` the `(n−d) × n` matrix of `d`-th differences ([`ORDER`] = 3 for
 //! the estimator), so a constant drift and a constant acceleration cost nothing and only
 //! changes of acceleration are penalised. With the eigen-decomposition `DᵀD = Q diag(μ) Qᵀ`
-//! (computed once per frame count and order), `z = Q diag(hₖ) Qᵀ y` with `hₖ = 1/(1+λμₖ)`, so every λ
-//! costs O(n). λ is searched over a log grid, both axes together (`c = Qᵀy`):
+//! (computed once per frame count and order), `z = Q diag(hₖ) Qᵀ y` with `hₖ = 1/(1+λμₖ)`,
+//! so every λ costs O(n). λ is searched over a log grid, both axes together (`c = Qᵀy`):
 //!
 //! - **`C_p`** (noise variance σ² per frame and axis known): the minimiser of
 //!   `Σₖ (1−hₖ)²|cₖ|² + 2σ²·2Σₖ hₖ`, an unbiased estimate (up to a constant) of the squared
