@@ -87,7 +87,8 @@ pub enum Trajectory {
     Polynomial(usize),
     /// The Whittaker smoother of third differences with its strength chosen from the
     /// measurements and their estimated variance ([`crate::smooth`]); above
-    /// [`crate::smooth::MAX_FRAMES`] frames a quartic polynomial.
+    /// [`crate::smooth::MAX_FRAMES`] frames a quartic polynomial, below five frames (too few
+    /// to penalise a third difference of) the per-frame shifts.
     Smoothed,
 }
 
