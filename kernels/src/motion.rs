@@ -183,7 +183,8 @@ pub fn estimate_global_spectra(
 ) -> MotionResult {
     let setup = align_setup(nx, ny, pixel_size_a, opts);
     let cropped = crop_spectra(spectra, nx, ny, setup.cx, setup.cy);
-    let (shifts_px, iterations, final_update_px) = align_spectra(&cropped, nx, ny, &setup, opts);
+    let (shifts_px, iterations, final_update_px) =
+        align_spectra(&cropped, nx, ny, &setup, opts, true);
     MotionResult::new(shifts_px, pixel_size_a, iterations, final_update_px)
 }
 
@@ -426,11 +427,7 @@ fn align_stack(
             }
         })
         .collect();
-    let mut engine = CpuCorrelation::new(&cropped, &setup).without_noise_estimate();
-    match align_with(&mut engine, cropped.len(), nx, ny, &setup, opts) {
-        Ok(r) => r,
-        Err(never) => match never {},
-    }
+    align_spectra(&cropped, nx, ny, &setup, opts, false)
 }
 
 /// What one alignment round needs besides the spectra: the working grid, the band-limited
@@ -757,15 +754,20 @@ pub fn align_with<E: CorrelationEngine + ?Sized>(
 }
 
 /// Core estimator on the frames' spectra already cropped to the working grid of an `nx × ny`
-/// movie (CPU engine).
+/// movie (CPU engine), with or without the engine's noise estimate
+/// ([`CpuCorrelation::without_noise_estimate`]).
 fn align_spectra(
     spectra: &[Vec<Complex32>],
     nx: usize,
     ny: usize,
     setup: &AlignSetup,
     opts: &MotionOptions,
+    noise_estimate: bool,
 ) -> Alignment {
     let mut engine = CpuCorrelation::new(spectra, setup);
+    if !noise_estimate {
+        engine = engine.without_noise_estimate();
+    }
     match align_with(&mut engine, spectra.len(), nx, ny, setup, opts) {
         Ok(r) => r,
         Err(never) => match never {},

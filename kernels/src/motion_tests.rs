@@ -437,12 +437,8 @@ fn the_estimated_shift_variance_matches_the_scatter_of_the_measurements() {
         let movie = simulate(&p);
         let opts = MotionOptions::default();
         let setup = align_setup(p.nx, p.ny, p.pixel_size_a, &opts);
-        let mut fft = crate::fft::Fft2d::new(p.nx, p.ny);
-        let spectra: Vec<Vec<Complex32>> = movie
-            .frames
-            .iter()
-            .map(|f| crop_spectrum(&fft.forward(f), p.nx, p.ny, setup.cx, setup.cy))
-            .collect();
+        let full = frame_spectra(&movie.frames, p.nx, p.ny);
+        let spectra = crop_spectra(&full, p.nx, p.ny, setup.cx, setup.cy);
         let mut engine = CpuCorrelation::new(&spectra, &setup);
         let (sx, sy) = (setup.cx as f64 / p.nx as f64, setup.cy as f64 / p.ny as f64);
         let truth: Vec<[f64; 2]> = movie

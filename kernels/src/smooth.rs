@@ -60,18 +60,18 @@ pub const MAX_FRAMES: usize = 400;
 const LOG_LAMBDA: (f64, f64, f64) = (-3.0, 9.0, 0.05);
 
 impl Whittaker {
-    /// The smoother of `order`-th differences (1 to 3) for `n` frames, or `None` unless
+    /// The smoother of `order`-th differences (2 or 3) for `n` frames, or `None` unless
     /// there are at least `order + 2` frames (fewer leave at most one penalised direction)
     /// and at most [`MAX_FRAMES`].
     pub fn new(n: usize, order: usize) -> Option<Whittaker> {
-        if !(order + 2..=MAX_FRAMES).contains(&n) || !(1..=3).contains(&order) {
+        let coeffs: &[f64] = match order {
+            2 => &[1.0, -2.0, 1.0],
+            3 => &[-1.0, 3.0, -3.0, 1.0],
+            _ => return None,
+        };
+        if !(order + 2..=MAX_FRAMES).contains(&n) {
             return None;
         }
-        let coeffs: &[f64] = match order {
-            1 => &[-1.0, 1.0],
-            2 => &[1.0, -2.0, 1.0],
-            _ => &[-1.0, 3.0, -3.0, 1.0],
-        };
         // P = DᵀD: the banded matrix of `order`-th differences.
         let mut p = vec![0.0f64; n * n];
         for r in 0..n - order {
@@ -269,6 +269,24 @@ mod tests {
     use super::*;
     use crate::sim::SplitMix64;
 
+    /// RMS over frames and axes of `a − truth`.
+    fn rms(a: &[[f64; 2]], truth: &[[f64; 2]]) -> f64 {
+        let sum: f64 = a
+            .iter()
+            .zip(truth)
+            .map(|(p, q)| (p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2))
+            .sum();
+        (sum / (2 * a.len()) as f64).sqrt()
+    }
+
+    /// `truth` with Gaussian noise of `sigma` on each axis of each frame.
+    fn measured(truth: &[[f64; 2]], sigma: f64, rng: &mut SplitMix64) -> Vec<[f64; 2]> {
+        truth
+            .iter()
+            .map(|p| [p[0] + sigma * rng.normal(), p[1] + sigma * rng.normal()])
+            .collect()
+    }
+
     #[test]
     fn the_decomposition_reproduces_the_penalty() {
         let n = 12;
@@ -319,23 +337,12 @@ mod tests {
                 [10.0 * (1.0 - (-t / 0.2).exp()), 4.0 * (3.0 * t).sin()]
             })
             .collect();
-        let err = |a: &[[f64; 2]]| {
-            (a.iter()
-                .zip(&truth)
-                .map(|(p, q)| (p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2))
-                .sum::<f64>()
-                / (2 * n) as f64)
-                .sqrt()
-        };
         let mut lambdas = Vec::new();
         for sigma in [0.02, 0.3] {
-            let mut y: Vec<[f64; 2]> = truth
-                .iter()
-                .map(|p| [p[0] + sigma * rng.normal(), p[1] + sigma * rng.normal()])
-                .collect();
-            let raw = err(&y);
+            let mut y = measured(&truth, sigma, &mut rng);
+            let raw = rms(&y, &truth);
             lambdas.push(w.smooth(&mut y, None));
-            let smoothed = err(&y);
+            let smoothed = rms(&y, &truth);
             assert!(smoothed < raw, "σ {sigma}: {smoothed} vs raw {raw}");
         }
         assert!(
@@ -344,6 +351,7 @@ mod tests {
         );
         assert!(Whittaker::new(4, 3).is_none() && Whittaker::new(MAX_FRAMES + 1, 3).is_none());
         assert!(Whittaker::new(5, 3).is_some() && Whittaker::new(10, 4).is_none());
+        assert!(Whittaker::new(10, 1).is_none());
         let (a, b) = (
             Whittaker::for_frames(n, ORDER).unwrap(),
             Whittaker::for_frames(n, ORDER).unwrap(),
@@ -371,22 +379,11 @@ mod tests {
             })
             .collect();
         let sigma = 0.01;
-        let y: Vec<[f64; 2]> = truth
-            .iter()
-            .map(|p| [p[0] + sigma * rng.normal(), p[1] + sigma * rng.normal()])
-            .collect();
-        let err = |a: &[[f64; 2]]| {
-            (a.iter()
-                .zip(&truth)
-                .map(|(p, q)| (p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2))
-                .sum::<f64>()
-                / (2 * n) as f64)
-                .sqrt()
-        };
+        let y = measured(&truth, sigma, &mut rng);
         let (mut cp, mut reml) = (y.clone(), y.clone());
         w.smooth(&mut cp, Some(sigma * sigma));
         w.smooth(&mut reml, None);
-        let (raw, cp, reml) = (err(&y), err(&cp), err(&reml));
+        let (raw, cp, reml) = (rms(&y, &truth), rms(&cp, &truth), rms(&reml, &truth));
         eprintln!("raw {raw:.4}, C_p {cp:.4}, REML {reml:.4}");
         assert!(cp <= 1.05 * raw, "C_p {cp} vs raw {raw}");
         assert!(reml > 2.0 * cp, "REML {reml} vs C_p {cp}");
