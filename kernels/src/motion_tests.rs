@@ -206,15 +206,21 @@ fn hard_fast_start_curved_path_with_jitter() {
 /// 12, where second differences cannot get under 0.10 px at any λ (0.102 px at best), and 34,
 /// where GCV (the criterion before) had no interior minimum and did not smooth at all
 /// (0.120 px). Now 0.0945 and 0.0868 px (docs/benchmarks.md).
+/// 1024² × 30 at 0.5 e⁻/px/frame on a hard 12 px path with 0.1 px of jitter per frame (the
+/// first kind of `examples/motion_accuracy.rs -- --seeds`).
+fn hard_path_at_half_an_electron(seed: u64) -> SimParams {
+    SimParams {
+        max_shift_px: 12.0,
+        path: crate::sim::SimPath::Hard { jitter_px: 0.1 },
+        ..sim_params(1024, 30, 1.0, 0.5, 1.6, seed)
+    }
+}
+
 #[test]
 #[cfg_attr(debug_assertions, ignore)]
 fn hard_path_at_half_an_electron_per_pixel() {
     for seed in [12, 34] {
-        let p = SimParams {
-            max_shift_px: 12.0,
-            path: crate::sim::SimPath::Hard { jitter_px: 0.1 },
-            ..sim_params(1024, 30, 1.0, 0.5, 1.6, seed)
-        };
+        let p = hard_path_at_half_an_electron(seed);
         let (err, _) = run_case(&p, &MotionOptions::default());
         assert!(err <= 0.10, "seed {seed}: RMS error {err}");
         let err4 = quartic_error(&p);
@@ -429,11 +435,7 @@ fn a_local_field_of_zero_is_whole_frame_motion() {
 fn the_estimated_shift_variance_matches_the_scatter_of_the_measurements() {
     let (mut estimated, mut realised, mut count) = (0.0, 0.0, 0.0);
     for seed in [12, 34, 35] {
-        let p = SimParams {
-            max_shift_px: 12.0,
-            path: crate::sim::SimPath::Hard { jitter_px: 0.1 },
-            ..sim_params(1024, 30, 1.0, 0.5, 1.6, seed)
-        };
+        let p = hard_path_at_half_an_electron(seed);
         let movie = simulate(&p);
         let opts = MotionOptions::default();
         let setup = align_setup(p.nx, p.ny, p.pixel_size_a, &opts);
